@@ -36,6 +36,11 @@ double sd3_bench_sgemm_peak(int size);
 size_t sd3_bench_rss_now(void);
 size_t sd3_bench_rss_peak(void);
 
+// `sd3ctl generate --controller ADDR ...`: the same options, sent to a cluster.
+int sd3ctl_generate_remote(int argc, char **argv);
+// The embedded default model (written on first use); its path, or NULL + err.
+const char *sd3ctl_default_model(sd3_err_t *err);
+
 /*  The `sd3ctl eval` harness (TESTVECTORS.md). A component reads its inputs from the vectors
  *  file and hands every output to sd3_eval_check, which compares it with the stored tensor of
  *  the same name, prints one line and counts it.  */

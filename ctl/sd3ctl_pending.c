@@ -23,7 +23,7 @@
     }
 
 SD3_PENDING_VERB(sd3ctl_mkmodel)
-SD3_PENDING_VERB(sd3ctl_generate)
+SD3_PENDING_VERB(sd3ctl_generate_remote)
 SD3_PENDING_VERB(sd3ctl_convert)
 SD3_PENDING_VERB(sd3ctl_up)
 SD3_PENDING_VERB(sd3ctl_down)

@@ -1,0 +1,238 @@
+/*  sd3_cpu_conv2d - 2-D convolution on the CPU (the VAE's convolutions, the patch embed)
+ *
+ *    x: [B, Ci, H, W]   w: [Co, Ci, kh, kw] f32/f16/bf16/f8_e4m3   b: [Co] any float or NULL
+ *    y: [B, Co, OH, OW],  OH = (H + pt + pb - kh) / s + 1,  OW = (W + pl + pr - kw) / s + 1
+ *    Zero padding per side (the VAE downsample pads right and bottom by 1, stride 2:
+ *    MODEL.md §5).
+ *
+ *  Fast path: im2col by tiles. One task per (batch, block of SD3_CONV_PB output pixels):
+ *  it gathers the [Ci*kh*kw, PB] column tile (bounded scratch: Ci*kh*kw*PB floats), then for
+ *  each block of SD3_CONV_COB output channels widens those weight rows and runs one sgemm
+ *  Y[cob, PB] = Wblk[cob, Ci*kh*kw] col. A 1x1, stride 1, unpadded conv reads x directly.
+ *  The tiling depends on the shapes only, so the bits do not depend on the thread count.
+ *  Reference: plain nested loops with fp32 accumulation.  */
+#include <cblas.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd3_cpu.h"
+
+#define SD3_CONV_PB 256  // output pixels per task
+#define SD3_CONV_COB 128 // output channels per sgemm
+
+typedef struct {
+    int64_t B, Ci, H, W, Co, kh, kw, OH, OW, stride, pt, pl;
+} s_conv_dims_t;
+
+static int
+s_check(const char *op, const sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+        const sd3_conv_opts_t *opts, s_conv_dims_t *d, sd3_err_t *err)
+{
+    char sx[96], sw[96], sy[96];
+    if (sd3_cpu_check_f32(x, op, "x", err) || sd3_cpu_check_f32(y, op, "y", err))
+        return SD3_EINVAL;
+    if (!opts)
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: missing options", op);
+    if (!w || !w->data || w->where != SD3_HOST ||
+        (w->dtype != SD3_F32 && w->dtype != SD3_F16 && w->dtype != SD3_BF16 &&
+         w->dtype != SD3_F8_E4M3))
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: W must be a host F32/F16/BF16/F8_E4M3 "
+                           "tensor", op);
+    if (opts->stride < 1 || opts->pad_top < 0 || opts->pad_left < 0 || opts->pad_bottom < 0 ||
+        opts->pad_right < 0)
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: stride %d and pads %d,%d,%d,%d: want "
+                           "stride >= 1, pads >= 0", op, opts->stride, opts->pad_top,
+                           opts->pad_left, opts->pad_bottom, opts->pad_right);
+    bool ok = x->ndim == 4 && w->ndim == 4 && y->ndim == 4 && w->shape[1] == x->shape[1] &&
+              y->shape[0] == x->shape[0] && y->shape[1] == w->shape[0];
+    if (ok) {
+        d->B = x->shape[0], d->Ci = x->shape[1], d->H = x->shape[2], d->W = x->shape[3];
+        d->Co = w->shape[0], d->kh = w->shape[2], d->kw = w->shape[3];
+        d->stride = opts->stride, d->pt = opts->pad_top, d->pl = opts->pad_left;
+        int64_t hp = d->H + opts->pad_top + opts->pad_bottom - d->kh;
+        int64_t wp = d->W + opts->pad_left + opts->pad_right - d->kw;
+        ok = hp >= 0 && wp >= 0 && d->kh > 0 && d->kw > 0;
+        d->OH = ok ? hp / d->stride + 1 : 0;
+        d->OW = ok ? wp / d->stride + 1 : 0;
+        ok = ok && y->shape[2] == d->OH && y->shape[3] == d->OW;
+    }
+    if (!ok)
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: x %s, W %s, y %s (stride %d, pads "
+                           "t%d l%d b%d r%d) do not fit: want y [B, Co, OH, OW] per sd3_backend.h",
+                           op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
+                           sd3_shape_str(w->ndim, w->shape, sw, sizeof sw),
+                           sd3_shape_str(y->ndim, y->shape, sy, sizeof sy), opts->stride,
+                           opts->pad_top, opts->pad_left, opts->pad_bottom, opts->pad_right);
+    if (y->data == x->data)
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: y must not alias x", op);
+    if (d->Ci * d->kh * d->kw > INT32_MAX / SD3_CONV_PB || d->OH * d->OW > INT32_MAX)
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: sizes past 2^31", op);
+    return 0;
+}
+
+// ---- fast path ---------------------------------------------------------------------------
+
+typedef struct {
+    sd3_backend_t *be;
+    s_conv_dims_t d;
+    const float *x, *bias;
+    const void *w;
+    sd3_dtype_t wdtype;
+    float *y;
+    int64_t n_pb;
+    bool direct; // 1x1, stride 1, no padding: x is its own column matrix
+    atomic_bool failed;
+} s_conv_job_t;
+
+static void
+s_conv_task(void *ctx, int64_t task, int thread)
+{
+    s_conv_job_t *job = ctx;
+    const s_conv_dims_t *d = &job->d;
+    int64_t b = task / job->n_pb, pb = task % job->n_pb;
+    int64_t P = d->OH * d->OW, p0 = pb * SD3_CONV_PB;
+    int64_t pn = P - p0 < SD3_CONV_PB ? P - p0 : SD3_CONV_PB;
+    int64_t Kd = d->Ci * d->kh * d->kw;
+    const float *xb = job->x + b * d->Ci * d->H * d->W;
+    const float *col;
+    int64_t ldcol;
+    if (job->direct) {
+        col = xb + p0;
+        ldcol = P;
+    } else {
+        float *c = sd3_cpu_scratch(job->be, thread, 1, (size_t)(Kd * SD3_CONV_PB));
+        int64_t *base = (int64_t *)sd3_cpu_scratch(job->be, thread, 2, 4 * SD3_CONV_PB);
+        if (!c || !base) {
+            atomic_store(&job->failed, true);
+            return;
+        }
+        int64_t *ih0 = base, *iw0 = base + SD3_CONV_PB;
+        for (int64_t p = 0; p < pn; p++) {
+            ih0[p] = ((p0 + p) / d->OW) * d->stride - d->pt;
+            iw0[p] = ((p0 + p) % d->OW) * d->stride - d->pl;
+        }
+        for (int64_t ci = 0; ci < d->Ci; ci++)
+            for (int64_t r = 0; r < d->kh; r++)
+                for (int64_t s = 0; s < d->kw; s++) {
+                    float *row = c + ((ci * d->kh + r) * d->kw + s) * SD3_CONV_PB;
+                    const float *xc = xb + ci * d->H * d->W;
+                    for (int64_t p = 0; p < pn; p++) {
+                        int64_t ih = ih0[p] + r, iw = iw0[p] + s;
+                        row[p] = (ih >= 0 && ih < d->H && iw >= 0 && iw < d->W)
+                                     ? xc[ih * d->W + iw]
+                                     : 0.0f;
+                    }
+                }
+        col = c;
+        ldcol = SD3_CONV_PB;
+    }
+    size_t esz = sd3_dtype_size(job->wdtype);
+    for (int64_t co0 = 0; co0 < d->Co; co0 += SD3_CONV_COB) {
+        int64_t cn = d->Co - co0 < SD3_CONV_COB ? d->Co - co0 : SD3_CONV_COB;
+        const float *wt;
+        if (job->wdtype == SD3_F32) {
+            wt = (const float *)job->w + co0 * Kd;
+        } else {
+            float *buf = sd3_cpu_scratch(job->be, thread, 0, (size_t)(cn * Kd));
+            if (!buf) {
+                atomic_store(&job->failed, true);
+                return;
+            }
+            sd3_cpu_widen(job->wdtype, (const char *)job->w + (size_t)(co0 * Kd) * esz, buf,
+                          (size_t)(cn * Kd));
+            wt = buf;
+        }
+        float *yt = job->y + (b * d->Co + co0) * P + p0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cn, (int)pn, (int)Kd, 1.0f,
+                    wt, (int)Kd, col, (int)ldcol, 0.0f, yt, (int)P);
+        if (job->bias)
+            for (int64_t c = 0; c < cn; c++)
+                for (int64_t p = 0; p < pn; p++)
+                    yt[c * P + p] += job->bias[co0 + c];
+    }
+}
+
+int
+sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+               const sd3_tensor_t *b, const sd3_conv_opts_t *opts, sd3_err_t *err)
+{
+    s_conv_job_t job = {0};
+    float *bias = NULL;
+    if (s_check("conv2d", y, x, w, opts, &job.d, err) != 0)
+        return SD3_EINVAL;
+    if (sd3_cpu_vec_f32(b, job.d.Co, "conv2d", "bias", &bias, err) != 0)
+        return err ? err->code : SD3_EINVAL;
+    int64_t P = job.d.OH * job.d.OW;
+    if (job.d.B == 0 || job.d.Co == 0 || P == 0) {
+        free(bias);
+        return 0;
+    }
+    if (job.d.Ci == 0) { // no inputs: y = bias
+        float *yd = y->data;
+        for (int64_t i = 0; i < sd3_tensor_numel(y); i++)
+            yd[i] = bias ? bias[(i / P) % job.d.Co] : 0.0f;
+        free(bias);
+        return 0;
+    }
+    job.be = be;
+    job.x = x->data;
+    job.w = w->data;
+    job.wdtype = w->dtype;
+    job.bias = bias;
+    job.y = y->data;
+    job.n_pb = (P + SD3_CONV_PB - 1) / SD3_CONV_PB;
+    job.direct = job.d.kh == 1 && job.d.kw == 1 && job.d.stride == 1 && opts->pad_top == 0 &&
+                 opts->pad_left == 0 && opts->pad_bottom == 0 && opts->pad_right == 0;
+    sd3_cpu_pool_run(sd3_cpu_backend_pool(be), job.d.B * job.n_pb, s_conv_task, &job);
+    free(bias);
+    if (atomic_load(&job.failed))
+        return sd3_err_set(err, SD3_ENOMEM, "cpu conv2d: out of memory for a column tile");
+    return 0;
+}
+
+// ---- reference ---------------------------------------------------------------------------
+
+int
+sd3_cpu_conv2d_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+                   const sd3_tensor_t *b, const sd3_conv_opts_t *opts, sd3_err_t *err)
+{
+    s_conv_dims_t d;
+    float *bias = NULL, *wf = NULL;
+    if (s_check("conv2d_ref", y, x, w, opts, &d, err) != 0)
+        return SD3_EINVAL;
+    if (sd3_cpu_vec_f32(b, d.Co, "conv2d_ref", "bias", &bias, err) != 0)
+        return err ? err->code : SD3_EINVAL;
+    int64_t Kd = d.Ci * d.kh * d.kw;
+    if (!(wf = malloc((size_t)(Kd ? Kd : 1) * sizeof(float)))) { // one output channel's weights
+        free(bias);
+        return sd3_err_set(err, SD3_ENOMEM, "cpu conv2d_ref: out of memory");
+    }
+    const float *xd = x->data;
+    float *yd = y->data;
+    size_t esz = sd3_dtype_size(w->dtype);
+    for (int64_t co = 0; co < d.Co; co++) {
+        sd3_dtype_to_f32(w->dtype, (const char *)w->data + (size_t)(co * Kd) * esz, wf,
+                         (size_t)Kd);
+        for (int64_t bb = 0; bb < d.B; bb++)
+            for (int64_t oh = 0; oh < d.OH; oh++)
+                for (int64_t ow = 0; ow < d.OW; ow++) {
+                    float acc = 0.0f;
+                    for (int64_t ci = 0; ci < d.Ci; ci++)
+                        for (int64_t r = 0; r < d.kh; r++)
+                            for (int64_t s = 0; s < d.kw; s++) {
+                                int64_t ih = oh * d.stride + r - d.pt;
+                                int64_t iw = ow * d.stride + s - d.pl;
+                                if (ih < 0 || ih >= d.H || iw < 0 || iw >= d.W)
+                                    continue;
+                                acc += wf[(ci * d.kh + r) * d.kw + s] *
+                                       xd[((bb * d.Ci + ci) * d.H + ih) * d.W + iw];
+                            }
+                    yd[((bb * d.Co + co) * d.OH + oh) * d.OW + ow] =
+                        acc + (bias ? bias[co] : 0.0f);
+                }
+    }
+    free(wf);
+    free(bias);
+    return 0;
+}
