@@ -9,11 +9,6 @@
  *  against the stored weight bytes, and the time of an embedding-cache hit. The ids are a
  *  fixed synthetic prompt (start, 12 content ids, end, pads; T5: content, </s>, pads): the
  *  tokenizers cost microseconds and are not what is measured here. Figures, not a test.  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
 #include "sd3_backend.h"
 #include "sd3_clip.h"
 #include "sd3_cond.h"
@@ -21,6 +16,11 @@
 #include "sd3_log.h"
 #include "sd3_t5.h"
 #include "sd3ctl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #define S_CLIP_LEN 77
 
@@ -72,8 +72,7 @@ sd3_bench_encode(int argc, char **argv)
             return 2;
         }
     }
-    if (!model_path || t5_tokens < 2 || t5_tokens > 4096 || reps < 1 || reps > 100 ||
-        threads < 0) {
+    if (!model_path || t5_tokens < 2 || t5_tokens > 4096 || reps < 1 || reps > 100 || threads < 0) {
         s_usage();
         return 2;
     }
@@ -90,8 +89,8 @@ sd3_bench_encode(int argc, char **argv)
     printf("sgemm_peak_gflops=%.1f (OpenBLAS, M=N=K=1024)\n", peak);
     size_t rss0 = sd3_bench_rss_now();
     double t0 = s_now();
-    if (!(model = sd3_model_open(model_path, &err)) || !(be = sd3_backend_new(backend, threads,
-                                                                               &err)) ||
+    if (!(model = sd3_model_open(model_path, &err)) ||
+        !(be = sd3_backend_new(backend, threads, &err)) ||
         !(cond = sd3_cond_new_from_model(be, model, !no_t5, &err)))
         goto fail;
     double t_open = s_now() - t0;
@@ -142,9 +141,9 @@ sd3_bench_encode(int argc, char **argv)
             else if (dt < best)
                 best = dt;
         }
-        flops = e < 2 ? sd3_clip_flops(sd3_clip_config(e == 0 ? sd3_cond_clip_l(cond)
-                                                              : sd3_cond_clip_g(cond)),
-                                       S_CLIP_LEN)
+        flops = e < 2 ? sd3_clip_flops(
+                            sd3_clip_config(e == 0 ? sd3_cond_clip_l(cond) : sd3_cond_clip_g(cond)),
+                            S_CLIP_LEN)
                       : sd3_t5_flops(sd3_t5_config(sd3_cond_t5(cond)), t5_tokens);
         total_flops += flops;
         printf("%s tokens=%d s=%.3f gflop=%.1f gflops=%.1f of_peak=%.0f%%\n", names[e],
@@ -155,8 +154,12 @@ sd3_bench_encode(int argc, char **argv)
     // The whole conditioning, then the cache: a miss costs an encode, a hit a copy.
     sd3_cond_opts_t opts = SD3_COND_OPTS_INIT;
     opts.no_t5 = no_t5;
-    sd3_cond_tokens_t tok = {.l = ids_l, .n_l = S_CLIP_LEN, .g = ids_g, .n_g = S_CLIP_LEN,
-                             .t5 = ids_t5, .n_t5 = t5_tokens};
+    sd3_cond_tokens_t tok = {.l = ids_l,
+                             .n_l = S_CLIP_LEN,
+                             .g = ids_g,
+                             .n_g = S_CLIP_LEN,
+                             .t5 = ids_t5,
+                             .n_t5 = t5_tokens};
     if (!sd3_cond_has_t5(cond) && !no_t5)
         opts.no_t5 = true;
     if (!sd3_cond_has_t5(cond))

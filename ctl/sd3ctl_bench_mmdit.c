@@ -25,6 +25,7 @@
 #include "sd3_rng.h"
 #include "sd3_sampler.h"
 #include "sd3_weights.h"
+#include "sd3_weights_io.h"
 #include "sd3_weights_write.h"
 #include "sd3ctl.h"
 
@@ -191,19 +192,19 @@ sd3_bench_mmdit(int argc, char **argv)
             int64_t sh[SD3_MAX_DIM];
             size_t n;
             if (sd3_weights_shape(w, name, &nd, sh) == 0 && sd3_shape_numel(nd, sh, &n) == 0)
-                wbytes += n * sd3_dtype_size(dtype);
+                wbytes += n * sd3_dtype_size(sd3_weights_dtype(w, name));
         }
     }
     double act_bytes = 4.0 * B * (double)(N * C + L * C + C); // what travels between stages
     double ws_bytes = 4.0 * B * (double)C * (2 + 15 + (double)(N > L ? N : L) * 10 + 4.0 * (N + L));
     printf("seconds per step: %.2f (mean of %d; weights loaded in %.2f s)\n", sec, steps, t_load);
-    printf("model FLOPs per step: %.3f TFLOP (MODEL.md §9, batch %lld) -> %.1f GFLOP/s = %.0f%% of "
-           "sgemm peak %.1f\n", flops * 1e-12, (long long)B, flops / sec * 1e-9,
+    printf("model FLOPs per step: %.1f GFLOP (MODEL.md §9, batch %lld) -> %.1f GFLOP/s = %.0f%% of "
+           "sgemm peak %.1f\n", flops * 1e-9, (long long)B, flops / sec * 1e-9,
            100.0 * flops / sec * 1e-9 / peak, peak);
     printf("memory: resident %.0f MiB now, %.0f MiB peak (%.0f MiB before loading); weights of "
-           "the range %.0f MiB stored (%s) + activations %.1f MiB (x, ctx, c) + block scratch "
+           "the range %.0f MiB stored + activations %.1f MiB (x, ctx, c) + block scratch "
            "~%.0f MiB\n", s_mib((double)sd3_bench_rss_now()), s_mib((double)sd3_bench_rss_peak()),
-           s_mib((double)rss0), s_mib((double)wbytes), dtype_name, s_mib(act_bytes),
+           s_mib((double)rss0), s_mib((double)wbytes), s_mib(act_bytes),
            s_mib(ws_bytes));
     rc = 0;
     goto done;

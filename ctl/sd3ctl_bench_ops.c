@@ -8,14 +8,14 @@
  *  Options: --threads N (default: all cores), --reps N (timed runs, best kept; 1),
  *  --only gemm|attn.
  *  Prints figures; it checks nothing.  */
+#include "sd3_backend.h"
+#include "sd3ctl.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "sd3_backend.h"
-#include "sd3ctl.h"
 
 static double
 s_now(void)
@@ -68,8 +68,8 @@ s_time_sgemm(const sd3_tensor_t *x, const sd3_tensor_t *w, sd3_tensor_t *y, int 
     openblas_set_num_threads(threads);
     for (int r = 0; r <= reps; r++) { // run 0 wakes OpenBLAS's threads: not timed
         double t0 = s_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x->data, K, w->data,
-                    K, 0.0f, y->data, N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x->data, K, w->data, K,
+                    0.0f, y->data, N);
         double dt = s_now() - t0;
         if (r > 0 && dt < best)
             best = dt;
@@ -91,7 +91,8 @@ sd3_bench_ops(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            fprintf(stderr, "usage: sd3ctl bench ops [--threads N] [--reps N] [--only gemm|attn]\n");
+            fprintf(stderr,
+                    "usage: sd3ctl bench ops [--threads N] [--reps N] [--only gemm|attn]\n");
             return 2;
         }
     }
@@ -115,7 +116,7 @@ sd3_bench_ops(int argc, char **argv)
         const char *name;
         int64_t m_mult, K, N; // m_mult 0: the adaLN GEMM at M = 2
     } gemms[] = {
-        {"qkv", 1, 1536, 4608}, {"proj", 1, 1536, 1536}, {"fc1", 1, 1536, 6144},
+        {"qkv", 1, 1536, 4608}, {"proj", 1, 1536, 1536},  {"fc1", 1, 1536, 6144},
         {"fc2", 1, 6144, 1536}, {"adaLN", 0, 1536, 9216},
     };
     static const sd3_dtype_t dts[3] = {SD3_F32, SD3_F16, SD3_BF16};

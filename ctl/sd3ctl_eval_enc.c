@@ -8,17 +8,17 @@
  *  checkpoint in any layout, or, for cond, a folder holding the files the vectors' `weights`
  *  metadata names (in the order CLIP-L, CLIP-G, T5). Without --model the `weights` files are
  *  looked for beside the vectors file. Backend: $SD3_BACKEND (default cpu).  */
-#include <libgen.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-
 #include "sd3_backend.h"
 #include "sd3_clip.h"
 #include "sd3_cond.h"
 #include "sd3_t5.h"
 #include "sd3ctl.h"
+
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #define S_MAX_PROMPTS 1000
 #define S_MAX_CHECKED 256
@@ -109,8 +109,8 @@ s_ids(sd3_eval_t *ev, const char *name, sd3_err_t *err)
     }
     if (t && (t->ndim < 1 || t->shape[t->ndim - 1] < 1 || t->shape[t->ndim - 1] > 1 << 16 ||
               sd3_tensor_numel(t) != t->shape[t->ndim - 1])) {
-        sd3_err_set(err, SD3_EFORMAT, "%s: '%s' is not one row of ids",
-                    sd3_eval_vectors_path(ev), name);
+        sd3_err_set(err, SD3_EFORMAT, "%s: '%s' is not one row of ids", sd3_eval_vectors_path(ev),
+                    name);
         sd3_tensor_destroy(&t);
     }
     return t;
@@ -376,8 +376,10 @@ s_open_cond(sd3_eval_t *ev, sd3_backend_t *be, sd3_model_t **model_p, sd3_err_t 
         if (all)
             return sd3_cond_new_from_files(be, p[0], p[1], p[2], err);
         if (!model) {
-            sd3_err_set(err, SD3_EINVAL, "no --model, and the `weights` files of %s are not "
-                        "beside it", sd3_eval_vectors_path(ev));
+            sd3_err_set(err, SD3_EINVAL,
+                        "no --model, and the `weights` files of %s are not "
+                        "beside it",
+                        sd3_eval_vectors_path(ev));
             return NULL;
         }
     }
@@ -417,9 +419,12 @@ sd3_eval_cond(sd3_eval_t *ev, sd3_err_t *err)
             goto done;
         }
         sd3_cond_tokens_t tok = {
-            .l = tl->data, .n_l = (int)sd3_tensor_numel(tl),
-            .g = tg->data, .n_g = (int)sd3_tensor_numel(tg),
-            .t5 = tt ? tt->data : NULL, .n_t5 = tt ? (int)sd3_tensor_numel(tt) : 0,
+            .l = tl->data,
+            .n_l = (int)sd3_tensor_numel(tl),
+            .g = tg->data,
+            .n_g = (int)sd3_tensor_numel(tg),
+            .t5 = tt ? tt->data : NULL,
+            .n_t5 = tt ? (int)sd3_tensor_numel(tt) : 0,
         };
         // the reference's get_cond, then the two no-T5 conventions (TESTVECTORS-enc.md §4)
         sd3_cond_opts_t opts = SD3_COND_OPTS_INIT;
@@ -441,8 +446,8 @@ sd3_eval_cond(sd3_eval_t *ev, sd3_err_t *err)
             opts.zero_t5_rows = runs[r].zero_rows;
             if ((rc = sd3_cond_encode(cond, &tok, &opts, &ctx, &pooled, err)) ||
                 (rc = s_check(&c, runs[r].ctx_name, ctx, false, err)) ||
-                (runs[r].pooled_name && (rc = s_check(&c, runs[r].pooled_name, pooled, false,
-                                                       err))))
+                (runs[r].pooled_name &&
+                 (rc = s_check(&c, runs[r].pooled_name, pooled, false, err))))
                 goto done;
             sd3_tensor_destroy(&ctx);
             sd3_tensor_destroy(&pooled);

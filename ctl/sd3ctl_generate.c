@@ -206,8 +206,8 @@ sd3ctl_generate(int argc, char **argv)
         } else if (a[0] != '-' && !prompt) {
             prompt = a;
         } else {
-            fprintf(stderr, "sd3ctl generate: unexpected argument '%s'\n", a);
-            s_usage(stderr);
+            fprintf(stderr, "sd3ctl generate: unexpected argument '%s' (see sd3ctl generate "
+                            "--help)\n", a);
             goto done;
         }
         if (bad) {
@@ -217,8 +217,8 @@ sd3ctl_generate(int argc, char **argv)
         }
     }
     if (!prompt || !out) {
-        fprintf(stderr, "sd3ctl generate: %s\n", !prompt ? "no PROMPT" : "no -o OUT.png");
-        s_usage(stderr);
+        fprintf(stderr, "sd3ctl generate: %s (see sd3ctl generate --help)\n",
+                !prompt ? "no PROMPT" : "no -o OUT.png");
         goto done;
     }
     if (controller) {

@@ -14,14 +14,18 @@ static const char *const s_codec_names[SD3_CODEC_COUNT] = {
 };
 
 // Byte-plane (de)shuffle with the element size as a constant, so the inner loop unrolls.
-#define S_SHUFFLE(size)                                                                       \
-    for (size_t i = 0; i < n; i++)                                                            \
-        for (size_t b = 0; b < (size); b++)                                                   \
-            out[b * n + i] = in[i * (size) + b];
-#define S_UNSHUFFLE(size)                                                                     \
-    for (size_t i = 0; i < n; i++)                                                            \
-        for (size_t b = 0; b < (size); b++)                                                   \
-            out[i * (size) + b] = in[b * n + i];
+#define S_SHUFFLE(size)                                                                            \
+    do {                                                                                           \
+        for (size_t i = 0; i < n; i++)                                                             \
+            for (size_t b = 0; b < (size); b++)                                                    \
+                out[b * n + i] = in[i * (size) + b];                                               \
+    } while (0)
+#define S_UNSHUFFLE(size)                                                                          \
+    do {                                                                                           \
+        for (size_t i = 0; i < n; i++)                                                             \
+            for (size_t b = 0; b < (size); b++)                                                    \
+                out[i * (size) + b] = in[b * n + i];                                               \
+    } while (0)
 
 static bool
 s_narrowing(sd3_dtype_t dtype, sd3_dtype_t wire_dtype)
@@ -82,10 +86,18 @@ sd3_codec_shuffle(const void *src, void *dst, size_t n, size_t size)
     const uint8_t *in = src;
     uint8_t *out = dst;
     switch (size) {
-    case 2: S_SHUFFLE(2) break;
-    case 4: S_SHUFFLE(4) break;
-    case 8: S_SHUFFLE(8) break;
-    default: S_SHUFFLE(size) break;
+    case 2:
+        S_SHUFFLE(2);
+        break;
+    case 4:
+        S_SHUFFLE(4);
+        break;
+    case 8:
+        S_SHUFFLE(8);
+        break;
+    default:
+        S_SHUFFLE(size);
+        break;
     }
 }
 
@@ -95,10 +107,18 @@ sd3_codec_unshuffle(const void *src, void *dst, size_t n, size_t size)
     const uint8_t *in = src;
     uint8_t *out = dst;
     switch (size) {
-    case 2: S_UNSHUFFLE(2) break;
-    case 4: S_UNSHUFFLE(4) break;
-    case 8: S_UNSHUFFLE(8) break;
-    default: S_UNSHUFFLE(size) break;
+    case 2:
+        S_UNSHUFFLE(2);
+        break;
+    case 4:
+        S_UNSHUFFLE(4);
+        break;
+    case 8:
+        S_UNSHUFFLE(8);
+        break;
+    default:
+        S_UNSHUFFLE(size);
+        break;
     }
 }
 
@@ -119,8 +139,10 @@ sd3_codec_encode(const sd3_tensor_t *t, const sd3_codec_opts_t *opts, bool copy,
         return sd3_err_set(err, SD3_EINVAL, "tensor '%.40s...': name longer than %d bytes", name,
                            SD3_CODEC_NAME_MAX - 1);
     if (t->where != SD3_HOST)
-        return sd3_err_set(err, SD3_EINVAL, "tensor '%s': on the device; copy it to the host "
-                           "before sending", name);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "tensor '%s': on the device; copy it to the host "
+                           "before sending",
+                           name);
     if ((unsigned)t->dtype >= SD3_DTYPE_COUNT || (unsigned)opts->codec >= SD3_CODEC_COUNT)
         return sd3_err_set(err, SD3_EINVAL, "tensor '%s': dtype %d or codec %d unknown", name,
                            (int)t->dtype, (int)opts->codec);
@@ -221,8 +243,8 @@ sd3_codec_check(const sd3_codec_desc_t *desc, size_t frame_len, size_t cap, sd3_
         return sd3_err_set(err, SD3_EPROTO, "tensor '%s': unknown codec %d", name,
                            (int)desc->codec);
     if (desc->ndim < 0 || desc->ndim > SD3_MAX_DIM)
-        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': %d dims, at most %d", name,
-                           desc->ndim, SD3_MAX_DIM);
+        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': %d dims, at most %d", name, desc->ndim,
+                           SD3_MAX_DIM);
     for (int i = 0; i < desc->ndim; i++)
         if (desc->shape[i] < 0)
             return sd3_err_set(err, SD3_EPROTO, "tensor '%s': negative dim in %s", name,
@@ -234,20 +256,21 @@ sd3_codec_check(const sd3_codec_desc_t *desc, size_t frame_len, size_t cap, sd3_
                            sd3_dtype_name(desc->dtype),
                            sd3_shape_str(desc->ndim, desc->shape, sbuf, sizeof sbuf));
     if (desc->raw_bytes != raw_bytes)
-        return sd3_err_set(err, SD3_EPROTO,
-                           "tensor '%s': declares %llu raw bytes, %s %s needs %zu", name,
-                           (unsigned long long)desc->raw_bytes,
+        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': declares %llu raw bytes, %s %s needs %zu",
+                           name, (unsigned long long)desc->raw_bytes,
                            sd3_dtype_name(desc->wire_dtype),
                            sd3_shape_str(desc->ndim, desc->shape, sbuf, sizeof sbuf), raw_bytes);
     if (out_bytes > cap)
-        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': %zu bytes exceeds the cap of %zu",
-                           name, out_bytes, cap);
+        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': %zu bytes exceeds the cap of %zu", name,
+                           out_bytes, cap);
     if (desc->wire_bytes != frame_len)
-        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': frame has %zu bytes, descriptor says "
-                           "%llu", name, frame_len, (unsigned long long)desc->wire_bytes);
+        return sd3_err_set(err, SD3_EPROTO,
+                           "tensor '%s': frame has %zu bytes, descriptor says "
+                           "%llu",
+                           name, frame_len, (unsigned long long)desc->wire_bytes);
     if (desc->codec == SD3_CODEC_RAW && frame_len != raw_bytes)
-        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': raw frame has %zu bytes, want %zu",
-                           name, frame_len, raw_bytes);
+        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': raw frame has %zu bytes, want %zu", name,
+                           frame_len, raw_bytes);
     return 0;
 }
 
@@ -263,9 +286,10 @@ s_unzstd(const sd3_codec_desc_t *desc, const void *frame, size_t frame_len, void
         return sd3_err_set(err, SD3_EPROTO, "tensor '%s': zstd frame without a content size",
                            desc->name);
     if (content != desc->raw_bytes)
-        return sd3_err_set(err, SD3_EPROTO, "tensor '%s': zstd frame holds %llu bytes, "
-                           "descriptor says %llu", desc->name, content,
-                           (unsigned long long)desc->raw_bytes);
+        return sd3_err_set(err, SD3_EPROTO,
+                           "tensor '%s': zstd frame holds %llu bytes, "
+                           "descriptor says %llu",
+                           desc->name, content, (unsigned long long)desc->raw_bytes);
     size_t one = ZSTD_findFrameCompressedSize(frame, frame_len);
     if (ZSTD_isError(one) || one != frame_len)
         return sd3_err_set(err, SD3_EPROTO, "tensor '%s': %zu bytes after the zstd frame",
@@ -326,9 +350,10 @@ sd3_codec_decode(const sd3_codec_desc_t *desc, const void *frame, size_t frame_l
     }
     uint64_t sum = XXH3_64bits(raw, raw_bytes);
     if (sum != desc->checksum) {
-        rc = sd3_err_set(err, SD3_EPROTO, "tensor '%s': checksum %016llx, descriptor says "
-                         "%016llx", desc->name, (unsigned long long)sum,
-                         (unsigned long long)desc->checksum);
+        rc = sd3_err_set(err, SD3_EPROTO,
+                         "tensor '%s': checksum %016llx, descriptor says "
+                         "%016llx",
+                         desc->name, (unsigned long long)sum, (unsigned long long)desc->checksum);
         goto fail;
     }
     if (narrowed)
@@ -337,8 +362,8 @@ sd3_codec_decode(const sd3_codec_desc_t *desc, const void *frame, size_t frame_l
     *out = t;
     return 0;
 oom:
-    rc = sd3_err_set(err, SD3_ENOMEM, "tensor '%s': out of memory decoding %zu bytes",
-                     desc->name, raw_bytes);
+    rc = sd3_err_set(err, SD3_ENOMEM, "tensor '%s': out of memory decoding %zu bytes", desc->name,
+                     raw_bytes);
 fail:
     free(tmp);
     sd3_tensor_destroy(&t);

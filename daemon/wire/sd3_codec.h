@@ -15,11 +15,11 @@
  *  Called by sd3_wire (and the fuzz target). Pure functions of their arguments; thread-safe.
  *  Never includes protobuf or ZeroMQ.  */
 #pragma once
-#include <stddef.h>
-#include <stdint.h>
-
 #include "sd3_err.h"
 #include "sd3_tensor.h"
+
+#include <stddef.h>
+#include <stdint.h>
 
 typedef enum {
     SD3_CODEC_RAW = 0,
@@ -28,28 +28,28 @@ typedef enum {
     SD3_CODEC_COUNT
 } sd3_codec_t;
 
-#define SD3_CODEC_NAME_MAX      64                    // tensor names, terminator included
-#define SD3_CODEC_DEFAULT_CAP   ((size_t)1 << 30)     // 1 GiB per tensor
-#define SD3_CODEC_DEFAULT_LEVEL 1                     // zstd level: ~1 GB/s, most of the gain
+#define SD3_CODEC_NAME_MAX      64                // tensor names, terminator included
+#define SD3_CODEC_DEFAULT_CAP   ((size_t)1 << 30) // 1 GiB per tensor
+#define SD3_CODEC_DEFAULT_LEVEL 1                 // zstd level: ~1 GB/s, most of the gain
 
 // What the envelope says about one frame (sd3_wire maps it to proto TensorDesc).
 typedef struct {
     char name[SD3_CODEC_NAME_MAX];
-    sd3_dtype_t dtype;            // what the receiver gets
-    sd3_dtype_t wire_dtype;       // what travels: dtype, or BF16/F16 for an F32 tensor
-    int ndim;                     // 0..SD3_MAX_DIM
-    int64_t shape[SD3_MAX_DIM];   // outermost first
+    sd3_dtype_t dtype;          // what the receiver gets
+    sd3_dtype_t wire_dtype;     // what travels: dtype, or BF16/F16 for an F32 tensor
+    int ndim;                   // 0..SD3_MAX_DIM
+    int64_t shape[SD3_MAX_DIM]; // outermost first
     sd3_codec_t codec;
-    uint64_t raw_bytes;           // numel * size(wire_dtype)
-    uint64_t wire_bytes;          // frame length
-    uint64_t checksum;            // XXH3-64 of the raw bytes
+    uint64_t raw_bytes;  // numel * size(wire_dtype)
+    uint64_t wire_bytes; // frame length
+    uint64_t checksum;   // XXH3-64 of the raw bytes
 } sd3_codec_desc_t;
 
 typedef struct {
-    sd3_codec_t codec;       // SD3_CODEC_RAW by default (zero)
-    sd3_dtype_t wire_dtype;  // SD3_BF16 or SD3_F16 narrow an F32 tensor; anything else
-                             // (SD3_F32 = the zero default) sends the tensor's own dtype
-    int level;               // zstd level; 0 = SD3_CODEC_DEFAULT_LEVEL
+    sd3_codec_t codec;      // SD3_CODEC_RAW by default (zero)
+    sd3_dtype_t wire_dtype; // SD3_BF16 or SD3_F16 narrow an F32 tensor; anything else
+                            // (SD3_F32 = the zero default) sends the tensor's own dtype
+    int level;              // zstd level; 0 = SD3_CODEC_DEFAULT_LEVEL
 } sd3_codec_opts_t;
 
 const char *sd3_codec_name(sd3_codec_t codec); // "raw", "zstd", "shuffle+zstd"
@@ -75,8 +75,8 @@ int sd3_codec_check(const sd3_codec_desc_t *desc, size_t frame_len, size_t cap, 
 // (*out; its name is desc->name, stored with the tensor). The frame is borrowed.
 // SD3_EPROTO for any disagreement (content size, a frame that decompresses past its
 // declared size or short of it, checksum), SD3_ENOMEM.
-int sd3_codec_decode(const sd3_codec_desc_t *desc, const void *frame, size_t frame_len,
-                     size_t cap, sd3_tensor_t **out, sd3_err_t *err);
+int sd3_codec_decode(const sd3_codec_desc_t *desc, const void *frame, size_t frame_len, size_t cap,
+                     sd3_tensor_t **out, sd3_err_t *err);
 
 // Byte-plane shuffle of n elements of `size` bytes (exposed for tests and benches).
 void sd3_codec_shuffle(const void *src, void *dst, size_t n, size_t size);

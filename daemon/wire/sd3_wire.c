@@ -5,6 +5,8 @@
  *  bound checked); encode/decode in memory; the socket functions on top.  */
 #include "sd3_wire.h"
 
+#include "sd3.pb-c.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,29 +14,39 @@
 #include <string.h>
 #include <zmq.h>
 
-#include "sd3.pb-c.h"
-
 static const char *const s_type_names[SD3_MSG_TYPE_COUNT] = {
-    [SD3_MSG_NONE] = "NONE",           [SD3_MSG_REGISTER] = "REGISTER",
-    [SD3_MSG_HEARTBEAT] = "HEARTBEAT", [SD3_MSG_GENERATE] = "GENERATE",
-    [SD3_MSG_PROGRESS] = "PROGRESS",   [SD3_MSG_RESULT] = "RESULT",
-    [SD3_MSG_ERROR] = "ERROR",         [SD3_MSG_CANCEL] = "CANCEL",
-    [SD3_MSG_ENCODE] = "ENCODE",       [SD3_MSG_ENCODED] = "ENCODED",
-    [SD3_MSG_JOB] = "JOB",             [SD3_MSG_STEP] = "STEP",
-    [SD3_MSG_LATENT] = "LATENT",       [SD3_MSG_STEP_DONE] = "STEP_DONE",
-    [SD3_MSG_DECODE] = "DECODE",       [SD3_MSG_DECODED] = "DECODED",
-    [SD3_MSG_STATUS] = "STATUS",       [SD3_MSG_VAE_ENCODE] = "VAE_ENCODE",
-    [SD3_MSG_VAE_ENCODED] = "VAE_ENCODED", [SD3_MSG_ACK] = "ACK",
+    [SD3_MSG_NONE] = "NONE",
+    [SD3_MSG_REGISTER] = "REGISTER",
+    [SD3_MSG_HEARTBEAT] = "HEARTBEAT",
+    [SD3_MSG_GENERATE] = "GENERATE",
+    [SD3_MSG_PROGRESS] = "PROGRESS",
+    [SD3_MSG_RESULT] = "RESULT",
+    [SD3_MSG_ERROR] = "ERROR",
+    [SD3_MSG_CANCEL] = "CANCEL",
+    [SD3_MSG_ENCODE] = "ENCODE",
+    [SD3_MSG_ENCODED] = "ENCODED",
+    [SD3_MSG_JOB] = "JOB",
+    [SD3_MSG_STEP] = "STEP",
+    [SD3_MSG_LATENT] = "LATENT",
+    [SD3_MSG_STEP_DONE] = "STEP_DONE",
+    [SD3_MSG_DECODE] = "DECODE",
+    [SD3_MSG_DECODED] = "DECODED",
+    [SD3_MSG_STATUS] = "STATUS",
+    [SD3_MSG_VAE_ENCODE] = "VAE_ENCODE",
+    [SD3_MSG_VAE_ENCODED] = "VAE_ENCODED",
+    [SD3_MSG_ACK] = "ACK",
     [SD3_MSG_SHUTDOWN] = "SHUTDOWN",
 };
 
 // The sd3 enums are numbered like the proto ones (sd3_msg_type_t == Sd3__MsgType, ...);
 // these fail the build if someone renumbers one side.
-_Static_assert((int)SD3_MSG_SHUTDOWN == (int)SD3__MSG_TYPE__MSG_SHUTDOWN, "msg types match the proto");
+_Static_assert((int)SD3_MSG_SHUTDOWN == (int)SD3__MSG_TYPE__MSG_SHUTDOWN,
+               "msg types match the proto");
 _Static_assert((int)SD3_CODEC_SHUFFLE_ZSTD == (int)SD3__CODEC__CODEC_SHUFFLE_ZSTD, "codecs match");
 _Static_assert((int)SD3_F64 + 1 == (int)SD3__DTYPE__DTYPE_F64, "dtypes match the proto (+1)");
 _Static_assert((int)SD3_WIRE_ROLE_CLIENT == (int)SD3__ROLE__ROLE_CLIENT, "roles match");
-_Static_assert((int)SD3_WIRE_SAMPLER_DPMPP_2M == (int)SD3__SAMPLER__SAMPLER_DPMPP_2M, "samplers match");
+_Static_assert((int)SD3_WIRE_SAMPLER_DPMPP_2M == (int)SD3__SAMPLER__SAMPLER_DPMPP_2M,
+               "samplers match");
 _Static_assert(-SD3_ENOTFOUND == (int)SD3__STATUS__STATUS_NOTFOUND, "status = -SD3_E*");
 
 #define S_MAX_STATUS 12 // STATUS_NOTFOUND
@@ -134,8 +146,8 @@ sd3_msg_add_tensor(sd3_msg_t *self, sd3_tensor_t **tensor_p, const sd3_codec_opt
         return sd3_err_set(err, SD3_EINVAL, "%s: tensor '%s' is one past the %d a message holds",
                            sd3_msg_type_name(self->type), name, SD3_WIRE_MAX_TENSORS);
     if (strlen(name) >= SD3_CODEC_NAME_MAX)
-        return sd3_err_set(err, SD3_EINVAL, "tensor name '%.40s...' is longer than %d bytes",
-                           name, SD3_CODEC_NAME_MAX - 1);
+        return sd3_err_set(err, SD3_EINVAL, "tensor name '%.40s...' is longer than %d bytes", name,
+                           SD3_CODEC_NAME_MAX - 1);
     if (sd3_msg_tensor(self, name))
         return sd3_err_set(err, SD3_EINVAL, "%s: two tensors named '%s'",
                            sd3_msg_type_name(self->type), name);
@@ -181,8 +193,8 @@ sd3_msg_expect(const sd3_msg_t *self, const char *name, sd3_dtype_t dtype, int n
     if (!ok)
         return sd3_err_set(err, SD3_EPROTO, "%s: tensor '%s' is %s %s, want %s %s",
                            sd3_msg_type_name(self->type), name, sd3_dtype_name(t->dtype),
-                           sd3_shape_str(t->ndim, t->shape, got, sizeof got),
-                           sd3_dtype_name(dtype), sd3_shape_str(ndim, shape, want, sizeof want));
+                           sd3_shape_str(t->ndim, t->shape, got, sizeof got), sd3_dtype_name(dtype),
+                           sd3_shape_str(ndim, shape, want, sizeof want));
     return 0;
 }
 
@@ -306,8 +318,9 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
     }
     for (int i = 0; i < np; i++) {
         const sd3_wire_pipeline_info_t *pi = &s->pipelines[i];
-        int ns = pi->n_stages < 0 ? 0 : pi->n_stages > SD3_WIRE_MAX_STAGES ? SD3_WIRE_MAX_STAGES
-                                                                          : pi->n_stages;
+        int ns = pi->n_stages < 0                     ? 0
+                 : pi->n_stages > SD3_WIRE_MAX_STAGES ? SD3_WIRE_MAX_STAGES
+                                                      : pi->n_stages;
         sd3__pipeline_info__init(&pipes[i]);
         pipes[i].id = pi->id;
         pipes[i].inflight = pi->inflight;
@@ -339,8 +352,8 @@ s_generate_in(const Sd3__GenerateRequest *p, sd3_wire_generate_t *g, sd3_err_t *
         s_str_in(g->model, sizeof g->model, p->model, "model id", err))
         return SD3_EPROTO;
     if (p->width > SD3_WIRE_MAX_SIDE || p->height > SD3_WIRE_MAX_SIDE)
-        return sd3_err_set(err, SD3_EPROTO, "size %ux%u, at most %d per side", p->width,
-                           p->height, SD3_WIRE_MAX_SIDE);
+        return sd3_err_set(err, SD3_EPROTO, "size %ux%u, at most %d per side", p->width, p->height,
+                           SD3_WIRE_MAX_SIDE);
     if (p->steps > SD3_WIRE_MAX_SIGMAS - 1)
         return sd3_err_set(err, SD3_EPROTO, "%u steps, at most %d", p->steps,
                            SD3_WIRE_MAX_SIGMAS - 1);
@@ -415,8 +428,7 @@ s_job_in(const Sd3__Job *p, sd3_wire_job_t *j, sd3_err_t *err)
     memset(j, 0, sizeof *j);
     if (s_generate_in(p->request, &j->request, err))
         return SD3_EPROTO;
-    if (s_str_in(j->next_address, sizeof j->next_address, p->next_address, "next address",
-                 err) ||
+    if (s_str_in(j->next_address, sizeof j->next_address, p->next_address, "next address", err) ||
         s_str_in(j->controller_address, sizeof j->controller_address, p->controller_address,
                  "controller address", err))
         return SD3_EPROTO;
@@ -452,9 +464,10 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
 {
     memset(s, 0, sizeof *s);
     if (p->n_nodes > SD3_WIRE_MAX_NODES || p->n_pipelines > SD3_WIRE_MAX_PIPELINES)
-        return sd3_err_set(err, SD3_EPROTO, "status report: %zu nodes, %zu pipelines (at most "
-                           "%d, %d)", p->n_nodes, p->n_pipelines, SD3_WIRE_MAX_NODES,
-                           SD3_WIRE_MAX_PIPELINES);
+        return sd3_err_set(err, SD3_EPROTO,
+                           "status report: %zu nodes, %zu pipelines (at most "
+                           "%d, %d)",
+                           p->n_nodes, p->n_pipelines, SD3_WIRE_MAX_NODES, SD3_WIRE_MAX_PIPELINES);
     s->queue_depth = p->queue_depth;
     s->queue_capacity = p->queue_capacity;
     s->inflight = p->inflight;
@@ -479,8 +492,10 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         const Sd3__PipelineInfo *q = p->pipelines[i];
         sd3_wire_pipeline_info_t *o = &s->pipelines[i];
         if (q->n_node_ids > SD3_WIRE_MAX_STAGES)
-            return sd3_err_set(err, SD3_EPROTO, "status report: pipeline %u has %zu stages, "
-                               "at most %d", q->id, q->n_node_ids, SD3_WIRE_MAX_STAGES);
+            return sd3_err_set(err, SD3_EPROTO,
+                               "status report: pipeline %u has %zu stages, "
+                               "at most %d",
+                               q->id, q->n_node_ids, SD3_WIRE_MAX_STAGES);
         for (size_t k = 0; k < q->n_node_ids; k++)
             if (s_str_in(o->node_ids[k], sizeof o->node_ids[k], q->node_ids[k], "node id", err))
                 return SD3_EPROTO;
@@ -498,21 +513,27 @@ static sd3_wire_body_t
 s_required_body(sd3_msg_type_t type)
 {
     switch (type) {
-    case SD3_MSG_REGISTER: return SD3_WIRE_BODY_REGISTER;
-    case SD3_MSG_HEARTBEAT: return SD3_WIRE_BODY_HEARTBEAT;
+    case SD3_MSG_REGISTER:
+        return SD3_WIRE_BODY_REGISTER;
+    case SD3_MSG_HEARTBEAT:
+        return SD3_WIRE_BODY_HEARTBEAT;
     case SD3_MSG_GENERATE:
-    case SD3_MSG_ENCODE: return SD3_WIRE_BODY_GENERATE;
-    case SD3_MSG_JOB: return SD3_WIRE_BODY_JOB;
-    case SD3_MSG_PROGRESS: return SD3_WIRE_BODY_PROGRESS;
-    default: return SD3_WIRE_BODY_NONE;
+    case SD3_MSG_ENCODE:
+        return SD3_WIRE_BODY_GENERATE;
+    case SD3_MSG_JOB:
+        return SD3_WIRE_BODY_JOB;
+    case SD3_MSG_PROGRESS:
+        return SD3_WIRE_BODY_PROGRESS;
+    default:
+        return SD3_WIRE_BODY_NONE;
     }
 }
 
 static const char *
 s_body_name(sd3_wire_body_t kind)
 {
-    static const char *const names[] = {"none",     "GenerateRequest", "Register", "Heartbeat",
-                                        "Job",      "Progress",        "StatusReport"};
+    static const char *const names[] = {"none", "GenerateRequest", "Register",    "Heartbeat",
+                                        "Job",  "Progress",        "StatusReport"};
     return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "?";
 }
 
@@ -520,7 +541,9 @@ static int
 s_body_in(const Sd3__Envelope *env, sd3_msg_t *msg, sd3_err_t *err)
 {
     switch (env->body_case) {
-    case SD3__ENVELOPE__BODY__NOT_SET: msg->body_kind = SD3_WIRE_BODY_NONE; break;
+    case SD3__ENVELOPE__BODY__NOT_SET:
+        msg->body_kind = SD3_WIRE_BODY_NONE;
+        break;
     case SD3__ENVELOPE__BODY_GENERATE:
         msg->body_kind = SD3_WIRE_BODY_GENERATE;
         if (s_generate_in(env->generate, &msg->body.generate, err))
@@ -552,8 +575,8 @@ s_body_in(const Sd3__Envelope *env, sd3_msg_t *msg, sd3_err_t *err)
             return SD3_EPROTO;
         if (p->step > p->steps)
             return sd3_err_set(err, SD3_EPROTO, "Progress: step %u of %u", p->step, p->steps);
-        msg->body.progress = (sd3_wire_progress_t){p->step, p->steps, p->sigma, p->elapsed_ms,
-                                                   p->queue_position, p->seed};
+        msg->body.progress = (sd3_wire_progress_t){p->step,       p->steps,          p->sigma,
+                                                   p->elapsed_ms, p->queue_position, p->seed};
         break;
     }
     case SD3__ENVELOPE__BODY_STATUS_REPORT:
@@ -629,7 +652,8 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
     env.n_tensors = (size_t)msg->n_tensors;
     env.tensors = tdp;
     switch (msg->body_kind) {
-    case SD3_WIRE_BODY_NONE: break;
+    case SD3_WIRE_BODY_NONE:
+        break;
     case SD3_WIRE_BODY_GENERATE:
         s_generate_out(&msg->body.generate, &gen);
         env.body_case = SD3__ENVELOPE__BODY_GENERATE;
@@ -673,7 +697,8 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
         env.body_case = SD3__ENVELOPE__BODY_STATUS_REPORT;
         env.status_report = &st;
         break;
-    default: return sd3_err_set(err, SD3_EINVAL, "body kind %d unknown", (int)msg->body_kind);
+    default:
+        return sd3_err_set(err, SD3_EINVAL, "body kind %d unknown", (int)msg->body_kind);
     }
     size_t len = sd3__envelope__get_packed_size(&env);
     uint8_t *buf = malloc(len ? len : 1);
@@ -729,8 +754,8 @@ s_peer_from(const Sd3__Envelope *env, sd3_wire_peer_t *peer)
 {
     if (!peer)
         return;
-    peer->type = (unsigned)env->type < SD3_MSG_TYPE_COUNT ? (sd3_msg_type_t)env->type
-                                                          : SD3_MSG_NONE;
+    peer->type =
+        (unsigned)env->type < SD3_MSG_TYPE_COUNT ? (sd3_msg_type_t)env->type : SD3_MSG_NONE;
     // An id that does not fit is not echoed cut short: the reply names no request then.
     const char *id = env->request_id ? env->request_id : "";
     snprintf(peer->request_id, sizeof peer->request_id, "%s",
@@ -830,8 +855,8 @@ sd3_wire_decode(const sd3_wire_frame_t *frames, int n_frames, const sd3_wire_lim
         goto fail;
     }
     if ((size_t)(n_frames - 1) != env->n_tensors) {
-        sd3_err_set(err, SD3_EPROTO, "%d tensor frames, the envelope describes %zu",
-                    n_frames - 1, env->n_tensors);
+        sd3_err_set(err, SD3_EPROTO, "%d tensor frames, the envelope describes %zu", n_frames - 1,
+                    env->n_tensors);
         goto fail;
     }
     if (s_body_in(env, msg, err))
@@ -853,12 +878,14 @@ sd3_wire_decode(const sd3_wire_frame_t *frames, int n_frames, const sd3_wire_lim
         sd3_shape_numel(d.ndim, d.shape, &numel); // checked: no overflow
         bytes = numel * sd3_dtype_size(d.dtype);
         if (sd3_size_add(total, bytes, &total) != 0 || total > lim->max_total_bytes) {
-            rc = sd3_err_set(err, SD3_EPROTO, "tensor '%s': the message's tensors exceed the "
-                             "cap of %zu bytes", d.name, lim->max_total_bytes);
+            rc = sd3_err_set(err, SD3_EPROTO,
+                             "tensor '%s': the message's tensors exceed the "
+                             "cap of %zu bytes",
+                             d.name, lim->max_total_bytes);
             goto fail;
         }
-        if ((rc = sd3_codec_decode(&d, frames[1 + i].data, frames[1 + i].len,
-                                   lim->max_tensor_bytes, &t, err)) != 0)
+        if ((rc = sd3_codec_decode(&d, frames[1 + i].data, frames[1 + i].len, lim->max_tensor_bytes,
+                                   &t, err)) != 0)
             goto fail;
         msg->tensors[msg->n_tensors].tensor = t;
         msg->tensors[msg->n_tensors].opts.codec = d.codec;
@@ -1055,8 +1082,8 @@ s_recv(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer, bool rou
         goto done;
     }
     for (int i = 0; i < n; i++)
-        frames[i] = (sd3_wire_frame_t){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), NULL,
-                                       NULL};
+        frames[i] =
+            (sd3_wire_frame_t){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), NULL, NULL};
     rc = sd3_wire_decode(frames, n, lim, peer, out, err);
 done:
     for (int i = 0; i < n; i++)
@@ -1072,8 +1099,8 @@ sd3_wire_recv(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer, s
 }
 
 int
-sd3_wire_recv_from(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer,
-                   sd3_msg_t **out, sd3_err_t *err)
+sd3_wire_recv_from(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer, sd3_msg_t **out,
+                   sd3_err_t *err)
 {
     return s_recv(sock, lim, peer, true, out, err);
 }
@@ -1082,8 +1109,8 @@ int
 sd3_wire_reply_error(void *sock, const sd3_wire_peer_t *peer, const sd3_err_t *cause,
                      sd3_err_t *err)
 {
-    sd3_msg_t *reply = sd3_msg_new_error(peer ? peer->request_id : NULL, peer ? peer->step : 0,
-                                         cause);
+    sd3_msg_t *reply =
+        sd3_msg_new_error(peer ? peer->request_id : NULL, peer ? peer->step : 0, cause);
     if (!reply)
         return sd3_err_set(err, SD3_ENOMEM, "error reply: out of memory");
     if (peer && peer->routing_id_len)

@@ -19,13 +19,13 @@
  *  test-support builder of malformed messages). Functions are thread-safe as long as each
  *  socket and message is used by one thread at a time (ZeroMQ's rule).  */
 #pragma once
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-
 #include "sd3_codec.h"
 #include "sd3_err.h"
 #include "sd3_tensor.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #define SD3_WIRE_VERSION        1   // Envelope.protocol_version this build speaks
 #define SD3_WIRE_MAX_TENSORS    16  // tensor frames per message
@@ -277,8 +277,8 @@ int sd3_wire_send_to(void *sock, const sd3_wire_peer_t *peer, sd3_msg_t **msg_p,
 // Receives one message (blocking as the socket's ZMQ_RCVTIMEO says; SD3_ETIMEDOUT on
 // EAGAIN). Every frame of the multipart message is consumed whatever happens. peer may be
 // NULL. SD3_EPROTO on a bad message (see the file comment), SD3_EIO on a socket error.
-int sd3_wire_recv(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer,
-                  sd3_msg_t **out, sd3_err_t *err);
+int sd3_wire_recv(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer, sd3_msg_t **out,
+                  sd3_err_t *err);
 // Same on a ROUTER: frame 0 is the routing id (into peer, required); one empty delimiter
 // frame after it (REQ/DEALER-with-delimiter peers) is skipped.
 int sd3_wire_recv_from(void *sock, const sd3_wire_limits_t *lim, sd3_wire_peer_t *peer,

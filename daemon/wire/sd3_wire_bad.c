@@ -1,14 +1,14 @@
 /*  sd3_wire_bad - malformed messages for tests (see sd3_wire_bad.h)  */
 #include "sd3_wire_bad.h"
 
+#include "sd3.pb-c.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 #include <zstd.h>
-
-#include "sd3.pb-c.h"
 
 enum {
     K_EMPTY_ENVELOPE,
@@ -150,8 +150,8 @@ int
 sd3_wire_bad_check_step(const sd3_msg_t *msg, sd3_err_t *err)
 {
     for (int i = 0; i < 3; i++) {
-        int rc = sd3_msg_expect(msg, s_step_names[i], SD3_F32, s_step_ndims[i], s_step_shapes[i],
-                                err);
+        int rc =
+            sd3_msg_expect(msg, s_step_names[i], SD3_F32, s_step_ndims[i], s_step_shapes[i], err);
         if (rc)
             return rc;
     }
@@ -333,18 +333,43 @@ s_edit_envelope(int kind, sd3_wire_bad_msg_t *m, sd3_err_t *err)
         return sd3_err_set(err, SD3_EINTERNAL, "bad message: own envelope does not parse");
     Sd3__TensorDesc *x = env->tensors[0], *ctx = env->tensors[1];
     switch (kind) {
-    case K_WRONG_VERSION: env->protocol_version = 2; break;
-    case K_NO_VERSION: env->protocol_version = 0; break;
-    case K_UNKNOWN_TYPE: env->type = (Sd3__MsgType)999; break;
-    case K_UNSPECIFIED_TYPE: env->type = SD3__MSG_TYPE__MSG_UNSPECIFIED; break;
-    case K_UNKNOWN_STATUS: env->status = (Sd3__Status)77; break;
-    case K_ERROR_STATUS_OK: env->type = SD3__MSG_TYPE__MSG_ERROR; break;
-    case K_LONG_REQUEST_ID: s_set_str(&env->request_id, 200, 'r'); break;
-    case K_OVERSIZED_ENVELOPE: s_set_str(&env->message, (size_t)1 << 20, 'm'); break;
-    case K_WIRE_BYTES_LIE: x->wire_bytes += 100; break;
-    case K_RAW_BYTES_LIE: x->raw_bytes += 4; break;
-    case K_SHAPE_LIE: x->shape[1] = 17; break;
-    case K_NEGATIVE_DIM: x->shape[1] = -16; x->shape[2] = -24; break;
+    case K_WRONG_VERSION:
+        env->protocol_version = 2;
+        break;
+    case K_NO_VERSION:
+        env->protocol_version = 0;
+        break;
+    case K_UNKNOWN_TYPE:
+        env->type = (Sd3__MsgType)999;
+        break;
+    case K_UNSPECIFIED_TYPE:
+        env->type = SD3__MSG_TYPE__MSG_UNSPECIFIED;
+        break;
+    case K_UNKNOWN_STATUS:
+        env->status = (Sd3__Status)77;
+        break;
+    case K_ERROR_STATUS_OK:
+        env->type = SD3__MSG_TYPE__MSG_ERROR;
+        break;
+    case K_LONG_REQUEST_ID:
+        s_set_str(&env->request_id, 200, 'r');
+        break;
+    case K_OVERSIZED_ENVELOPE:
+        s_set_str(&env->message, (size_t)1 << 20, 'm');
+        break;
+    case K_WIRE_BYTES_LIE:
+        x->wire_bytes += 100;
+        break;
+    case K_RAW_BYTES_LIE:
+        x->raw_bytes += 4;
+        break;
+    case K_SHAPE_LIE:
+        x->shape[1] = 17;
+        break;
+    case K_NEGATIVE_DIM:
+        x->shape[1] = -16;
+        x->shape[2] = -24;
+        break;
     case K_FIVE_DIMS: {
         int64_t *s = malloc(5 * sizeof *s);
         if (s) {
@@ -355,18 +380,34 @@ s_edit_envelope(int kind, sd3_wire_bad_msg_t *m, sd3_err_t *err)
         }
         break;
     }
-    case K_SIZE_OVERFLOW: x->shape[0] = INT64_MAX / 4; x->shape[1] = 1 << 20; break;
+    case K_SIZE_OVERFLOW:
+        x->shape[0] = INT64_MAX / 4;
+        x->shape[1] = 1 << 20;
+        break;
     case K_OVER_CAP: // 4 TiB declared, consistent with raw_bytes; only the cap stops it
         x->shape[0] = 1 << 20, x->shape[1] = 1 << 10, x->shape[2] = 1 << 10;
         x->raw_bytes = (uint64_t)4 << 40;
         break;
-    case K_UNKNOWN_DTYPE: x->dtype = (Sd3__DType)99; break;
-    case K_UNKNOWN_CODEC: x->codec = (Sd3__Codec)9; break;
-    case K_BAD_WIRE_DTYPE: x->wire_dtype = SD3__DTYPE__DTYPE_I32; break;
-    case K_CHECKSUM: ctx->checksum ^= 0x10; break;
-    case K_DUPLICATE_NAME: s_set_str(&ctx->name, 1, 'x'); break;
-    case K_LONG_NAME: s_set_str(&ctx->name, 100, 'n'); break;
-    default: break;
+    case K_UNKNOWN_DTYPE:
+        x->dtype = (Sd3__DType)99;
+        break;
+    case K_UNKNOWN_CODEC:
+        x->codec = (Sd3__Codec)9;
+        break;
+    case K_BAD_WIRE_DTYPE:
+        x->wire_dtype = SD3__DTYPE__DTYPE_I32;
+        break;
+    case K_CHECKSUM:
+        ctx->checksum ^= 0x10;
+        break;
+    case K_DUPLICATE_NAME:
+        s_set_str(&ctx->name, 1, 'x');
+        break;
+    case K_LONG_NAME:
+        s_set_str(&ctx->name, 100, 'n');
+        break;
+    default:
+        break;
     }
     return s_repack(m, env, err);
 }
@@ -378,7 +419,8 @@ s_build_edit(int kind, const char *request_id, sd3_wire_bad_msg_t *out, sd3_err_
     int rc = 0;
     memset(out, 0, sizeof *out);
     switch (kind) {
-    case K_EMPTY_ENVELOPE: return s_push(out, "", 0, err);
+    case K_EMPTY_ENVELOPE:
+        return s_push(out, "", 0, err);
     case K_GARBAGE_ENVELOPE: {
         uint8_t junk[64];
         for (int i = 0; i < 64; i++)
@@ -474,7 +516,8 @@ s_build_edit(int kind, const char *request_id, sd3_wire_bad_msg_t *out, sd3_err_
         }
         return s_from_msg(&msg, out, err);
     }
-    default: break;
+    default:
+        break;
     }
 
     if ((rc = s_base(SD3_MSG_STEP, request_id, out, err)) != 0)
@@ -482,21 +525,31 @@ s_build_edit(int kind, const char *request_id, sd3_wire_bad_msg_t *out, sd3_err_
     // frames: 0 envelope, 1 "x" (shuffle+zstd), 2 "ctx" (zstd), 3 "c" (raw)
     sd3_wire_frame_t *fx = &out->frames[1], *fctx = &out->frames[2];
     switch (kind) {
-    case K_TRUNCATED_ENVELOPE: out->frames[0].len -= 3; return 0;
-    case K_MISSING_FRAME: free(out->frames[3].data); out->n = 3; return 0;
-    case K_EXTRA_FRAME: return s_push(out, "extra", 5, err);
+    case K_TRUNCATED_ENVELOPE:
+        out->frames[0].len -= 3;
+        return 0;
+    case K_MISSING_FRAME:
+        free(out->frames[3].data);
+        out->n = 3;
+        return 0;
+    case K_EXTRA_FRAME:
+        return s_push(out, "extra", 5, err);
     case K_TOO_MANY_FRAMES:
         while (out->n < 41 && rc == 0)
             rc = s_push(out, "f", 1, err);
         return rc;
-    case K_TRUNCATED_FRAME: fx->len -= 1; return 0;
+    case K_TRUNCATED_FRAME:
+        fx->len -= 1;
+        return 0;
     case K_ZSTD_CORRUPT:
         // Scribble over the middle of the compressed block: zstd or the checksum objects.
         for (size_t i = fctx->len / 3; i < fctx->len / 3 + 8 && i < fctx->len; i++)
             ((uint8_t *)fctx->data)[i] ^= 0xa5;
         return 0;
-    case K_STAGE_MISSING: break; // below
-    default: return s_edit_envelope(kind, out, err);
+    case K_STAGE_MISSING:
+        break; // below
+    default:
+        return s_edit_envelope(kind, out, err);
     }
     if (kind == K_STAGE_MISSING) {
         // Drop "c" cleanly: its descriptor and its frame.
@@ -529,8 +582,7 @@ s_replace_ctx(int kind, sd3_wire_bad_msg_t *m, sd3_err_t *err)
         void *zeros = calloc(1, big);
         frame = zeros ? s_zstd(zeros, big, true, &len) : NULL;
         free(zeros);
-    } else if (kind == K_ZSTD_NO_CONTENT_SIZE || kind == K_ZSTD_TRAILING ||
-               kind == K_RAW_IS_ZSTD) {
+    } else if (kind == K_ZSTD_NO_CONTENT_SIZE || kind == K_ZSTD_TRAILING || kind == K_RAW_IS_ZSTD) {
         float vals[2 * 8 * 24];
         for (int i = 0; i < 2 * 8 * 24; i++)
             vals[i] = (float)i;

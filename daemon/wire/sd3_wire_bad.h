@@ -15,9 +15,9 @@
  *  sd3_msg_expect() (as a stage uses it, shapes from sd3_wire_bad_step_shapes()) refuses.
  *  Lives in daemon/wire because it edits envelopes at the protobuf level.  */
 #pragma once
-#include <stdbool.h>
-
 #include "sd3_wire.h"
+
+#include <stdbool.h>
 
 #define SD3_WIRE_BAD_MAX_FRAMES 48
 
@@ -40,8 +40,7 @@ void sd3_wire_bad_step_shapes(const char *const **names, const int **ndims,
 int sd3_wire_bad_check_step(const sd3_msg_t *msg, sd3_err_t *err);
 
 // Builds malformed message `kind` (0 .. count-1) into out. SD3_EINVAL for an unknown kind.
-int sd3_wire_bad_build(int kind, const char *request_id, sd3_wire_bad_msg_t *out,
-                       sd3_err_t *err);
+int sd3_wire_bad_build(int kind, const char *request_id, sd3_wire_bad_msg_t *out, sd3_err_t *err);
 void sd3_wire_bad_fini(sd3_wire_bad_msg_t *msg);
 // Sends msg's frames as one multipart message (routing id first when routing_id_len > 0).
 // The frames stay yours.

@@ -14,10 +14,10 @@
  *
  *  Shapes: "rows" is the product of all dims but the last (sd3_backend.h).  */
 #pragma once
+#include "sd3_backend.h"
+
 #include <stddef.h>
 #include <stdint.h>
-
-#include "sd3_backend.h"
 
 // ---- thread pool -------------------------------------------------------------------------
 typedef struct sd3_cpu_pool sd3_cpu_pool_t;
@@ -50,12 +50,12 @@ int sd3_cpu_check_same(const sd3_tensor_t *a, const sd3_tensor_t *b, const char 
                        const char *what, sd3_err_t *err);
 // An optional 1-D float vector of length n (NULL ok): widened copy in *out (malloc, caller
 // frees; NULL when v is NULL).
-int sd3_cpu_vec_f32(const sd3_tensor_t *v, int64_t n, const char *op, const char *what,
-                    float **out, sd3_err_t *err);
+int sd3_cpu_vec_f32(const sd3_tensor_t *v, int64_t n, const char *op, const char *what, float **out,
+                    sd3_err_t *err);
 
 // ---- ops: fast path (pool) and reference ----------------------------------------------------
-int sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
-                   const sd3_tensor_t *w, const sd3_tensor_t *b, sd3_err_t *err);
+int sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+                   const sd3_tensor_t *b, sd3_err_t *err);
 int sd3_cpu_linear_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
                        const sd3_tensor_t *b, sd3_err_t *err);
 
@@ -92,8 +92,7 @@ int sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q,
 int sd3_cpu_attention_ref(sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_tensor_t *k,
                           const sd3_tensor_t *v, const sd3_attn_opts_t *opts, sd3_err_t *err);
 
-int sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
-                   const sd3_tensor_t *w, const sd3_tensor_t *b, const sd3_conv_opts_t *opts,
-                   sd3_err_t *err);
+int sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+                   const sd3_tensor_t *b, const sd3_conv_opts_t *opts, sd3_err_t *err);
 int sd3_cpu_conv2d_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
                        const sd3_tensor_t *b, const sd3_conv_opts_t *opts, sd3_err_t *err);

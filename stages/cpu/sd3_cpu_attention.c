@@ -36,8 +36,8 @@ s_check(const char *op, const sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_
     if (!opts)
         return sd3_err_set(err, SD3_EINVAL, "cpu %s: missing options", op);
     if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || o->ndim != 3 ||
-        k->shape[0] != q->shape[0] || v->shape[0] != q->shape[0] ||
-        k->shape[1] != v->shape[1] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] ||
+        k->shape[0] != q->shape[0] || v->shape[0] != q->shape[0] || k->shape[1] != v->shape[1] ||
+        k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] ||
         sd3_cpu_check_same(q, o, op, "o", NULL) != 0)
         return sd3_err_set(err, SD3_EINVAL,
                            "cpu %s: q %s, k %s, v %s, o %s: want q, o [B, Lq, H*Dh] and k, v "
@@ -122,7 +122,8 @@ s_row_softmax_step(float *s, int64_t n, int64_t n_all, float *m, float *alpha)
     }
     if (j < n) {
         __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
-        __m512 e = _mm512_maskz_mov_ps(k, s_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
+        __m512 e =
+            _mm512_maskz_mov_ps(k, s_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
         _mm512_mask_storeu_ps(s + j, k, e);
         vsum = _mm512_add_ps(vsum, e);
         j = n;
@@ -196,8 +197,8 @@ s_att_task(void *ctx, int64_t task, int thread)
         const float *K = job->k + (b * Lk + k0) * HD + h * Dh;
         const float *V = job->v + (b * Lk + k0) * HD + h * Dh;
         // S = scale * Q K^T   [qn, kn]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qn, (int)kn, (int)Dh,
-                    job->scale, Q, (int)HD, K, (int)HD, 0.0f, S, SD3_ATT_BK);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)qn, (int)kn, (int)Dh, job->scale,
+                    Q, (int)HD, K, (int)HD, 0.0f, S, SD3_ATT_BK);
         for (int64_t i = 0; i < qn; i++) {
             float *s = S + i * SD3_ATT_BK;
             if (job->bias) {
@@ -219,8 +220,8 @@ s_att_task(void *ctx, int64_t task, int thread)
             l[i] += sum;
         }
         // acc += P V   [qn, Dh]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)qn, (int)Dh, (int)kn, 1.0f,
-                    S, SD3_ATT_BK, V, (int)HD, 1.0f, acc, (int)Dh);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)qn, (int)Dh, (int)kn, 1.0f, S,
+                    SD3_ATT_BK, V, (int)HD, 1.0f, acc, (int)Dh);
     }
     float *O = job->o + (b * job->Lq + q0) * HD + h * Dh;
     for (int64_t i = 0; i < qn; i++) {
@@ -231,18 +232,26 @@ s_att_task(void *ctx, int64_t task, int thread)
 }
 
 int
-sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q,
-                  const sd3_tensor_t *k, const sd3_tensor_t *v, const sd3_attn_opts_t *opts,
-                  sd3_err_t *err)
+sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_tensor_t *k,
+                  const sd3_tensor_t *v, const sd3_attn_opts_t *opts, sd3_err_t *err)
 {
     if (s_check("attention", o, q, k, v, opts, err) != 0)
         return SD3_EINVAL;
     s_att_job_t job = {
-        .be = be, .q = q->data, .k = k->data, .v = v->data, .o = o->data,
+        .be = be,
+        .q = q->data,
+        .k = k->data,
+        .v = v->data,
+        .o = o->data,
         .bias = opts->bias ? opts->bias->data : NULL,
-        .B = q->shape[0], .Lq = q->shape[1], .Lk = k->shape[1], .H = opts->n_heads,
-        .HD = q->shape[2], .Dh = q->shape[2] / opts->n_heads,
-        .scale = opts->scale, .causal = opts->causal,
+        .B = q->shape[0],
+        .Lq = q->shape[1],
+        .Lk = k->shape[1],
+        .H = opts->n_heads,
+        .HD = q->shape[2],
+        .Dh = q->shape[2] / opts->n_heads,
+        .scale = opts->scale,
+        .causal = opts->causal,
     };
     if (job.B == 0 || job.Lq == 0 || job.Dh == 0)
         return 0;

@@ -3,14 +3,14 @@
  *  The reference every other backend is checked against (see sd3_cpu.h for the threading
  *  model). Tensors live in host memory; weights are used where they lie (views into the
  *  mmap) and widened tile by tile inside linear and conv2d.  */
+#include "sd3_cpu.h"
+
 #include <cblas.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include "sd3_cpu.h"
 
 // ---- thread pool -------------------------------------------------------------------------
 
@@ -21,7 +21,7 @@ struct sd3_cpu_pool {
     pthread_cond_t wake; // workers wait here for a new generation
     pthread_cond_t done; // the caller waits here for the workers to finish
     uint64_t generation;
-    int busy;     // workers still inside the current generation
+    int busy; // workers still inside the current generation
     bool quit;
     // the current job
     sd3_cpu_task_fn fn;
@@ -231,8 +231,8 @@ sd3_cpu_check_f32(const sd3_tensor_t *t, const char *op, const char *what, sd3_e
 }
 
 int
-sd3_cpu_check_same(const sd3_tensor_t *a, const sd3_tensor_t *b, const char *op,
-                   const char *what, sd3_err_t *err)
+sd3_cpu_check_same(const sd3_tensor_t *a, const sd3_tensor_t *b, const char *op, const char *what,
+                   sd3_err_t *err)
 {
     bool same = a->ndim == b->ndim;
     for (int i = 0; same && i < a->ndim; i++)
@@ -270,8 +270,7 @@ sd3_cpu_vec_f32(const sd3_tensor_t *v, int64_t n, const char *op, const char *wh
 // ---- memory ops --------------------------------------------------------------------------
 
 static sd3_tensor_t *
-s_tensor_new(sd3_backend_t *be, sd3_dtype_t dtype, int ndim, const int64_t *shape,
-             sd3_err_t *err)
+s_tensor_new(sd3_backend_t *be, sd3_dtype_t dtype, int ndim, const int64_t *shape, sd3_err_t *err)
 {
     (void)be;
     if (ndim < 0 || ndim > SD3_MAX_DIM) {
@@ -355,8 +354,8 @@ s_supports(sd3_op_t op, sd3_dtype_t dtype)
     case SD3_OP_LAYERNORM:
     case SD3_OP_RMSNORM:
     case SD3_OP_GROUPNORM:
-        return dtype == SD3_F32 || dtype == SD3_F16 || dtype == SD3_BF16 ||
-               dtype == SD3_F8_E4M3 || dtype == SD3_F64;
+        return dtype == SD3_F32 || dtype == SD3_F16 || dtype == SD3_BF16 || dtype == SD3_F8_E4M3 ||
+               dtype == SD3_F64;
     case SD3_OP_COUNT:
         return false;
     default:
@@ -433,8 +432,7 @@ sd3_cpu_backend_new(int n_threads, sd3_err_t *err)
         goto oom;
     return be;
 oom:
-    sd3_err_set(err, SD3_ENOMEM, "cpu backend: out of memory or threads (%d threads)",
-                n_threads);
+    sd3_err_set(err, SD3_ENOMEM, "cpu backend: out of memory or threads (%d threads)", n_threads);
     if (be && cpu)
         s_destroy(be);
     else {

@@ -11,14 +11,14 @@
  *  Y[cob, PB] = Wblk[cob, Ci*kh*kw] col. A 1x1, stride 1, unpadded conv reads x directly.
  *  The tiling depends on the shapes only, so the bits do not depend on the thread count.
  *  Reference: plain nested loops with fp32 accumulation.  */
+#include "sd3_cpu.h"
+
 #include <cblas.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "sd3_cpu.h"
-
-#define SD3_CONV_PB 256  // output pixels per task
+#define SD3_CONV_PB  256 // output pixels per task
 #define SD3_CONV_COB 128 // output channels per sgemm
 
 typedef struct {
@@ -37,13 +37,17 @@ s_check(const char *op, const sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_
     if (!w || !w->data || w->where != SD3_HOST ||
         (w->dtype != SD3_F32 && w->dtype != SD3_F16 && w->dtype != SD3_BF16 &&
          w->dtype != SD3_F8_E4M3))
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: W must be a host F32/F16/BF16/F8_E4M3 "
-                           "tensor", op);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu %s: W must be a host F32/F16/BF16/F8_E4M3 "
+                           "tensor",
+                           op);
     if (opts->stride < 1 || opts->pad_top < 0 || opts->pad_left < 0 || opts->pad_bottom < 0 ||
         opts->pad_right < 0)
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: stride %d and pads %d,%d,%d,%d: want "
-                           "stride >= 1, pads >= 0", op, opts->stride, opts->pad_top,
-                           opts->pad_left, opts->pad_bottom, opts->pad_right);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu %s: stride %d and pads %d,%d,%d,%d: want "
+                           "stride >= 1, pads >= 0",
+                           op, opts->stride, opts->pad_top, opts->pad_left, opts->pad_bottom,
+                           opts->pad_right);
     bool ok = x->ndim == 4 && w->ndim == 4 && y->ndim == 4 && w->shape[1] == x->shape[1] &&
               y->shape[0] == x->shape[0] && y->shape[1] == w->shape[0];
     if (ok) {
@@ -58,7 +62,8 @@ s_check(const char *op, const sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_
         ok = ok && y->shape[2] == d->OH && y->shape[3] == d->OW;
     }
     if (!ok)
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: x %s, W %s, y %s (stride %d, pads "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu %s: x %s, W %s, y %s (stride %d, pads "
                            "t%d l%d b%d r%d) do not fit: want y [B, Co, OH, OW] per sd3_backend.h",
                            op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
                            sd3_shape_str(w->ndim, w->shape, sw, sizeof sw),
@@ -102,26 +107,44 @@ s_conv_task(void *ctx, int64_t task, int thread)
         ldcol = P;
     } else {
         float *c = sd3_cpu_scratch(job->be, thread, 1, (size_t)(Kd * SD3_CONV_PB));
-        int64_t *base = (int64_t *)sd3_cpu_scratch(job->be, thread, 2, 4 * SD3_CONV_PB);
-        if (!c || !base) {
+        if (!c) {
             atomic_store(&job->failed, true);
             return;
         }
-        int64_t *ih0 = base, *iw0 = base + SD3_CONV_PB;
-        for (int64_t p = 0; p < pn; p++) {
-            ih0[p] = ((p0 + p) / d->OW) * d->stride - d->pt;
-            iw0[p] = ((p0 + p) % d->OW) * d->stride - d->pl;
-        }
+        // Gather row by row of output pixels: within one output row the input columns
+        // advance by the stride, so only the ends need bounds checks.
         for (int64_t ci = 0; ci < d->Ci; ci++)
             for (int64_t r = 0; r < d->kh; r++)
                 for (int64_t s = 0; s < d->kw; s++) {
                     float *row = c + ((ci * d->kh + r) * d->kw + s) * SD3_CONV_PB;
                     const float *xc = xb + ci * d->H * d->W;
-                    for (int64_t p = 0; p < pn; p++) {
-                        int64_t ih = ih0[p] + r, iw = iw0[p] + s;
-                        row[p] = (ih >= 0 && ih < d->H && iw >= 0 && iw < d->W)
-                                     ? xc[ih * d->W + iw]
-                                     : 0.0f;
+                    for (int64_t p = 0; p < pn;) {
+                        int64_t oh = (p0 + p) / d->OW, ow = (p0 + p) % d->OW;
+                        int64_t seg = d->OW - ow < pn - p ? d->OW - ow : pn - p;
+                        int64_t ih = oh * d->stride + r - d->pt;
+                        float *dst = row + p;
+                        if (ih < 0 || ih >= d->H) {
+                            memset(dst, 0, (size_t)seg * sizeof(float));
+                        } else {
+                            const float *xr = xc + ih * d->W;
+                            int64_t st = d->stride, iw0 = ow * st + s - d->pl;
+                            // q in [lo, hi) reads inside the row; the rest is padding
+                            int64_t lo = iw0 >= 0 ? 0 : (-iw0 + st - 1) / st;
+                            int64_t hi = iw0 > d->W - 1 ? 0 : (d->W - 1 - iw0) / st + 1;
+                            lo = lo < seg ? lo : seg;
+                            hi = hi < seg ? hi : seg;
+                            hi = hi > lo ? hi : lo;
+                            for (int64_t q = 0; q < lo; q++)
+                                dst[q] = 0.0f;
+                            if (st == 1)
+                                memcpy(dst + lo, xr + iw0 + lo, (size_t)(hi - lo) * sizeof(float));
+                            else
+                                for (int64_t q = lo; q < hi; q++)
+                                    dst[q] = xr[iw0 + q * st];
+                            for (int64_t q = hi; q < seg; q++)
+                                dst[q] = 0.0f;
+                        }
+                        p += seg;
                     }
                 }
         col = c;
@@ -144,8 +167,8 @@ s_conv_task(void *ctx, int64_t task, int thread)
             wt = buf;
         }
         float *yt = job->y + (b * d->Co + co0) * P + p0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cn, (int)pn, (int)Kd, 1.0f,
-                    wt, (int)Kd, col, (int)ldcol, 0.0f, yt, (int)P);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cn, (int)pn, (int)Kd, 1.0f, wt,
+                    (int)Kd, col, (int)ldcol, 0.0f, yt, (int)P);
         if (job->bias)
             for (int64_t c = 0; c < cn; c++)
                 for (int64_t p = 0; p < pn; p++)
@@ -212,8 +235,7 @@ sd3_cpu_conv2d_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
     float *yd = y->data;
     size_t esz = sd3_dtype_size(w->dtype);
     for (int64_t co = 0; co < d.Co; co++) {
-        sd3_dtype_to_f32(w->dtype, (const char *)w->data + (size_t)(co * Kd) * esz, wf,
-                         (size_t)Kd);
+        sd3_dtype_to_f32(w->dtype, (const char *)w->data + (size_t)(co * Kd) * esz, wf, (size_t)Kd);
         for (int64_t bb = 0; bb < d.B; bb++)
             for (int64_t oh = 0; oh < d.OH; oh++)
                 for (int64_t ow = 0; ow < d.OW; ow++) {
@@ -228,8 +250,7 @@ sd3_cpu_conv2d_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
                                 acc += wf[(ci * d.kh + r) * d.kw + s] *
                                        xd[((bb * d.Ci + ci) * d.H + ih) * d.W + iw];
                             }
-                    yd[((bb * d.Co + co) * d.OH + oh) * d.OW + ow] =
-                        acc + (bias ? bias[co] : 0.0f);
+                    yd[((bb * d.Co + co) * d.OH + oh) * d.OW + ow] = acc + (bias ? bias[co] : 0.0f);
                 }
     }
     free(wf);

@@ -5,10 +5,10 @@
  *  columns [i*C, (i+1)*C)), nearest 2x upsample, copy2d and fill. Plain loops: each element
  *  has one formula, so the pool only splits the index range (fixed blocks) and the bits are
  *  the same for any thread count, and the same as be == NULL (one thread).  */
+#include "sd3_cpu.h"
+
 #include <math.h>
 #include <string.h>
-
-#include "sd3_cpu.h"
 
 #define SD3_ELT_BLOCK 32768 // elements (or rows x cols) per task
 
@@ -42,7 +42,8 @@ s_act_task(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     s_act_job_t *job = ctx;
-    int64_t i0 = task * SD3_ELT_BLOCK, i1 = i0 + SD3_ELT_BLOCK < job->n ? i0 + SD3_ELT_BLOCK : job->n;
+    int64_t i0 = task * SD3_ELT_BLOCK,
+            i1 = i0 + SD3_ELT_BLOCK < job->n ? i0 + SD3_ELT_BLOCK : job->n;
     for (int64_t i = i0; i < i1; i++)
         job->y[i] = sd3_cpu_act1(job->kind, job->x[i]);
 }
@@ -103,11 +104,13 @@ sd3_cpu_softmax(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_e
         sd3_cpu_check_same(x, y, "softmax", "y", err))
         return SD3_EINVAL;
     int64_t D = sd3_cpu_cols(x);
-    s_rows_job_t job = {.x = x->data, .y = y->data, .rows = sd3_cpu_rows(x), .D = D,
+    s_rows_job_t job = {.x = x->data,
+                        .y = y->data,
+                        .rows = sd3_cpu_rows(x),
+                        .D = D,
                         .rows_per_task = D > 0 && D < SD3_ELT_BLOCK ? SD3_ELT_BLOCK / D : 1};
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be),
-                     (job.rows + job.rows_per_task - 1) / job.rows_per_task, s_softmax_task,
-                     &job);
+                     (job.rows + job.rows_per_task - 1) / job.rows_per_task, s_softmax_task, &job);
     return 0;
 }
 
@@ -124,7 +127,8 @@ s_add_task(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     s_add_job_t *job = ctx;
-    int64_t i0 = task * SD3_ELT_BLOCK, i1 = i0 + SD3_ELT_BLOCK < job->n ? i0 + SD3_ELT_BLOCK : job->n;
+    int64_t i0 = task * SD3_ELT_BLOCK,
+            i1 = i0 + SD3_ELT_BLOCK < job->n ? i0 + SD3_ELT_BLOCK : job->n;
     if (job->D > 0)
         for (int64_t i = i0; i < i1; i++)
             job->y[i] = job->a[i] + job->b[i % job->D];
@@ -147,7 +151,8 @@ sd3_cpu_add(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *a, const sd3
         same = a->shape[i] == b->shape[i];
     if (!same) {
         if (b->ndim != 1 || b->shape[0] != sd3_cpu_cols(a))
-            return sd3_err_set(err, SD3_EINVAL, "cpu add: a %s and b %s: want equal shapes or "
+            return sd3_err_set(err, SD3_EINVAL,
+                               "cpu add: a %s and b %s: want equal shapes or "
                                "b [D] with a [..., D]",
                                sd3_shape_str(a->ndim, a->shape, sa, sizeof sa),
                                sd3_shape_str(b->ndim, b->shape, sb, sizeof sb));
@@ -185,9 +190,10 @@ s_mod_check(const char *op, const sd3_tensor_t *x, const sd3_tensor_t *mod, int 
     job->T = x->ndim == 3 ? x->shape[1] : 1;
     job->C = x->shape[x->ndim - 1];
     int64_t n_chunks = job->C > 0 && mod->ndim == 2 ? mod->shape[1] / job->C : 0;
-    if (mod->ndim != 2 || mod->shape[0] != job->B || job->C == 0 ||
-        mod->shape[1] % job->C != 0 || c1 < 0 || c1 >= n_chunks || c2 < 0 || c2 >= n_chunks)
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: x %s, mod %s, chunks %d,%d: want mod "
+    if (mod->ndim != 2 || mod->shape[0] != job->B || job->C == 0 || mod->shape[1] % job->C != 0 ||
+        c1 < 0 || c1 >= n_chunks || c2 < 0 || c2 >= n_chunks)
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu %s: x %s, mod %s, chunks %d,%d: want mod "
                            "[B, n*C] and chunks < n",
                            op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
                            sd3_shape_str(mod->ndim, mod->shape, sm, sizeof sm), c1, c2);
@@ -214,8 +220,8 @@ s_modulate_task(void *ctx, int64_t task, int thread)
 }
 
 int
-sd3_cpu_modulate(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
-                 const sd3_tensor_t *mod, int shift_chunk, int scale_chunk, sd3_err_t *err)
+sd3_cpu_modulate(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *mod,
+                 int shift_chunk, int scale_chunk, sd3_err_t *err)
 {
     s_mod_job_t job = {0};
     if (sd3_cpu_check_f32(x, "modulate", "x", err) || sd3_cpu_check_f32(y, "modulate", "y", err) ||
@@ -250,8 +256,8 @@ s_gate_add_task(void *ctx, int64_t task, int thread)
 }
 
 int
-sd3_cpu_gate_add(sd3_backend_t *be, sd3_tensor_t *x, const sd3_tensor_t *y,
-                 const sd3_tensor_t *mod, int gate_chunk, sd3_err_t *err)
+sd3_cpu_gate_add(sd3_backend_t *be, sd3_tensor_t *x, const sd3_tensor_t *y, const sd3_tensor_t *mod,
+                 int gate_chunk, sd3_err_t *err)
 {
     s_mod_job_t job = {0};
     if (sd3_cpu_check_f32(x, "gate_add", "x", err) || sd3_cpu_check_f32(y, "gate_add", "y", err) ||
@@ -298,12 +304,13 @@ int
 sd3_cpu_upsample2x(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_err_t *err)
 {
     char sx[96], sy[96];
-    if (sd3_cpu_check_f32(x, "upsample2x", "x", err) || sd3_cpu_check_f32(y, "upsample2x", "y", err))
+    if (sd3_cpu_check_f32(x, "upsample2x", "x", err) ||
+        sd3_cpu_check_f32(y, "upsample2x", "y", err))
         return SD3_EINVAL;
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] ||
-        y->shape[1] != x->shape[1] || y->shape[2] != 2 * x->shape[2] ||
-        y->shape[3] != 2 * x->shape[3])
-        return sd3_err_set(err, SD3_EINVAL, "cpu upsample2x: x %s, y %s: want [B, C, H, W] "
+    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
+        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu upsample2x: x %s, y %s: want [B, C, H, W] "
                            "and [B, C, 2H, 2W]",
                            sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
                            sd3_shape_str(y->ndim, y->shape, sy, sizeof sy));
@@ -338,27 +345,27 @@ sd3_cpu_copy2d(sd3_backend_t *be, sd3_tensor_t *dst, int64_t dst_row, int64_t ds
 {
     (void)be; // memory bound and usually small: one thread
     int64_t d[3], s[3];
-    if (sd3_cpu_check_f32(dst, "copy2d", "dst", err) || sd3_cpu_check_f32(src, "copy2d", "src", err))
+    if (sd3_cpu_check_f32(dst, "copy2d", "dst", err) ||
+        sd3_cpu_check_f32(src, "copy2d", "src", err))
         return SD3_EINVAL;
     s_as3(dst, d);
     s_as3(src, s);
-    if (d[0] != s[0] || n_rows < 0 || n_cols < 0 || dst_row < 0 || dst_col < 0 ||
-        src_row < 0 || src_col < 0 || dst_row > d[1] - n_rows || dst_col > d[2] - n_cols ||
+    if (d[0] != s[0] || n_rows < 0 || n_cols < 0 || dst_row < 0 || dst_col < 0 || src_row < 0 ||
+        src_col < 0 || dst_row > d[1] - n_rows || dst_col > d[2] - n_cols ||
         src_row > s[1] - n_rows || src_col > s[2] - n_cols)
         return sd3_err_set(err, SD3_EINVAL,
                            "cpu copy2d: block %lldx%lld from [%lld,%lld] of [%lld,%lld,%lld] to "
                            "[%lld,%lld] of [%lld,%lld,%lld] is out of bounds or batches differ",
                            (long long)n_rows, (long long)n_cols, (long long)src_row,
                            (long long)src_col, (long long)s[0], (long long)s[1], (long long)s[2],
-                           (long long)dst_row, (long long)dst_col, (long long)d[0],
-                           (long long)d[1], (long long)d[2]);
+                           (long long)dst_row, (long long)dst_col, (long long)d[0], (long long)d[1],
+                           (long long)d[2]);
     const float *sp = src->data;
     float *dp = dst->data;
     for (int64_t b = 0; b < d[0]; b++)
         for (int64_t r = 0; r < n_rows; r++)
             memmove(dp + (b * d[1] + dst_row + r) * d[2] + dst_col,
-                    sp + (b * s[1] + src_row + r) * s[2] + src_col,
-                    (size_t)n_cols * sizeof(float));
+                    sp + (b * s[1] + src_row + r) * s[2] + src_col, (size_t)n_cols * sizeof(float));
     return 0;
 }
 

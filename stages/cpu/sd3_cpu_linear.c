@@ -22,9 +22,9 @@
 
 #include "sd3_cpu.h"
 
-#define SD3_LIN_MB 512 // rows of x per tile
-#define SD3_LIN_NB 128 // rows of W (output columns) per tile
-#define SD3_LIN_SMALL_M 4
+#define SD3_LIN_MB       512 // rows of x per tile
+#define SD3_LIN_NB       128 // rows of W (output columns) per tile
+#define SD3_LIN_SMALL_M  4
 #define SD3_LIN_SMALL_NB 64
 
 typedef struct {
@@ -49,12 +49,13 @@ s_check(const char *op, const sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_
         return sd3_err_set(err, SD3_EINVAL, "cpu %s: W is missing or not in host memory", op);
     if (w->dtype != SD3_F32 && w->dtype != SD3_F16 && w->dtype != SD3_BF16 &&
         w->dtype != SD3_F8_E4M3)
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: W '%s' is %s, want F32/F16/BF16/F8_E4M3",
-                           op, w->name ? w->name : "?", sd3_dtype_name(w->dtype));
+        return sd3_err_set(err, SD3_EINVAL, "cpu %s: W '%s' is %s, want F32/F16/BF16/F8_E4M3", op,
+                           w->name ? w->name : "?", sd3_dtype_name(w->dtype));
     int64_t K = sd3_cpu_cols(x);
     if (w->ndim != 2 || w->shape[1] != K || w->shape[0] < 0 || sd3_cpu_cols(y) != w->shape[0] ||
         sd3_cpu_rows(y) != sd3_cpu_rows(x))
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: x %s, W '%s' %s, y %s: want x [..., K], "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu %s: x %s, W '%s' %s, y %s: want x [..., K], "
                            "W [N, K], y [..., N] with the same rows",
                            op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
                            w->name ? w->name : "?", sd3_shape_str(w->ndim, w->shape, sw, sizeof sw),
@@ -141,8 +142,8 @@ s_small_task(void *ctx, int64_t task, int thread)
             __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
             __m512 wv = s_load16(job->wdtype, wr, k, mask);
             for (int64_t m = 0; m < M; m++)
-                acc[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, job->x + m * K + k), wv,
-                                         acc[m]);
+                acc[m] =
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, job->x + m * K + k), wv, acc[m]);
         }
         for (int64_t m = 0; m < M; m++)
             out[m] = _mm512_reduce_add_ps(acc[m]);
@@ -180,8 +181,16 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
         return 0;
     }
     s_linear_job_t job = {
-        .be = be, .x = x->data, .w = w->data, .wdtype = w->dtype, .bias = bias, .y = y->data,
-        .M = M, .N = N, .K = K, .n_mb = (M + SD3_LIN_MB - 1) / SD3_LIN_MB,
+        .be = be,
+        .x = x->data,
+        .w = w->data,
+        .wdtype = w->dtype,
+        .bias = bias,
+        .y = y->data,
+        .M = M,
+        .N = N,
+        .K = K,
+        .n_mb = (M + SD3_LIN_MB - 1) / SD3_LIN_MB,
     };
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     bool small = M <= SD3_LIN_SMALL_M && w->dtype != SD3_F8_E4M3; // f8 widens through a table
@@ -197,8 +206,10 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
     }
     free(bias);
     if (atomic_load(&job.failed))
-        return sd3_err_set(err, SD3_ENOMEM, "cpu linear: out of memory for a weight tile "
-                           "(%lld x %lld floats)", (long long)SD3_LIN_NB, (long long)K);
+        return sd3_err_set(err, SD3_ENOMEM,
+                           "cpu linear: out of memory for a weight tile "
+                           "(%lld x %lld floats)",
+                           (long long)SD3_LIN_NB, (long long)K);
     return 0;
 }
 
@@ -220,8 +231,7 @@ sd3_cpu_linear_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
     float *yd = y->data;
     size_t esz = sd3_dtype_size(w->dtype);
     for (int64_t n = 0; n < N; n++) {
-        sd3_dtype_to_f32(w->dtype, (const char *)w->data + (size_t)(n * K) * esz, wrow,
-                         (size_t)K);
+        sd3_dtype_to_f32(w->dtype, (const char *)w->data + (size_t)(n * K) * esz, wrow, (size_t)K);
         for (int64_t m = 0; m < M; m++) {
             float acc = 0.0f;
             for (int64_t k = 0; k < K; k++)

@@ -7,10 +7,10 @@
  *  values, where a float running sum loses digits. The normalisation itself is f32.
  *  One code path: the fast version runs the same row code on the pool (rows split in
  *  fixed blocks), so fast and reference give the same bits. In place ok (y == x).  */
+#include "sd3_cpu.h"
+
 #include <math.h>
 #include <stdlib.h>
-
-#include "sd3_cpu.h"
 
 typedef struct {
     const float *x;
@@ -69,8 +69,7 @@ s_layernorm_task(void *ctx, int64_t task, int thread)
     if (r1 > job->rows)
         r1 = job->rows;
     for (int64_t r = r0; r < r1; r++)
-        s_layernorm_row(job->x + r * job->D, job->y + r * job->D, job->w, job->b, job->D,
-                        job->eps);
+        s_layernorm_row(job->x + r * job->D, job->y + r * job->D, job->w, job->b, job->D, job->eps);
 }
 
 static void
@@ -93,11 +92,12 @@ s_rows_per_task(int64_t D)
 }
 
 int
-sd3_cpu_layernorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
-                  const sd3_tensor_t *w, const sd3_tensor_t *b, float eps, sd3_err_t *err)
+sd3_cpu_layernorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+                  const sd3_tensor_t *b, float eps, sd3_err_t *err)
 {
     float *wf = NULL, *bf = NULL;
-    if (sd3_cpu_check_f32(x, "layernorm", "x", err) || sd3_cpu_check_f32(y, "layernorm", "y", err) ||
+    if (sd3_cpu_check_f32(x, "layernorm", "x", err) ||
+        sd3_cpu_check_f32(y, "layernorm", "y", err) ||
         sd3_cpu_check_same(x, y, "layernorm", "y", err))
         return SD3_EINVAL;
     int64_t D = sd3_cpu_cols(x);
@@ -106,10 +106,17 @@ sd3_cpu_layernorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
         free(wf);
         return err ? err->code : SD3_EINVAL;
     }
-    s_norm_job_t job = {.x = x->data, .y = y->data, .w = wf, .b = bf, .rows = sd3_cpu_rows(x),
-                        .D = D, .rows_per_task = s_rows_per_task(D), .eps = eps};
-    sd3_cpu_pool_run(sd3_cpu_backend_pool(be), (job.rows + job.rows_per_task - 1) /
-                     job.rows_per_task, s_layernorm_task, &job);
+    s_norm_job_t job = {.x = x->data,
+                        .y = y->data,
+                        .w = wf,
+                        .b = bf,
+                        .rows = sd3_cpu_rows(x),
+                        .D = D,
+                        .rows_per_task = s_rows_per_task(D),
+                        .eps = eps};
+    sd3_cpu_pool_run(sd3_cpu_backend_pool(be),
+                     (job.rows + job.rows_per_task - 1) / job.rows_per_task, s_layernorm_task,
+                     &job);
     free(wf);
     free(bf);
     return 0;
@@ -126,10 +133,15 @@ sd3_cpu_rmsnorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const
     int64_t D = sd3_cpu_cols(x);
     if (sd3_cpu_vec_f32(w, D, "rmsnorm", "weight", &wf, err))
         return err ? err->code : SD3_EINVAL;
-    s_norm_job_t job = {.x = x->data, .y = y->data, .w = wf, .rows = sd3_cpu_rows(x), .D = D,
-                        .rows_per_task = s_rows_per_task(D), .eps = eps};
-    sd3_cpu_pool_run(sd3_cpu_backend_pool(be), (job.rows + job.rows_per_task - 1) /
-                     job.rows_per_task, s_rmsnorm_task, &job);
+    s_norm_job_t job = {.x = x->data,
+                        .y = y->data,
+                        .w = wf,
+                        .rows = sd3_cpu_rows(x),
+                        .D = D,
+                        .rows_per_task = s_rows_per_task(D),
+                        .eps = eps};
+    sd3_cpu_pool_run(sd3_cpu_backend_pool(be),
+                     (job.rows + job.rows_per_task - 1) / job.rows_per_task, s_rmsnorm_task, &job);
     free(wf);
     return 0;
 }
@@ -180,13 +192,13 @@ s_groupnorm_task(void *ctx, int64_t task, int thread)
 }
 
 int
-sd3_cpu_groupnorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
-                  const sd3_tensor_t *w, const sd3_tensor_t *b, int groups, float eps,
-                  sd3_err_t *err)
+sd3_cpu_groupnorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
+                  const sd3_tensor_t *b, int groups, float eps, sd3_err_t *err)
 {
     float *wf = NULL, *bf = NULL;
     char s[96];
-    if (sd3_cpu_check_f32(x, "groupnorm", "x", err) || sd3_cpu_check_f32(y, "groupnorm", "y", err) ||
+    if (sd3_cpu_check_f32(x, "groupnorm", "x", err) ||
+        sd3_cpu_check_f32(y, "groupnorm", "y", err) ||
         sd3_cpu_check_same(x, y, "groupnorm", "y", err))
         return SD3_EINVAL;
     if (x->ndim != 4)
@@ -194,15 +206,23 @@ sd3_cpu_groupnorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
                            sd3_shape_str(x->ndim, x->shape, s, sizeof s));
     int64_t C = x->shape[1];
     if (groups <= 0 || C % groups != 0)
-        return sd3_err_set(err, SD3_EINVAL, "cpu groupnorm: %lld channels not divisible into "
-                           "%d groups", (long long)C, groups);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "cpu groupnorm: %lld channels not divisible into "
+                           "%d groups",
+                           (long long)C, groups);
     if (sd3_cpu_vec_f32(w, C, "groupnorm", "weight", &wf, err) ||
         sd3_cpu_vec_f32(b, C, "groupnorm", "bias", &bf, err)) {
         free(wf);
         return err ? err->code : SD3_EINVAL;
     }
-    s_gn_job_t job = {.x = x->data, .y = y->data, .w = wf, .b = bf, .C = C,
-                      .HW = x->shape[2] * x->shape[3], .groups = groups, .eps = eps};
+    s_gn_job_t job = {.x = x->data,
+                      .y = y->data,
+                      .w = wf,
+                      .b = bf,
+                      .C = C,
+                      .HW = x->shape[2] * x->shape[3],
+                      .groups = groups,
+                      .eps = eps};
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be), x->shape[0] * groups, s_groupnorm_task, &job);
     free(wf);
     free(bf);

@@ -35,14 +35,14 @@ s_shape(const sd3_weights_t *w, const char *name, int want_ndim, int64_t *shape,
     if (sd3_weights_shape(w, name, &ndim, shape) != 0)
         return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: tensor '%s' is missing", name);
     if (ndim != want_ndim)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has %d dims, want %d", name,
-                           ndim, want_ndim);
+        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has %d dims, want %d", name, ndim,
+                           want_ndim);
     return 0;
 }
 
 int
-sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp,
-                       const char *config_json, sd3_clip_config_t *cfg, sd3_err_t *err)
+sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const char *config_json,
+                       sd3_clip_config_t *cfg, sd3_err_t *err)
 {
     int64_t shape[SD3_MAX_DIM];
     char name[128];
@@ -55,14 +55,15 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp,
         return err ? err->code : SD3_EFORMAT;
     cfg->n_pos = (int)shape[0];
     if (shape[1] != cfg->width)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: position_embedding width %lld, "
-                           "token_embedding width %d", (long long)shape[1], cfg->width);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "CLIP weights: position_embedding width %lld, "
+                           "token_embedding width %d",
+                           (long long)shape[1], cfg->width);
     if (s_shape(weights, S_PREFIX "encoder.layers.0.mlp.fc1.weight", 2, shape, err))
         return err ? err->code : SD3_EFORMAT;
     cfg->ffn = (int)shape[0];
     for (cfg->n_layers = 0; cfg->n_layers < 1000; cfg->n_layers++) {
-        snprintf(name, sizeof name, S_PREFIX "encoder.layers.%d.layer_norm1.weight",
-                 cfg->n_layers);
+        snprintf(name, sizeof name, S_PREFIX "encoder.layers.%d.layer_norm1.weight", cfg->n_layers);
         if (!sd3_weights_has(weights, name))
             break;
     }
@@ -71,8 +72,10 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp,
     if (cfg->width <= 0 || cfg->vocab <= 0 || cfg->n_pos <= 0 || cfg->ffn <= 0)
         return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: empty embedding or FFN");
     if (cfg->n_layers < 2)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: %d layers; SD3 needs the "
-                           "penultimate one (>= 2)", cfg->n_layers);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "CLIP weights: %d layers; SD3 needs the "
+                           "penultimate one (>= 2)",
+                           cfg->n_layers);
 
     // Defaults: released CLIPs have head dim 64. A width that is no multiple of 64 (the tiny
     // test models) falls back to head dim 16; a config names the count exactly.
@@ -110,8 +113,10 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp,
         }
         it = cJSON_GetObjectItemCaseSensitive(root, "num_hidden_layers");
         if (!rc && cJSON_IsNumber(it) && it->valueint != cfg->n_layers)
-            rc = sd3_err_set(err, SD3_EFORMAT, "CLIP config: num_hidden_layers %d, weights "
-                             "hold %d layers", it->valueint, cfg->n_layers);
+            rc = sd3_err_set(err, SD3_EFORMAT,
+                             "CLIP config: num_hidden_layers %d, weights "
+                             "hold %d layers",
+                             it->valueint, cfg->n_layers);
         cJSON_Delete(root);
         if (rc)
             return rc;
@@ -124,9 +129,9 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp,
 
 // -- construction --------------------------------------------------------------------------
 
-static int
-s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
-       sd3_err_t *err, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static int s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim,
+                  const int64_t *shape, sd3_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 
 static int
 s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
@@ -142,8 +147,8 @@ s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim, const in
     if (rc)
         return rc;
     if (!sd3_dtype_is_float(t->dtype))
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has dtype %s, want a float",
-                           name, sd3_dtype_name(t->dtype));
+        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has dtype %s, want a float", name,
+                           sd3_dtype_name(t->dtype));
     if (host) {
         *out = t;
         return 0;
@@ -167,9 +172,10 @@ sd3_clip_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_clip_config_t 
     self->cfg = *cfg;
     if (cfg->n_layers < 2 || cfg->layer_idx < 0 || cfg->layer_idx >= cfg->n_layers ||
         cfg->n_heads <= 0 || W % cfg->n_heads != 0) {
-        sd3_err_set(err, SD3_EINVAL, "CLIP: bad config (width %d, %d layers, %d heads, "
-                    "context layer %d)", cfg->width, cfg->n_layers, cfg->n_heads,
-                    cfg->layer_idx);
+        sd3_err_set(err, SD3_EINVAL,
+                    "CLIP: bad config (width %d, %d layers, %d heads, "
+                    "context layer %d)",
+                    cfg->width, cfg->n_layers, cfg->n_heads, cfg->layer_idx);
         goto fail;
     }
     self->layers = calloc((size_t)cfg->n_layers, sizeof *self->layers);
@@ -186,8 +192,8 @@ sd3_clip_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_clip_config_t 
         goto fail;
     for (int i = 0; i < cfg->n_layers; i++) {
         s_layer_t *L = &self->layers[i];
-#define S_L(field, nd, shp, suffix)                                                           \
-    if (s_need(self, &L->field, false, nd, shp, err, S_PREFIX "encoder.layers.%d." suffix, i)) \
+#define S_L(field, nd, shp, suffix)                                                                \
+    if (s_need(self, &L->field, false, nd, shp, err, S_PREFIX "encoder.layers.%d." suffix, i))     \
         goto fail;
         S_L(ln1_w, 1, w1, "layer_norm1.weight")
         S_L(ln1_b, 1, w1, "layer_norm1.bias")
@@ -255,13 +261,11 @@ s_free(sd3_backend_t *be, sd3_tensor_t **t_p)
     *t_p = NULL;
 }
 
-static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt,
-      ...) __attribute__((format(printf, 5, 6)));
+static int s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt,
-      ...)
+s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt, ...)
 {
     char name[64];
     va_list ap;
@@ -295,8 +299,10 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
     // argmax(ids): the first position holding the largest id (MODEL.md §5.2)
     for (int i = 0; i < n_ids; i++) {
         if (ids[i] < 0 || ids[i] >= cfg->vocab)
-            return sd3_err_set(err, SD3_EINVAL, "CLIP: token id %d at position %d is outside "
-                               "the vocabulary [0, %d)", ids[i], i, cfg->vocab);
+            return sd3_err_set(err, SD3_EINVAL,
+                               "CLIP: token id %d at position %d is outside "
+                               "the vocabulary [0, %d)",
+                               ids[i], i, cfg->vocab);
         if (ids[i] > ids[out->pool_index])
             out->pool_index = i;
     }
@@ -349,17 +355,17 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
     for (int i = 0; i < cfg->n_layers; i++) {
         const s_layer_t *L = &self->layers[i];
         if ((rc = op->layernorm(be, h, x, L->ln1_w, L->ln1_b, cfg->ln_eps, err)) || // [1,T,W]
-            (rc = op->linear(be, q, h, L->q_w, L->q_b, err)) ||                      // [1,T,W]
-            (rc = op->linear(be, k, h, L->k_w, L->k_b, err)) ||                      // [1,T,W]
-            (rc = op->linear(be, v, h, L->v_w, L->v_b, err)) ||                      // [1,T,W]
-            (rc = op->attention(be, a, q, k, v, &attn, err)) ||                      // [1,T,W]
-            (rc = op->linear(be, h, a, L->o_w, L->o_b, err)) ||                      // [1,T,W]
-            (rc = op->add(be, x, x, h, err)) ||                                      // [1,T,W]
+            (rc = op->linear(be, q, h, L->q_w, L->q_b, err)) ||                     // [1,T,W]
+            (rc = op->linear(be, k, h, L->k_w, L->k_b, err)) ||                     // [1,T,W]
+            (rc = op->linear(be, v, h, L->v_w, L->v_b, err)) ||                     // [1,T,W]
+            (rc = op->attention(be, a, q, k, v, &attn, err)) ||                     // [1,T,W]
+            (rc = op->linear(be, h, a, L->o_w, L->o_b, err)) ||                     // [1,T,W]
+            (rc = op->add(be, x, x, h, err)) ||                                     // [1,T,W]
             (rc = op->layernorm(be, h, x, L->ln2_w, L->ln2_b, cfg->ln_eps, err)) || // [1,T,W]
             (rc = op->linear(be, f, h, L->fc1_w, L->fc1_b, err)) ||                 // [1,T,F]
-            (rc = op->act(be, f, f, cfg->act, err)) ||                               // [1,T,F]
+            (rc = op->act(be, f, f, cfg->act, err)) ||                              // [1,T,F]
             (rc = op->linear(be, h, f, L->fc2_w, L->fc2_b, err)) ||                 // [1,T,W]
-            (rc = op->add(be, x, x, h, err)))                                        // [1,T,W]
+            (rc = op->add(be, x, x, h, err)))                                       // [1,T,W]
             goto done;
         if ((rc = s_tap(tap, tap_user, x, err, "layer.%d", i)) != 0)
             goto done;

@@ -15,30 +15,29 @@
  *  from the mmapped table (the table never goes to the device).
  *  Thread: one encode at a time per object (the backend is single-threaded).  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_backend.h"
 #include "sd3_err.h"
 #include "sd3_tensor.h"
 #include "sd3_weights.h"
 
+#include <stdbool.h>
+#include <stdint.h>
+
 // Intermediate taps (eval and debugging): called with a backend tensor that is valid only
 // for the call. A non-zero return stops the encode with that code.
-typedef int (*sd3_enc_tap_fn)(void *user, const char *name, const sd3_tensor_t *t,
-                              sd3_err_t *err);
+typedef int (*sd3_enc_tap_fn)(void *user, const char *name, const sd3_tensor_t *t, sd3_err_t *err);
 
 typedef struct {
-    int width;          // W: 768 (L), 1280 (G)
-    int n_layers;       // 12 (L), 32 (G)
-    int n_heads;        // W / 64
-    int ffn;            // 4W
-    int vocab;          // 49408
-    int n_pos;          // 77
-    int proj_dim;       // rows of text_projection.weight, 0 when absent
-    sd3_act_t act;      // SD3_ACT_QUICK_GELU (L), SD3_ACT_GELU_ERF (G)
-    float ln_eps;       // 1e-5
-    int layer_idx;      // layer whose output is the context: n_layers - 2 (penultimate)
+    int width;     // W: 768 (L), 1280 (G)
+    int n_layers;  // 12 (L), 32 (G)
+    int n_heads;   // W / 64
+    int ffn;       // 4W
+    int vocab;     // 49408
+    int n_pos;     // 77
+    int proj_dim;  // rows of text_projection.weight, 0 when absent
+    sd3_act_t act; // SD3_ACT_QUICK_GELU (L), SD3_ACT_GELU_ERF (G)
+    float ln_eps;  // 1e-5
+    int layer_idx; // layer whose output is the context: n_layers - 2 (penultimate)
 } sd3_clip_config_t;
 
 typedef struct sd3_clip sd3_clip_t;

@@ -1,13 +1,13 @@
 /*  sd3_cond - the SD3 conditioning (see sd3_cond.h)  */
 #include "sd3_cond.h"
 
+#include "sd3_embcache.h"
+#include "sd3_safetensors.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#include "sd3_embcache.h"
-#include "sd3_safetensors.h"
 
 #define S_MAX_CONFIG (1u << 20) // a config.json is a few hundred bytes
 
@@ -71,8 +71,7 @@ sd3_cond_config_json(const sd3_model_t *model, const char *file_path, sd3_compon
 }
 
 static int
-s_build(sd3_cond_t *self, const char *cfg_l, const char *cfg_g, const char *cfg_t5,
-        sd3_err_t *err)
+s_build(sd3_cond_t *self, const char *cfg_l, const char *cfg_g, const char *cfg_t5, sd3_err_t *err)
 {
     sd3_clip_config_t cl, cg;
     sd3_t5_config_t ct;
@@ -84,11 +83,11 @@ s_build(sd3_cond_t *self, const char *cfg_l, const char *cfg_g, const char *cfg_
         !(self->clip_g = sd3_clip_new(self->be, self->w_g, &cg, err)))
         return sd3_err_prefix(err, "CLIP-G");
     if (cg.proj_dim <= 0)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP-G: no text_projection.weight (SD3's pooled "
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "CLIP-G: no text_projection.weight (SD3's pooled "
                            "vector is the projected one)");
-    if (self->w_t5 &&
-        ((rc = sd3_t5_config_detect(self->w_t5, cfg_t5, &ct, err)) ||
-         !(self->t5 = sd3_t5_new(self->be, self->w_t5, &ct, err))))
+    if (self->w_t5 && ((rc = sd3_t5_config_detect(self->w_t5, cfg_t5, &ct, err)) ||
+                       !(self->t5 = sd3_t5_new(self->be, self->w_t5, &ct, err))))
         return sd3_err_prefix(err, "T5");
     sd3_weights_t *all[3] = {self->w_l, self->w_g, self->w_t5};
     sd3_embcache_weights_fingerprint(all, 3, self->fingerprint);
@@ -264,22 +263,30 @@ sd3_cond_encode(sd3_cond_t *self, const sd3_cond_tokens_t *tokens, const sd3_con
         if (Wc == 0)
             Wc = Wt;
         else if (use_t5 && Wc != Wt)
-            return sd3_err_set(err, SD3_EINVAL, "conditioning: context width %d, but T5 gives "
-                               "%d", Wc, Wt);
+            return sd3_err_set(err, SD3_EINVAL,
+                               "conditioning: context width %d, but T5 gives "
+                               "%d",
+                               Wc, Wt);
     }
     if (Wc <= 0)
-        return sd3_err_set(err, SD3_EINVAL, "conditioning: no T5, so the context width must "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "conditioning: no T5, so the context width must "
                            "be given (the MMDiT's context input)");
     if (WL + WG > Wc)
-        return sd3_err_set(err, SD3_EFORMAT, "conditioning: CLIP widths %d + %d exceed the "
-                           "context width %d", WL, WG, Wc);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "conditioning: CLIP widths %d + %d exceed the "
+                           "context width %d",
+                           WL, WG, Wc);
     if (!tokens || !tokens->l || !tokens->g || tokens->n_l != tokens->n_g)
-        return sd3_err_set(err, SD3_EINVAL, "conditioning: need CLIP-L and CLIP-G ids of equal "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "conditioning: need CLIP-L and CLIP-G ids of equal "
                            "length");
-    if (opts->zero_t5_rows < 0 || opts->zero_t5_rows > 4096 || opts->t5_length < 0 ||
-        opts->t5_length > 4096)
-        return sd3_err_set(err, SD3_EINVAL, "conditioning: zero_t5_rows %d / t5_length %d out "
-                           "of range", opts->zero_t5_rows, opts->t5_length);
+    if (opts->zero_t5_rows < 0 || opts->zero_t5_rows > 1024 || opts->t5_length < 0 ||
+        opts->t5_length > 1024)
+        return sd3_err_set(err, SD3_EINVAL,
+                           "conditioning: zero_t5_rows %d / t5_length %d out "
+                           "of range",
+                           opts->zero_t5_rows, opts->t5_length);
 
     const int64_t T = tokens->n_l;
     int64_t n_t5 = 0;

@@ -13,14 +13,14 @@
  *  back as host f32 tensors (what the wire and the embedding cache carry).
  *  Thread: one encode at a time per object.  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_backend.h"
 #include "sd3_clip.h"
 #include "sd3_err.h"
 #include "sd3_t5.h"
 #include "sd3_weights.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 typedef struct {
     bool no_t5;        // drop T5 even when the model has one
@@ -31,10 +31,9 @@ typedef struct {
 } sd3_cond_opts_t;
 
 #define SD3_COND_ZERO_T5_ROWS 77
-#define SD3_COND_OPTS_INIT                                                                     \
-    {                                                                                          \
-        .no_t5 = false, .zero_t5_rows = SD3_COND_ZERO_T5_ROWS, .t5_length = 0,                 \
-        .context_width = 0                                                                     \
+#define SD3_COND_OPTS_INIT                                                                         \
+    {                                                                                              \
+        .no_t5 = false, .zero_t5_rows = SD3_COND_ZERO_T5_ROWS, .t5_length = 0, .context_width = 0  \
     }
 
 // The ids of one prompt (host, borrowed): chunk 0 of each CLIP tokenizer and the T5 ids.
@@ -73,6 +72,5 @@ void sd3_cond_fingerprint(const sd3_cond_t *self, uint64_t out[2]);
 // Encodes one prompt's ids. *context_p: fresh host f32 [1, 77+rows, Wc]; *pooled_p: fresh
 // host f32 [1, WL+PG]. SD3_EINVAL on bad ids or options, SD3_EFORMAT when CLIP-G has no
 // text_projection or the CLIP widths exceed Wc.
-int sd3_cond_encode(sd3_cond_t *self, const sd3_cond_tokens_t *tokens,
-                    const sd3_cond_opts_t *opts, sd3_tensor_t **context_p,
-                    sd3_tensor_t **pooled_p, sd3_err_t *err);
+int sd3_cond_encode(sd3_cond_t *self, const sd3_cond_tokens_t *tokens, const sd3_cond_opts_t *opts,
+                    sd3_tensor_t **context_p, sd3_tensor_t **pooled_p, sd3_err_t *err);

@@ -13,13 +13,13 @@
 #include <xxhash.h>
 
 #define S_ENTRY_OVERHEAD 256 // accounted per entry besides tensor data (struct, headers)
-#define S_KEY_TAG "sd3d-embcache-v1"
+#define S_KEY_TAG        "sd3d-embcache-v1"
 
 typedef struct s_entry {
     sd3_embkey_t key;
     sd3_tensor_t *context, *pooled;
     size_t bytes;
-    struct s_entry *chain;      // next in the hash bucket
+    struct s_entry *chain;       // next in the hash bucket
     struct s_entry *prev, *next; // LRU list
 } s_entry_t;
 
@@ -180,8 +180,7 @@ sd3_embcache_weights_fingerprint(sd3_weights_t *const *weights, size_t n, uint64
 }
 
 int
-sd3_embcache_files_fingerprint(const char *const *paths, size_t n, uint64_t out[2],
-                               sd3_err_t *err)
+sd3_embcache_files_fingerprint(const char *const *paths, size_t n, uint64_t out[2], sd3_err_t *err)
 {
     XXH3_state_t st;
     char buf[1 << 16];
@@ -192,8 +191,7 @@ sd3_embcache_files_fingerprint(const char *const *paths, size_t n, uint64_t out[
             continue;
         FILE *f = fopen(paths[i], "rb");
         if (!f)
-            return sd3_err_set(err, SD3_EIO, "%s: cannot open for the cache fingerprint",
-                               paths[i]);
+            return sd3_err_set(err, SD3_EIO, "%s: cannot open for the cache fingerprint", paths[i]);
         size_t got, total = 0;
         while ((got = fread(buf, 1, sizeof buf, f)) > 0) {
             XXH3_128bits_update(&st, buf, got);
@@ -339,7 +337,8 @@ sd3_embcache_put(sd3_embcache_t *self, sd3_embkey_t key, const sd3_tensor_t *con
 
     // Copy outside the lock; insert under it.
     s_entry_t *e = calloc(1, sizeof *e);
-    if (!e || !(e->context = sd3_tensor_clone(context)) || !(e->pooled = sd3_tensor_clone(pooled))) {
+    if (!e || !(e->context = sd3_tensor_clone(context)) ||
+        !(e->pooled = sd3_tensor_clone(pooled))) {
         if (e)
             s_entry_free(e);
         return sd3_err_set(err, SD3_ENOMEM, "embedding cache: out of memory (%zu bytes)", bytes);

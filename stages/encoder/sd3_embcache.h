@@ -10,14 +10,14 @@
  *  Thread: every method is safe to call from several threads (one mutex); the encoder
  *  stage may serve several pipelines.  */
 #pragma once
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-
 #include "sd3_cond.h"
 #include "sd3_err.h"
 #include "sd3_tensor.h"
 #include "sd3_weights.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     uint64_t lo, hi;
@@ -42,8 +42,7 @@ sd3_embkey_t sd3_embcache_key(const char *prompt, size_t prompt_len, const sd3_c
                               const uint64_t weights_fp[2], const uint64_t tokenizer_fp[2]);
 // Fingerprint of n weight sets: names, dtypes, shapes, stored bytes and 16 samples of 64
 // bytes spread over every tensor (a few pages per tensor, not the 10 GB of T5-XXL).
-void sd3_embcache_weights_fingerprint(sd3_weights_t *const *weights, size_t n,
-                                      uint64_t out[2]);
+void sd3_embcache_weights_fingerprint(sd3_weights_t *const *weights, size_t n, uint64_t out[2]);
 // Fingerprint of whole files (the tokenizer files: a few MB); NULL paths are skipped.
 // SD3_EIO when one cannot be read.
 int sd3_embcache_files_fingerprint(const char *const *paths, size_t n, uint64_t out[2],

@@ -641,10 +641,10 @@ sd3_tokenizer_encode(sd3_tokenizer_t *self, const char *prompt, size_t len,
 fail:
     if (rc != 0)
         sd3_tokens_fini(out);
+    if (t5_ids)
+        s_words_ids_fini(t5_ids, t5_words.n);
     sd3_prompt_words_fini(&words);
     sd3_prompt_words_fini(&t5_words);
-    if (t5_ids)
-        s_words_ids_fini(t5_ids, t5_words.n ? t5_words.n : 0);
     sd3_tok_ids_fini(&t5);
     return rc;
 }

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_MAX_TOKENS 4096
+#define S_MAX_TOKENS 1024 // the bias alone is H N^2 floats: 256 MiB for T5-XXL at 1024
 
 typedef struct {
     const sd3_tensor_t *ln0_w, *q_w, *k_w, *v_w, *o_w;
@@ -29,7 +29,7 @@ static const char *
 s_embed_name(const sd3_weights_t *w)
 {
     return sd3_weights_has(w, "encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight"
-                                                              : "shared.weight";
+                                                             : "shared.weight";
 }
 
 static int
@@ -53,28 +53,33 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
     memset(cfg, 0, sizeof *cfg);
     if (!sd3_weights_has(weights, "encoder.embed_tokens.weight") &&
         !sd3_weights_has(weights, "shared.weight"))
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: no token table "
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "T5 weights: no token table "
                            "('encoder.embed_tokens.weight' or 'shared.weight')");
     if ((rc = s_shape2(weights, s_embed_name(weights), shape, err)))
         return rc;
     cfg->vocab = (int)shape[0];
     cfg->d_model = (int)shape[1];
-    if ((rc = s_shape2(weights, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias."
-                                "weight", shape, err)))
+    if ((rc = s_shape2(weights,
+                       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias."
+                       "weight",
+                       shape, err)))
         return rc;
     cfg->n_buckets = (int)shape[0];
     cfg->n_heads = (int)shape[1];
     if ((rc = s_shape2(weights, "encoder.block.0.layer.0.SelfAttention.q.weight", shape, err)))
         return rc;
     if (cfg->n_heads <= 0 || shape[0] % cfg->n_heads != 0)
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: q has %lld rows, not a multiple of "
-                           "%d heads", (long long)shape[0], cfg->n_heads);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "T5 weights: q has %lld rows, not a multiple of "
+                           "%d heads",
+                           (long long)shape[0], cfg->n_heads);
     cfg->d_kv = (int)(shape[0] / cfg->n_heads);
     if (!sd3_weights_has(weights, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight"))
-        return sd3_err_set(err, SD3_ENOTSUP, "T5 weights: no 'wi_0' (only the gated-GELU "
+        return sd3_err_set(err, SD3_ENOTSUP,
+                           "T5 weights: no 'wi_0' (only the gated-GELU "
                            "T5 v1.1 feed-forward is supported)");
-    if ((rc = s_shape2(weights, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", shape,
-                       err)))
+    if ((rc = s_shape2(weights, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", shape, err)))
         return rc;
     cfg->d_ff = (int)shape[0];
     for (cfg->n_layers = 0; cfg->n_layers < 1000; cfg->n_layers++) {
@@ -100,23 +105,27 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
         it = cJSON_GetObjectItemCaseSensitive(root, "num_heads");
         rc = 0;
         if (cJSON_IsNumber(it) && it->valueint != cfg->n_heads)
-            rc = sd3_err_set(err, SD3_EFORMAT, "T5 config: num_heads %d, the bias table has "
-                             "%d columns", it->valueint, cfg->n_heads);
+            rc = sd3_err_set(err, SD3_EFORMAT,
+                             "T5 config: num_heads %d, the bias table has "
+                             "%d columns",
+                             it->valueint, cfg->n_heads);
         cJSON_Delete(root);
         if (rc)
             return rc;
     }
     if (cfg->d_model <= 0 || cfg->vocab <= 0 || cfg->d_ff <= 0 || cfg->n_layers < 1 ||
         cfg->n_buckets < 4 || cfg->n_buckets % 4 != 0 || cfg->max_distance <= cfg->n_buckets / 4)
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: unusable config (d_model %d, %d "
-                           "layers, d_ff %d, %d buckets, max distance %d)", cfg->d_model,
-                           cfg->n_layers, cfg->d_ff, cfg->n_buckets, cfg->max_distance);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "T5 weights: unusable config (d_model %d, %d "
+                           "layers, d_ff %d, %d buckets, max distance %d)",
+                           cfg->d_model, cfg->n_layers, cfg->d_ff, cfg->n_buckets,
+                           cfg->max_distance);
     return 0;
 }
 
-static int
-s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
-       sd3_err_t *err, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static int s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim,
+                  const int64_t *shape, sd3_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 
 static int
 s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
@@ -132,8 +141,8 @@ s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim, const int6
     if (rc)
         return rc;
     if (!sd3_dtype_is_float(t->dtype))
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: '%s' has dtype %s, want a float",
-                           name, sd3_dtype_name(t->dtype));
+        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: '%s' has dtype %s, want a float", name,
+                           sd3_dtype_name(t->dtype));
     if (host) {
         *out = t;
         return 0;
@@ -170,8 +179,8 @@ sd3_t5_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_t5_config_t *cfg
         goto fail;
     for (int i = 0; i < cfg->n_layers; i++) {
         s_block_t *B = &self->blocks[i];
-#define S_B(field, nd, shp, suffix)                                                           \
-    if (s_need(self, &B->field, false, nd, shp, err, "encoder.block.%d.layer." suffix, i))     \
+#define S_B(field, nd, shp, suffix)                                                                \
+    if (s_need(self, &B->field, false, nd, shp, err, "encoder.block.%d.layer." suffix, i))         \
         goto fail;
         S_B(ln0_w, 1, d1, "0.layer_norm.weight")
         S_B(q_w, 2, id, "0.SelfAttention.q.weight")
@@ -234,13 +243,11 @@ s_free(sd3_backend_t *be, sd3_tensor_t **t_p)
     *t_p = NULL;
 }
 
-static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt,
-      ...) __attribute__((format(printf, 5, 6)));
+static int s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt,
-      ...)
+s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt, ...)
 {
     char name[64];
     va_list ap;
@@ -275,14 +282,16 @@ sd3_t5_encode(sd3_t5_t *self, const int32_t *ids, int n_ids, sd3_tensor_t **hidd
         return sd3_err_set(err, SD3_EINVAL, "T5: %d ids, want 1..%d", n_ids, S_MAX_TOKENS);
     for (int i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= cfg->vocab)
-            return sd3_err_set(err, SD3_EINVAL, "T5: token id %d at position %d is outside "
-                               "the vocabulary [0, %d)", ids[i], i, cfg->vocab);
+            return sd3_err_set(err, SD3_EINVAL,
+                               "T5: token id %d at position %d is outside "
+                               "the vocabulary [0, %d)",
+                               ids[i], i, cfg->vocab);
 
     // Host bookkeeping: embedding rows, buckets [N, N], bias [H, N, N] (f32, as the op wants).
     if (!(emb = sd3_tensor_new_err(SD3_F32, 3, nd, "t5.embeddings", err)) ||
         !(buckets = sd3_tensor_new_err(SD3_I32, 2, (int64_t[]){N, N}, "t5.rel_bucket", err)) ||
-        !(bias_h = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, H, N, N}, "t5.position_bias",
-                                      err))) {
+        !(bias_h =
+              sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, H, N, N}, "t5.position_bias", err))) {
         rc = err->code ? err->code : SD3_ENOMEM;
         goto done;
     }
@@ -332,8 +341,8 @@ sd3_t5_encode(sd3_t5_t *self, const int32_t *ids, int n_ids, sd3_tensor_t **hidd
         goto done;
 
     // No 1/sqrt(d_kv): T5 folds it into its initialisation (MODEL.md §5.1).
-    const sd3_attn_opts_t attn = {.n_heads = cfg->n_heads, .scale = 1.0f, .causal = false,
-                                  .bias = bias};
+    const sd3_attn_opts_t attn = {
+        .n_heads = cfg->n_heads, .scale = 1.0f, .causal = false, .bias = bias};
     for (int i = 0; i < cfg->n_layers; i++) {
         const s_block_t *B = &self->blocks[i];
         if ((rc = op->rmsnorm(be, h, x, B->ln0_w, cfg->eps, err)) || // [1,N,D]

@@ -13,12 +13,12 @@
  *  embedding rows and builds the [H, N, N] position bias (bookkeeping of size H N^2).
  *  Thread: one encode at a time per object.  */
 #pragma once
-#include <stdint.h>
-
 #include "sd3_backend.h"
 #include "sd3_clip.h" // sd3_enc_tap_fn
 #include "sd3_err.h"
 #include "sd3_weights.h"
+
+#include <stdint.h>
 
 typedef struct {
     int d_model;      // 4096
@@ -48,7 +48,7 @@ const sd3_t5_config_t *sd3_t5_config(const sd3_t5_t *self);
 // in float32 as the reference does).
 int sd3_t5_bucket(int rel, int n_buckets, int max_distance);
 
-// Encodes n_ids ids (host; any length >= 1, capped at 4096). *hidden_p gets a fresh backend
+// Encodes n_ids ids (host; 1 <= n_ids <= 1024). *hidden_p gets a fresh backend
 // tensor [1, N, d_model] = final_layer_norm(last block), freed with the backend's
 // tensor_free. Taps (may be NULL): "rel_bucket" (host I32 [N, N]), "position_bias" (host
 // f32 [1, H, N, N]), "embeddings", "block.<i>" (residual stream after block i),

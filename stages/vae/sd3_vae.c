@@ -116,8 +116,9 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
                                cfg->dec_blocks[i] == 0 ? "decoder" : "encoder");
     }
     if (cfg->has_decoder) {
+        int64_t out_shape[SD3_MAX_DIM];
         if (s_shape(w, "decoder.conv_in.weight", shape) != 4 ||
-            s_shape(w, "decoder.conv_out.weight", shape + 2) != 4)
+            s_shape(w, "decoder.conv_out.weight", out_shape) != 4)
             return sd3_err_set(err, SD3_EFORMAT, "vae: decoder.conv_in/conv_out weights are not "
                                                  "4-D (or conv_out is missing)");
         s_shape(w, "decoder.conv_in.weight", shape);

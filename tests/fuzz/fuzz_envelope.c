@@ -11,14 +11,14 @@
  *      sd3_wire_bad kind);
  *    - -DSD3_FUZZ=ON with clang: fuzz_envelope_lf, a libFuzzer binary
  *        ./fuzz_envelope_lf -max_total_time=60 tests/fuzz/corpus-envelope  */
+#include "sd3_wire.h"
+#include "sd3_wire_bad.h"
+
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#include "sd3_wire.h"
-#include "sd3_wire_bad.h"
 
 #define S_MAX_FRAMES 24
 
@@ -137,8 +137,8 @@ s_write_seeds(const char *dir)
         char name[64];
         if (k >= 0 && !strcmp(sd3_wire_bad_name(k), "oversized envelope"))
             continue; // 1 MiB of 'm': says nothing a mutation cannot find
-        int r = k < 0 ? sd3_wire_bad_good("seed", &m, &err)
-                      : sd3_wire_bad_build(k, "seed", &m, &err);
+        int r =
+            k < 0 ? sd3_wire_bad_good("seed", &m, &err) : sd3_wire_bad_build(k, "seed", &m, &err);
         if (r) {
             fprintf(stderr, "seed %d: %s\n", k, err.msg);
             return 1;

@@ -7,14 +7,20 @@
  *  q/k/v join, both swap rules, the VAE up-block reversal and the [c,c] -> [c,c,1,1]
  *  attention weights. The SD3.5 folder's encoders equal the single file's; the parts in
  *  dit/ and enc/ equal what the e2e files were assembled from; sd3_arch's tiny descriptions
- *  enumerate exactly the tensors (names and shapes) of the golden files.  */
+ *  enumerate exactly the tensors (names and shapes) of the golden files.
+ *  Convert (the library call behind `sd3ctl convert`): the single file -> diffusers gives
+ *  the golden diffusers folder's stored tensors (names, shapes, bytes), and -> single again
+ *  gives the original canonical tensors bit for bit.  */
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sd3_arch.h"
+#include "sd3_safetensors.h"
 #include "sd3_test.h"
 #include "sd3_weights.h"
+#include "sd3_weights_write.h"
 
 static float *
 s_widen(const sd3_tensor_t *t)
@@ -180,6 +186,108 @@ s_check_sincos(sd3_weights_t *w, int P, int D)
             }
     printf("pos_embed P=%d D=%d vs the sin-cos formula: max |diff| %.3g\n", P, D, worst);
     CHECK(worst <= 1e-6);
+}
+
+// All stored tensors of the *.safetensors files in folder/sub, by name.
+typedef struct {
+    sd3_st_t *files[16];
+    int n;
+} s_folder_t;
+
+static void
+s_folder_open(s_folder_t *f, const char *folder, const char *sub)
+{
+    char dir[700], path[1000];
+    snprintf(dir, sizeof dir, "%s/%s", folder, sub);
+    f->n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) && f->n < 16) {
+        size_t len = strlen(e->d_name);
+        if (len > 12 && !strcmp(e->d_name + len - 12, ".safetensors")) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            f->files[f->n] = sd3_st_open(path, NULL);
+            if (f->files[f->n])
+                f->n++;
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+static bool
+s_folder_get(const s_folder_t *f, const char *name, sd3_tensor_t *view)
+{
+    for (int i = 0; i < f->n; i++)
+        if (sd3_st_get(f->files[i], name, view, NULL) == 0)
+            return true;
+    return false;
+}
+
+static void
+s_check_convert(const char *p_single, const char *p_diff)
+{
+    char mid[600], back[600];
+    const char *tmp = sd3_test_tmpdir();
+    snprintf(mid, sizeof mid, "%s/golden-diffusers", tmp);
+    snprintf(back, sizeof back, "%s/golden-back.safetensors", tmp);
+    sd3_wwrite_opts_t opts;
+    sd3_wwrite_opts_init(&opts, NULL);
+    opts.layout = SD3_LAYOUT_DIFFUSERS;
+    sd3_err_t err = {0};
+    CHECK_MSG(sd3_weights_convert(p_single, &opts, mid, &err) == 0, "%s", err.msg);
+    // the stored diffusers tensors equal the golden folder's, name by name
+    static const char *const subs[] = {"transformer", "vae", "text_encoder", "text_encoder_2",
+                                       "text_encoder_3"};
+    for (int c = 0; c < 5; c++) {
+        s_folder_t gold, ours;
+        s_folder_open(&gold, p_diff, subs[c]);
+        s_folder_open(&ours, mid, subs[c]);
+        size_t n_gold = 0, n_ours = 0, bad = 0;
+        for (int i = 0; i < gold.n; i++)
+            for (size_t k = 0; k < sd3_st_count(gold.files[i]); k++) {
+                sd3_tensor_t a, b;
+                const char *name = sd3_st_name(gold.files[i], k);
+                sd3_st_get(gold.files[i], name, &a, NULL);
+                n_gold++;
+                if (!s_folder_get(&ours, name, &b) || a.dtype != b.dtype ||
+                    !s_same_shape(a.ndim, a.shape, b.ndim, b.shape) ||
+                    memcmp(a.data, b.data, sd3_tensor_nbytes(&a)) != 0) {
+                    fprintf(stderr, "convert -> diffusers %s: '%s' missing or different\n",
+                            subs[c], name);
+                    bad++;
+                }
+            }
+        for (int i = 0; i < ours.n; i++)
+            n_ours += sd3_st_count(ours.files[i]);
+        printf("convert single -> diffusers %-15s %4zu stored tensors vs golden %4zu: %s\n",
+               subs[c], n_ours, n_gold, bad || n_ours != n_gold ? "DIFFER" : "bit-identical");
+        CHECK(bad == 0 && n_ours == n_gold && n_gold > 0);
+        for (int i = 0; i < gold.n; i++)
+            sd3_st_destroy(&gold.files[i]);
+        for (int i = 0; i < ours.n; i++)
+            sd3_st_destroy(&ours.files[i]);
+    }
+    // and back
+    opts.layout = SD3_LAYOUT_SINGLE;
+    CHECK_MSG(sd3_weights_convert(mid, &opts, back, &err) == 0, "%s", err.msg);
+    sd3_model_t *a = sd3_model_open(p_single, &err), *b = sd3_model_open(back, &err);
+    CHECK(a && b);
+    for (int c = 0; a && b && c < SD3_COMP_COUNT; c++) {
+        sd3_weights_t *wa = sd3_weights_open(a, c, &err), *wb = sd3_weights_open(b, c, &err);
+        char what[64];
+        snprintf(what, sizeof what, "single -> diffusers -> single: %s", sd3_component_name(c));
+        if (wa && wb)
+            s_compare(what, wa, wb, SD3_DTYPE_COUNT, c == SD3_COMP_CLIP_L ? s_clip_l_extra : NULL);
+        sd3_weights_destroy(&wa);
+        sd3_weights_destroy(&wb);
+    }
+    sd3_model_destroy(&a);
+    sd3_model_destroy(&b);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmp);
 }
 
 int
@@ -348,6 +456,7 @@ main(void)
 
     for (int c = 0; c < SD3_COMP_COUNT; c++)
         sd3_weights_destroy(&ws[c]);
+    s_check_convert(p_single, p_diff);
     sd3_model_destroy(&single);
     sd3_model_destroy(&diff);
     sd3_model_destroy(&m35);

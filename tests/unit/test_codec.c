@@ -5,13 +5,13 @@
  *  (the massive-activation channels of DiTs), and a few exact zeros and tiny values so f16
  *  subnormals are exercised. Prints the measured error and ratios (ARCHITECTURE.md quotes
  *  them).  */
+#include "sd3_codec.h"
+#include "sd3_test.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
-
-#include "sd3_codec.h"
-#include "sd3_test.h"
 
 static float
 s_gauss(unsigned long long *state)
@@ -148,8 +148,8 @@ test_other_dtypes(void)
             sd3_tensor_destroy(&t);
         }
     // Scalars and empty tensors.
-    sd3_tensor_t *s = sd3_tensor_new(SD3_F32, 0, NULL), *e = sd3_tensor_new(SD3_F32, 2,
-                                                                             (int64_t[]){0, 5});
+    sd3_tensor_t *s = sd3_tensor_new(SD3_F32, 0, NULL),
+                 *e = sd3_tensor_new(SD3_F32, 2, (int64_t[]){0, 5});
     *(float *)s->data = 3.25f;
     for (int c = 0; c < SD3_CODEC_COUNT; c++) {
         size_t len;

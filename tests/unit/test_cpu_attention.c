@@ -6,13 +6,13 @@
  *  One run at L = 4250, H = 2, Dh = 64 (SD3 at 1024x1024 has 24 heads of the same length)
  *  checks sampled rows and that the peak RSS grows far less than one [H, L, L] score matrix.
  *  Bad shapes: SD3_EINVAL.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
 #include "sd3_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned long long s_seed = 4242;
 
@@ -33,8 +33,8 @@ s_fill_nan(sd3_tensor_t *t)
 }
 
 static void
-s_case(sd3_backend_t *be1, sd3_backend_t *be2, int64_t B, int64_t Lq, int64_t Lk, int H,
-       int64_t Dh, bool causal, bool with_bias, float scale)
+s_case(sd3_backend_t *be1, sd3_backend_t *be2, int64_t B, int64_t Lq, int64_t Lk, int H, int64_t Dh,
+       bool causal, bool with_bias, float scale)
 {
     sd3_err_t err = {0};
     int64_t qs[3] = {B, Lq, H * Dh}, ks[3] = {B, Lk, H * Dh};
@@ -170,12 +170,12 @@ main(void)
     s_case(be1, be2, 1, 1, 1, 1, 8, false, false, 0.125f);
     s_case(be1, be2, 2, 3, 3, 2, 8, true, false, 0.35f);
     s_case(be1, be2, 1, 17, 17, 3, 64, false, true, 1.0f);
-    s_case(be1, be2, 2, 77, 77, 2, 64, true, false, 0.125f);           // CLIP
-    s_case(be1, be2, 1, 202, 202, 2, 64, false, false, 0.125f);        // 154 + 48 tokens
-    s_case(be1, be2, 1, 300, 300, 1, 64, true, true, 1.0f);            // causal + bias
-    s_case(be1, be2, 1, 130, 300, 2, 16, false, true, 1.0f);           // Lq != Lk, T5 style
-    s_case(be1, be2, 1, 5, 513, 1, 64, false, false, 0.125f);          // keys over 2 blocks
-    s_case(be1, be2, 2, 300, 77, 1, 8, true, false, 0.125f);           // causal, Lq > Lk
+    s_case(be1, be2, 2, 77, 77, 2, 64, true, false, 0.125f);    // CLIP
+    s_case(be1, be2, 1, 202, 202, 2, 64, false, false, 0.125f); // 154 + 48 tokens
+    s_case(be1, be2, 1, 300, 300, 1, 64, true, true, 1.0f);     // causal + bias
+    s_case(be1, be2, 1, 130, 300, 2, 16, false, true, 1.0f);    // Lq != Lk, T5 style
+    s_case(be1, be2, 1, 5, 513, 1, 64, false, false, 0.125f);   // keys over 2 blocks
+    s_case(be1, be2, 2, 300, 77, 1, 8, true, false, 0.125f);    // causal, Lq > Lk
     s_bad(be1);
     s_large(be2);
     sd3_backend_destroy(&be1);

@@ -5,13 +5,13 @@
  *  the 256-pixel and 128-channel tiles, each weight dtype, bias or not; 1 vs 2 threads
  *  bit-identical; y starts NaN. A hand-computed 3x3 case pins the padding convention.
  *  Bad shapes: SD3_EINVAL.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
 #include "sd3_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned long long s_seed = 31337;
 
@@ -50,8 +50,8 @@ s_case(sd3_backend_t *be1, sd3_backend_t *be2, int64_t B, int64_t Ci, int64_t H,
     double worst = sd3_test_maxdiff(yr->data, y1->data, n);
     double tol = 1e-6 * (double)(Ci * k * k + 1); // two summation orders, |terms| < 0.5
     CHECK_MSG(worst <= tol, "B=%lld Ci=%lld %lldx%lld Co=%lld k=%lld s=%d %s: max diff %g > %g",
-              (long long)B, (long long)Ci, (long long)H, (long long)W, (long long)Co,
-              (long long)k, opts.stride, sd3_dtype_name(wdtype), worst, tol);
+              (long long)B, (long long)Ci, (long long)H, (long long)W, (long long)Co, (long long)k,
+              opts.stride, sd3_dtype_name(wdtype), worst, tol);
     CHECK_MSG(memcmp(y1->data, y2->data, n * 4) == 0, "conv: 1 and 2 threads differ");
     sd3_tensor_destroy(&x);
     sd3_tensor_destroy(&w);
@@ -90,8 +90,8 @@ s_bad(sd3_backend_t *be)
     sd3_tensor_t *w3 = sd3_tensor_new(SD3_F32, 4, (int64_t[]){8, 3, 3, 3});
     sd3_tensor_t *y = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 8, 5, 5});
     sd3_tensor_t *b = sd3_tensor_new(SD3_F32, 1, (int64_t[]){7});
-    sd3_conv_opts_t same = {.stride = 1, .pad_top = 1, .pad_left = 1, .pad_bottom = 1,
-                            .pad_right = 1};
+    sd3_conv_opts_t same = {
+        .stride = 1, .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
     sd3_conv_opts_t nopad = {.stride = 1};
     sd3_conv_opts_t zero = {.stride = 0};
     CHECK(be->ops->conv2d(be, y, x, w, NULL, &same, &err) == 0);
@@ -114,19 +114,25 @@ main(void)
     sd3_backend_t *be1 = sd3_cpu_backend_new(1, &err), *be2 = sd3_cpu_backend_new(2, &err);
     if (!be1 || !be2)
         return 1;
-    sd3_conv_opts_t same = {.stride = 1, .pad_top = 1, .pad_left = 1, .pad_bottom = 1,
-                            .pad_right = 1};
+    sd3_conv_opts_t same = {
+        .stride = 1, .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
     sd3_conv_opts_t one = {.stride = 1};
     sd3_conv_opts_t down = {.stride = 2, .pad_bottom = 1, .pad_right = 1};
     sd3_conv_opts_t patch = {.stride = 2};
+    sd3_conv_opts_t wide = {.stride = 2,
+                            .pad_top = 2,
+                            .pad_left = 4,
+                            .pad_bottom = 3,
+                            .pad_right = 2}; // pads wider than the kernel
     static const sd3_dtype_t dts[] = {SD3_F32, SD3_F16, SD3_BF16, SD3_F8_E4M3};
     for (int d = 0; d < 4; d++) {
         s_case(be1, be2, 1, 3, 17, 19, 5, 3, same, dts[d], d % 2 == 0);
-        s_case(be1, be2, 2, 16, 20, 15, 130, 3, same, dts[d], true);   // 300 px, 130 channels
+        s_case(be1, be2, 2, 16, 20, 15, 130, 3, same, dts[d], true);    // 300 px, 130 channels
         s_case(be1, be2, 1, 33, 17, 17, 7, 1, one, dts[d], d % 2 == 1); // direct path
         s_case(be1, be2, 1, 8, 33, 17, 9, 3, down, dts[d], true);       // VAE downsample
         s_case(be1, be2, 2, 16, 8, 6, 24, 2, patch, dts[d], true);      // patch embed
         s_case(be1, be2, 1, 1, 1, 1, 1, 1, one, dts[d], false);
+        s_case(be1, be2, 1, 2, 5, 4, 3, 3, wide, dts[d], true);
     }
     s_known(be2);
     s_bad(be1);

@@ -4,13 +4,13 @@
  *  rows sum to one and match a double loop, the chunk convention of modulate and gate_add
  *  (chunk i = columns [i*C, (i+1)*C)), in-place = out-of-place bits, 1 vs 2 threads
  *  bit-identical, copy2d slices and bounds, and SD3_EINVAL on bad shapes.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
 #include "sd3_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned long long s_seed = 99;
 
@@ -129,7 +129,8 @@ s_add_mod(sd3_backend_t *be)
         for (int64_t t = 0; t < T; t++)
             for (int64_t c = 0; c < C; c++) {
                 int64_t i = (b * T + t) * C + c;
-                bad += od[i] != xd[i] * (1.0f + md[b * 6 * C + 4 * C + c]) + md[b * 6 * C + 3 * C + c];
+                bad +=
+                    od[i] != xd[i] * (1.0f + md[b * 6 * C + 4 * C + c]) + md[b * 6 * C + 3 * C + c];
             }
     CHECK_MSG(bad == 0, "modulate: %d wrong", bad);
     // gate_add chunk 2: x += m[b, 2C + c] * y

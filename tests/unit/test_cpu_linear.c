@@ -5,13 +5,13 @@
  *  match the reference within float rounding, give the same bits with 1 and 2 threads, and
  *  fill every element (y starts as NaN). The AVX-512 widening must equal sd3_dtype_to_f32
  *  bit for bit on every f16/bf16/f8 pattern. Bad shapes and dtypes return SD3_EINVAL.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
 #include "sd3_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned long long s_seed = 12345;
 
@@ -168,7 +168,7 @@ main(void)
     CHECK(!be1->ops->supports(SD3_OP_LINEAR, SD3_I32));
     s_widen_exhaustive();
     static const int64_t shapes[][3] = {
-        {1, 1, 1},       {3, 17, 5},  {77, 64, 130},        {2, 96, 257},
+        {1, 1, 1},      {3, 17, 5},    {77, 64, 130},      {2, 96, 257},
         {513, 33, 129}, {4, 1537, 70}, {154 + 48, 40, 77},
     };
     static const sd3_dtype_t dts[] = {SD3_F32, SD3_F16, SD3_BF16, SD3_F8_E4M3};

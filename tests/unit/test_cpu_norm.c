@@ -4,13 +4,13 @@
  *  RMSNorm, VAE GroupNorm with 32 groups), on odd shapes, with and without affine weights
  *  (weights in f32, f16, bf16), in place (y == x gives the same bits as y != x), and 1 vs 2
  *  threads bit-identical. Hand-computed values for a tiny row. Bad shapes: SD3_EINVAL.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
 #include "sd3_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static unsigned long long s_seed = 777;
 
@@ -31,8 +31,7 @@ static float
 s_at(const sd3_tensor_t *t, int64_t i)
 {
     float f;
-    sd3_dtype_to_f32(t->dtype, (const char *)t->data + (size_t)i * sd3_dtype_size(t->dtype), &f,
-                     1);
+    sd3_dtype_to_f32(t->dtype, (const char *)t->data + (size_t)i * sd3_dtype_size(t->dtype), &f, 1);
     return f;
 }
 
@@ -55,8 +54,8 @@ s_run(sd3_backend_t *be, int kind, sd3_tensor_t *y, const sd3_tensor_t *x, const
 
 // Expected output in double: rows of D (LN, RMS) or (C/32)*HW groups (GN).
 static void
-s_expect(int kind, const sd3_tensor_t *x, const sd3_tensor_t *w, const sd3_tensor_t *b,
-         float eps, double *out)
+s_expect(int kind, const sd3_tensor_t *x, const sd3_tensor_t *w, const sd3_tensor_t *b, float eps,
+         double *out)
 {
     const float *xd = x->data;
     int64_t n = sd3_tensor_numel(x), D, rows;

@@ -11,12 +11,12 @@
  *    pattern: so 448 < |x| <= 464 rounds to 448 (464 is the tie, 0x7e is even) and
  *    464 < |x| < 480 becomes NaN (0x7f). sd3_dtype.h's "(448, 480) rounds to 448" is only
  *    half right; the code matches PyTorch, and so does this test.  */
+#include "sd3_dtype.h"
+#include "sd3_test.h"
+
 #include <float.h>
 #include <math.h>
 #include <string.h>
-
-#include "sd3_dtype.h"
-#include "sd3_test.h"
 
 static float
 s_f(uint32_t u)
@@ -88,8 +88,8 @@ s_f16(void)
     };
     for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
         uint32_t got = s_u(sd3_f16_to_f32((uint16_t)from[i].in));
-        CHECK_MSG(got == from[i].want, "f32 of f16 %s: got 0x%08x want 0x%08x", from[i].what,
-                  got, from[i].want);
+        CHECK_MSG(got == from[i].want, "f32 of f16 %s: got 0x%08x want 0x%08x", from[i].what, got,
+                  from[i].want);
     }
     // every finite f16 survives f16 -> f32 -> f16
     int bad = 0;
@@ -176,16 +176,16 @@ s_f8(void)
                   to[i].in, got, to[i].want);
     }
     static const s_case_t from[] = {
-        {0x00, 0x00000000, "+0"},      {0x80, 0x80000000, "-0"},
-        {0x01, 0x3b000000, "2^-9"},    {0x07, 0x3c600000, "7*2^-9"},
-        {0x08, 0x3c800000, "2^-6"},    {0x38, 0x3f800000, "1"},
-        {0x7e, 0x43e00000, "448"},     {0xfe, 0xc3e00000, "-448"},
-        {0x77, 0x43700000, "240"},     {0x78, 0x43800000, "256 (exponent 15)"},
+        {0x00, 0x00000000, "+0"},   {0x80, 0x80000000, "-0"},
+        {0x01, 0x3b000000, "2^-9"}, {0x07, 0x3c600000, "7*2^-9"},
+        {0x08, 0x3c800000, "2^-6"}, {0x38, 0x3f800000, "1"},
+        {0x7e, 0x43e00000, "448"},  {0xfe, 0xc3e00000, "-448"},
+        {0x77, 0x43700000, "240"},  {0x78, 0x43800000, "256 (exponent 15)"},
     };
     for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
         uint32_t got = s_u(sd3_f8e4m3_to_f32((uint8_t)from[i].in));
-        CHECK_MSG(got == from[i].want, "f32 of f8 %s: got 0x%08x want 0x%08x", from[i].what,
-                  got, from[i].want);
+        CHECK_MSG(got == from[i].want, "f32 of f8 %s: got 0x%08x want 0x%08x", from[i].what, got,
+                  from[i].want);
     }
     CHECK(isnan(sd3_f8e4m3_to_f32(0x7f)) && !signbit(sd3_f8e4m3_to_f32(0x7f)));
     CHECK(isnan(sd3_f8e4m3_to_f32(0xff)) && signbit(sd3_f8e4m3_to_f32(0xff)));

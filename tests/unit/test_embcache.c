@@ -2,14 +2,14 @@
  *
  *  Also the usage example: build a key from the prompt, options and fingerprints; get; on a
  *  miss encode and put.  */
+#include "sd3_embcache.h"
+#include "sd3_safetensors.h"
+#include "sd3_test.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_embcache.h"
-#include "sd3_safetensors.h"
-#include "sd3_test.h"
 
 // A (context, pooled) pair whose values all equal `v`: context [1, rows, 8], pooled [1, 4].
 static void

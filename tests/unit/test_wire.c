@@ -2,14 +2,14 @@
  *  inproc:// and tcp://127.0.0.1, then every malformed kind of sd3_wire_bad refused with
  *  SD3_EPROTO and a message naming the problem, answered with an ERROR, and the receiver
  *  still serving the next good message.  */
+#include "sd3_test.h"
+#include "sd3_wire.h"
+#include "sd3_wire_bad.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
-
-#include "sd3_test.h"
-#include "sd3_wire.h"
-#include "sd3_wire_bad.h"
 
 static void
 s_timeouts(void *sock, int ms)
@@ -74,10 +74,8 @@ s_job(float *view_buf)
     j->first_step = 5, j->attempt = 2;
     s_add(m, s_ramp(SD3_F32, 4, (int64_t[]){1, 16, 16, 12}, "latent", 1), SD3_CODEC_RAW, SD3_F32);
     s_add(m, s_ramp(SD3_F32, 3, (int64_t[]){2, 77, 64}, "context", 3), SD3_CODEC_ZSTD, SD3_F32);
-    s_add(m, s_ramp(SD3_F32, 2, (int64_t[]){2, 96}, "pooled", 2), SD3_CODEC_SHUFFLE_ZSTD,
-          SD3_F32);
-    s_add(m, s_ramp(SD3_F32, 2, (int64_t[]){4, 50}, "narrow", 5), SD3_CODEC_SHUFFLE_ZSTD,
-          SD3_BF16);
+    s_add(m, s_ramp(SD3_F32, 2, (int64_t[]){2, 96}, "pooled", 2), SD3_CODEC_SHUFFLE_ZSTD, SD3_F32);
+    s_add(m, s_ramp(SD3_F32, 2, (int64_t[]){4, 50}, "narrow", 5), SD3_CODEC_SHUFFLE_ZSTD, SD3_BF16);
     s_add(m, s_ramp(SD3_I32, 1, (int64_t[]){77}, "tokens", 1), SD3_CODEC_ZSTD, SD3_F16);
     for (int i = 0; i < 40; i++)
         view_buf[i] = (float)i * 0.5f;
@@ -115,12 +113,15 @@ s_check_job(const sd3_msg_t *m)
         int ndim;
         int64_t shape[4];
         float scale;
-    } want[] = {{"latent", SD3_F32, 4, {1, 16, 16, 12}, 1}, {"context", SD3_F32, 3, {2, 77, 64}, 3},
-                {"pooled", SD3_F32, 2, {2, 96}, 2},         {"tokens", SD3_I32, 1, {77}, 1}};
+    } want[] = {{"latent", SD3_F32, 4, {1, 16, 16, 12}, 1},
+                {"context", SD3_F32, 3, {2, 77, 64}, 3},
+                {"pooled", SD3_F32, 2, {2, 96}, 2},
+                {"tokens", SD3_I32, 1, {77}, 1}};
     for (int i = 0; i < 4; i++) {
         sd3_err_t err = {0};
-        CHECK_MSG(sd3_msg_expect(m, want[i].name, want[i].dtype, want[i].ndim, want[i].shape,
-                                 &err) == 0, "%s", err.msg);
+        CHECK_MSG(
+            sd3_msg_expect(m, want[i].name, want[i].dtype, want[i].ndim, want[i].shape, &err) == 0,
+            "%s", err.msg);
         sd3_tensor_t *ref = s_ramp(want[i].dtype, want[i].ndim, want[i].shape, "", want[i].scale);
         sd3_tensor_t *got = sd3_msg_tensor(m, want[i].name);
         CHECK_MSG(got && !memcmp(got->data, ref->data, sd3_tensor_nbytes(ref)),
@@ -208,7 +209,8 @@ test_bodies_inproc(void *ctx)
         CHECK(got->body_kind == SD3_WIRE_BODY_STATUS && st->queue_capacity == 64);
         CHECK(st->completed == 1234567890123ull && st->n_nodes == 2 && st->n_pipelines == 1);
         CHECK(!strcmp(st->nodes[1].node.node_id, "vae-1") && st->nodes[1].alive);
-        CHECK(st->nodes[1].link == SD3_WIRE_LINK_NCCL && st->nodes[1].node.role == SD3_WIRE_ROLE_VAE);
+        CHECK(st->nodes[1].link == SD3_WIRE_LINK_NCCL &&
+              st->nodes[1].node.role == SD3_WIRE_ROLE_VAE);
         CHECK(st->pipelines[0].id == 9 && !strcmp(st->pipelines[0].node_ids[1], "gpu-3"));
     }
     sd3_msg_destroy(&got);
@@ -227,7 +229,8 @@ test_bodies_inproc(void *ctx)
     m->body.heartbeat.inflight = 2;
     CHECK(sd3_wire_send(a, &m, &err) == 0);
     CHECK(sd3_wire_recv(b, NULL, NULL, &got, &err) == 0);
-    CHECK(got && !strcmp(got->body.heartbeat.node_id, "enc-1") && got->body.heartbeat.inflight == 2);
+    CHECK(got && !strcmp(got->body.heartbeat.node_id, "enc-1") &&
+          got->body.heartbeat.inflight == 2);
     sd3_msg_destroy(&got);
 
     sd3_err_t cause = {0};
@@ -338,8 +341,8 @@ test_router(void *ctx, const char *endpoint)
         CHECK(sd3_wire_bad_send(client, &good, NULL, 0, &err) == 0);
         sd3_wire_bad_fini(&good);
         sd3_err_clear(&err);
-        CHECK_MSG(sd3_wire_recv_from(server, NULL, &peer, &got, &err) == 0,
-                  "after '%s': %s", sd3_wire_bad_name(kind), err.msg);
+        CHECK_MSG(sd3_wire_recv_from(server, NULL, &peer, &got, &err) == 0, "after '%s': %s",
+                  sd3_wire_bad_name(kind), err.msg);
         CHECK(got && got->type == SD3_MSG_STEP && !strcmp(got->request_id, rid));
         CHECK(got && got->step == 3 && sd3_wire_bad_check_step(got, &err) == 0);
         // Reply through the ROUTER with the routing id: a LATENT carrying "x" back.
