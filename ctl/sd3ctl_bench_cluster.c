@@ -11,6 +11,7 @@
 #include "sd3_codec.h"
 #include "sd3ctl.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,10 @@ sd3_bench_cluster(int argc, char **argv)
         fprintf(stderr, "bench cluster: --reps >= 1 and --level 1..19\n");
         return 2;
     }
+    // Keep freed buffers in the heap: without this every 76 MiB frame is a fresh mmap and
+    // the figures measure page faults (a daemon that pools its buffers does not pay them).
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     printf("wire codecs, one thread: MB/s = f32 tensor bytes per CPU second (1 MB = 1e6 B); "
            "ratio = f32 bytes / frame bytes\n");
     int rc = 0;

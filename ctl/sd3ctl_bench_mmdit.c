@@ -13,12 +13,6 @@
  *  OpenBLAS sgemm measured now (sd3_bench_sgemm_peak). Memory: resident now and at peak
  *  against the stored bytes of the weights the range uses plus its activations.
  *  Prints figures; it is not a test.  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
 #include "sd3_arch.h"
 #include "sd3_backend.h"
 #include "sd3_mmdit.h"
@@ -28,6 +22,12 @@
 #include "sd3_weights_io.h"
 #include "sd3_weights_write.h"
 #include "sd3ctl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static double
 s_now(void)
@@ -40,8 +40,9 @@ s_now(void)
 static void
 s_usage(void)
 {
-    fprintf(stderr, "usage: sd3ctl bench mmdit [--arch %s] [--size PX] [--steps N] "
-                    "[--model PATH] [--blocks K] [--threads N] [--dtype bf16|f16|f32]\n",
+    fprintf(stderr,
+            "usage: sd3ctl bench mmdit [--arch %s] [--size PX] [--steps N] "
+            "[--model PATH] [--blocks K] [--threads N] [--dtype bf16|f16|f32]\n",
             sd3_arch_names());
 }
 
@@ -121,8 +122,8 @@ sd3_bench_mmdit(int argc, char **argv)
             double t0 = s_now();
             if (sd3_weights_mkmodel(arch, &opts, 1, path, &err) != 0)
                 goto fail;
-            fprintf(stderr, "random %s MMDiT (%s) written to %s in %.1f s\n", arch_name,
-                    dtype_name, path, s_now() - t0);
+            fprintf(stderr, "random %s MMDiT (%s) written to %s in %.1f s\n", arch_name, dtype_name,
+                    path, s_now() - t0);
         }
         model = path;
     }
@@ -151,8 +152,9 @@ sd3_bench_mmdit(int argc, char **argv)
            sd3_mmdit_config_name(&cfg), cfg.depth, cfg.hidden, dtype_name, last,
            last == cfg.depth ? " + final" : " (no final layer)");
     printf("size %dx%d: latent %lldx%lld, N=%lld image + L=%lld context tokens, batch %lld "
-           "(CFG), %d threads\n", size, size, (long long)h, (long long)h, (long long)N,
-           (long long)L, (long long)B, be->n_threads);
+           "(CFG), %d threads\n",
+           size, size, (long long)h, (long long)h, (long long)N, (long long)L, (long long)B,
+           be->n_threads);
     sd3_sampler_opts_t so = {.kind = SD3_SAMPLER_EULER, .cfg_scale = 5.0f, .steps = steps};
     float sigmas[1001];
     for (int i = 0; i <= steps; i++)
@@ -185,9 +187,9 @@ sd3_bench_mmdit(int argc, char **argv)
     for (size_t i = 0; i < sd3_weights_count(w); i++) {
         const char *name = sd3_weights_name(w, i);
         int blk = -1;
-        if (sscanf(name, "joint_blocks.%d.", &blk) == 1 ? blk < last
-                                                       : (strncmp(name, "final_layer", 11) ||
-                                                          last == cfg.depth)) {
+        if (sscanf(name, "joint_blocks.%d.", &blk) == 1
+                ? blk < last
+                : (strncmp(name, "final_layer", 11) || last == cfg.depth)) {
             int nd;
             int64_t sh[SD3_MAX_DIM];
             size_t n;
@@ -196,16 +198,18 @@ sd3_bench_mmdit(int argc, char **argv)
         }
     }
     double act_bytes = 4.0 * B * (double)(N * C + L * C + C); // what travels between stages
-    double ws_bytes = 4.0 * B * (double)C * (2 + 15 + (double)(N > L ? N : L) * 10 + 4.0 * (N + L));
+    // sd3_mmdit_ws_t: silu_c, mods (15C), ln/u/attn_s/y/qkv/h (11 M C), ln_x (N C), q/k/v/o
+    double ws_bytes =
+        4.0 * B * (double)C * (16.0 + 11.0 * (double)(N > L ? N : L) + N + 4.0 * (N + L));
     printf("seconds per step: %.2f (mean of %d; weights loaded in %.2f s)\n", sec, steps, t_load);
     printf("model FLOPs per step: %.1f GFLOP (MODEL.md §9, batch %lld) -> %.1f GFLOP/s = %.0f%% of "
-           "sgemm peak %.1f\n", flops * 1e-9, (long long)B, flops / sec * 1e-9,
-           100.0 * flops / sec * 1e-9 / peak, peak);
+           "sgemm peak %.1f\n",
+           flops * 1e-9, (long long)B, flops / sec * 1e-9, 100.0 * flops / sec * 1e-9 / peak, peak);
     printf("memory: resident %.0f MiB now, %.0f MiB peak (%.0f MiB before loading); weights of "
            "the range %.0f MiB stored + activations %.1f MiB (x, ctx, c) + block scratch "
-           "~%.0f MiB\n", s_mib((double)sd3_bench_rss_now()), s_mib((double)sd3_bench_rss_peak()),
-           s_mib((double)rss0), s_mib((double)wbytes), s_mib(act_bytes),
-           s_mib(ws_bytes));
+           "~%.0f MiB\n",
+           s_mib((double)sd3_bench_rss_now()), s_mib((double)sd3_bench_rss_peak()),
+           s_mib((double)rss0), s_mib((double)wbytes), s_mib(act_bytes), s_mib(ws_bytes));
     rc = 0;
     goto done;
 fail_st:

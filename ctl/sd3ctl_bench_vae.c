@@ -10,14 +10,14 @@
  *  (convolutions and the mid attention; norms and activations are not counted) and
  *  compared with a plain OpenBLAS sgemm measured now (sd3_bench_sgemm_peak).
  *  Prints figures; it is not a test.  */
+#include "sd3_vae.h"
+#include "sd3ctl.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_vae.h"
-#include "sd3ctl.h"
 
 static double
 s_now(void)
@@ -164,8 +164,7 @@ sd3_bench_vae(int argc, char **argv)
            cfg->channels[cfg->n_levels - 1], (double)cfg->n_params * 1e-6, be->ops->name,
            be->n_threads, peak);
     if (!(z = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, cfg->z_channels, h, w}, "z", &err)) ||
-        !(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 3, height, width}, "image",
-                                     &err)))
+        !(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 3, height, width}, "image", &err)))
         goto fail;
     unsigned long long s = 1;
     for (int64_t i = 0; i < sd3_tensor_numel(z); i++) {

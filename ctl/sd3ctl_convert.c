@@ -7,14 +7,14 @@
  *  diffusers folder). The architecture (file names, diffusers configs) is detected from the
  *  tensor shapes. Streaming, through the same writer as mkmodel: memory stays at one chunk
  *  plus the pages being copied, which are dropped after each tensor.  */
+#include "sd3_weights_write.h"
+#include "sd3ctl.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "sd3_weights_write.h"
-#include "sd3ctl.h"
-
-int sd3ctl_parse_layout(const char *s, sd3_layout_t *out);         // sd3ctl_mkmodel.c
+int sd3ctl_parse_layout(const char *s, sd3_layout_t *out); // sd3ctl_mkmodel.c
 int sd3ctl_parse_dtype(const char *s, bool allow_keep, sd3_dtype_t *out);
 
 static void

@@ -3,15 +3,6 @@
  *  Each component reads every setting from the vectors file (tensor names and
  *  __metadata__), runs the same code the daemon runs (stages/mmdit) and hands each output
  *  to sd3_eval_check. Nothing here is matched to particular golden files.  */
-#include <cjson/cJSON.h>
-#include <inttypes.h>
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <sys/stat.h>
-
 #include "sd3_backend.h"
 #include "sd3_mmdit.h"
 #include "sd3_rng.h"
@@ -19,6 +10,14 @@
 #include "sd3_schedule.h"
 #include "sd3_weights.h"
 #include "sd3ctl.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #define S_NOISE_MAX_NUMEL (64u << 20) // 256 MiB of f32 per tensor at most
 
@@ -255,7 +254,7 @@ done:
 // ---- shared: the model named by --model or by the file's `checkpoint` metadata ------------
 
 typedef struct {
-    sd3_model_t *model;     // when the path is a folder
+    sd3_model_t *model; // when the path is a folder
     sd3_weights_t *weights;
     sd3_backend_t *be;
     sd3_mmdit_t *mmdit;
@@ -301,8 +300,7 @@ s_dit_open(sd3_eval_t *ev, s_dit_t *d, sd3_err_t *err)
         const char *ck = sd3_st_metadata(sd3_eval_vectors(ev), "checkpoint");
         const char *vp = sd3_eval_vectors_path(ev), *slash = strrchr(vp, '/');
         if (!ck)
-            return sd3_err_set(err, SD3_EINVAL, "%s: no --model and no 'checkpoint' metadata",
-                               vp);
+            return sd3_err_set(err, SD3_EINVAL, "%s: no --model and no 'checkpoint' metadata", vp);
         snprintf(path, sizeof path, "%.*s%s", slash ? (int)(slash - vp + 1) : 0, vp, ck);
         model = path;
     }
@@ -382,8 +380,8 @@ sd3_eval_mmdit(sd3_eval_t *ev, sd3_err_t *err)
                            sd3_eval_vectors_path(ev));
     if (s_dit_open(ev, &d, err))
         return err->code;
-    s_tap_ctx_t tc = {.ev = ev, .be = d.be, .atol = sd3_eval_atol(ev, 1e-4),
-                      .rtol = sd3_eval_rtol(ev, 0.0)};
+    s_tap_ctx_t tc = {
+        .ev = ev, .be = d.be, .atol = sd3_eval_atol(ev, 1e-4), .rtol = sd3_eval_rtol(ev, 0.0)};
     if (!(x = sd3_eval_input(ev, "in.x", err)) || !(ts = sd3_eval_input(ev, "in.timestep", err)) ||
         !(y = sd3_eval_input(ev, "in.y", err)) || !(ctx = sd3_eval_input(ev, "in.context", err)) ||
         !(sigma = sd3_eval_input(ev, "in.sigma", err))) {
@@ -392,8 +390,10 @@ sd3_eval_mmdit(sd3_eval_t *ev, sd3_err_t *err)
     }
     if (x->ndim != 4 || sd3_tensor_numel(ts) != x->shape[0] ||
         sd3_tensor_numel(sigma) != x->shape[0]) {
-        rc = sd3_err_set(err, SD3_EFORMAT, "%s: in.x must be [B,Z,h,w] with B timesteps and "
-                                           "sigmas", sd3_eval_vectors_path(ev));
+        rc = sd3_err_set(err, SD3_EFORMAT,
+                         "%s: in.x must be [B,Z,h,w] with B timesteps and "
+                         "sigmas",
+                         sd3_eval_vectors_path(ev));
         goto done;
     }
     if (!(out = sd3_tensor_new_err(SD3_F32, 4, x->shape, "out.x", err)) ||
@@ -500,8 +500,10 @@ sd3_eval_sampler(sd3_eval_t *ev, sd3_err_t *err)
     runs = runs_s ? cJSON_Parse(runs_s) : NULL;
     if (!ok || !cJSON_IsArray(runs) || steps < 1 || steps > SD3_SCHEDULE_MAX_STEPS) {
         cJSON_Delete(runs);
-        return sd3_err_set(err, SD3_EFORMAT, "%s: metadata steps/shift/cfg_scale/runs missing "
-                                             "or invalid", sd3_eval_vectors_path(ev));
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "%s: metadata steps/shift/cfg_scale/runs missing "
+                           "or invalid",
+                           sd3_eval_vectors_path(ev));
     }
     if (s_dit_open(ev, &d, err)) {
         cJSON_Delete(runs);
@@ -519,8 +521,8 @@ sd3_eval_sampler(sd3_eval_t *ev, sd3_err_t *err)
     // The noise is the seeded torch noise: check it when the file names its seed.
     const char *seed_s = sd3_st_metadata(st, "seed");
     if (seed_s && noise->ndim >= 1) {
-        sd3_tensor_t *gen = sd3_rng_noise(strtoull(seed_s, NULL, 10), noise->ndim, noise->shape,
-                                          err);
+        sd3_tensor_t *gen =
+            sd3_rng_noise(strtoull(seed_s, NULL, 10), noise->ndim, noise->shape, err);
         if (!gen) {
             rc = err->code;
             goto done;
@@ -564,8 +566,7 @@ sd3_eval_sampler(sd3_eval_t *ev, sd3_err_t *err)
             if (!cJSON_IsNumber(e) || !cJSON_IsNumber(s) || !cJSON_IsNumber(b) || !ltext ||
                 s_parse_layers(ltext, sd3_mmdit_config(d.mmdit)->depth, &opts.slg.layers)) {
                 free(ltext);
-                rc = sd3_err_set(err, SD3_EFORMAT, "run %s: metadata slg_config is invalid",
-                                 name);
+                rc = sd3_err_set(err, SD3_EFORMAT, "run %s: metadata slg_config is invalid", name);
                 goto done;
             }
             free(ltext);

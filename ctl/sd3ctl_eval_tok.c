@@ -6,13 +6,13 @@
  *  clip_g_extra_chunks, clip_content_tokens, clip_l_pool_index, clip_g_pool_index. Fields a
  *  file does not hold are not compared; the `*_noftfy` fields are information only (this
  *  build follows the ftfy path). DIR: clip/ + t5/, or a diffusers folder.  */
+#include "sd3_tok.h"
+#include "sd3ctl.h"
+
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_tok.h"
-#include "sd3ctl.h"
 
 static char *
 s_read_text(const char *path, size_t *len, sd3_err_t *err)
@@ -65,8 +65,8 @@ s_check_ids(sd3_eval_t *ev, const char *name, const int32_t *got, size_t n, cons
         return;
     }
     if (i < n && it)
-        sd3_eval_record(ev, name, false, "len %zu/%zu, first diff at %zu: got %d want %.0f", n,
-                        wn, i, got[i], it->valuedouble);
+        sd3_eval_record(ev, name, false, "len %zu/%zu, first diff at %zu: got %d want %.0f", n, wn,
+                        i, got[i], it->valuedouble);
     else
         sd3_eval_record(ev, name, false, "len %zu, want %zu", n, wn);
 }
@@ -75,7 +75,8 @@ static void
 s_check_int(sd3_eval_t *ev, const char *name, long got, const cJSON *want)
 {
     bool ok = cJSON_IsNumber(want) && want->valuedouble == (double)got;
-    sd3_eval_record(ev, name, ok, "got %ld want %.0f", got, cJSON_IsNumber(want) ? want->valuedouble : -1.0);
+    sd3_eval_record(ev, name, ok, "got %ld want %.0f", got,
+                    cJSON_IsNumber(want) ? want->valuedouble : -1.0);
 }
 
 static void
@@ -114,7 +115,8 @@ sd3_eval_tokenize(sd3_eval_t *ev, sd3_err_t *err)
     sd3_tokenizer_t *tok = NULL;
     int rc = 0;
     if (!model)
-        return sd3_err_set(err, SD3_EINVAL, "tokenize needs --model (a folder with clip/ + t5/ "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "tokenize needs --model (a folder with clip/ + t5/ "
                            "or a diffusers folder)");
     if (!(tok = sd3_tokenizer_new(model, err)))
         return err->code ? err->code : SD3_EFORMAT;
@@ -134,8 +136,7 @@ sd3_eval_tokenize(sd3_eval_t *ev, sd3_err_t *err)
         const cJSON *jhex = cJSON_GetObjectItemCaseSensitive(p, "prompt_utf8_hex");
         const cJSON *jtext = cJSON_GetObjectItemCaseSensitive(p, "prompt");
         char name[160], field[256];
-        snprintf(name, sizeof name, "%s",
-                 cJSON_IsString(jname) ? jname->valuestring : "prompt");
+        snprintf(name, sizeof name, "%s", cJSON_IsString(jname) ? jname->valuestring : "prompt");
         if (!cJSON_IsString(jname))
             snprintf(name, sizeof name, "prompt%d", index);
         size_t plen = 0;

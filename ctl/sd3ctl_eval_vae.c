@@ -5,13 +5,13 @@
  *  code does not produce fails. Sizes and shapes come from the file, never from constants.
  *  The model is --model, else the vectors' `weights` metadata beside the vectors file.
  *  The backend is $SD3_BACKEND (default "cpu").  */
+#include "sd3_vae.h"
+#include "sd3ctl.h"
+
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_vae.h"
-#include "sd3ctl.h"
 
 #define S_MAX_TAPS 32
 
@@ -119,8 +119,8 @@ s_check_u8(sd3_eval_t *ev, const char *name, const sd3_tensor_t *got, double max
             max_diff = d;
     }
     bool ok = max_diff <= 1 && (double)off <= max_frac * (double)n;
-    sd3_eval_record(ev, name, ok, "max_diff=%d off=%zu/%zu (allowed +-1 on %.2f%%)", max_diff,
-                    off, n, max_frac * 100);
+    sd3_eval_record(ev, name, ok, "max_diff=%d off=%zu/%zu (allowed +-1 on %.2f%%)", max_diff, off,
+                    n, max_frac * 100);
 }
 
 // Compares every "out.*" tensor of the file with `outs` (U8 ones by the byte rule).
@@ -199,11 +199,9 @@ sd3_eval_vae_decode(sd3_eval_t *ev, sd3_err_t *err)
             rc = err->code;
             goto done;
         }
-    } else if ((rgb = sd3_tensor_new_err(SD3_U8, 3,
-                                         (int64_t[]){image->shape[2], image->shape[3], 3},
-                                         "rgb8", err))) {
-        sd3_vae_image_to_rgb8(image->data, (int)image->shape[2], (int)image->shape[3],
-                              rgb->data);
+    } else if ((rgb = sd3_tensor_new_err(
+                    SD3_U8, 3, (int64_t[]){image->shape[2], image->shape[3], 3}, "rgb8", err))) {
+        sd3_vae_image_to_rgb8(image->data, (int)image->shape[2], (int)image->shape[3], rgb->data);
     }
     s_outs_put(&outs, "image_u8", rgb);
     rgb = NULL;
@@ -273,8 +271,8 @@ sd3_eval_vae_encode(sd3_eval_t *ev, sd3_err_t *err)
     if ((rc = sd3_vae_encode_moments(vae, image, moments, err)) != 0)
         goto done;
     sd3_vae_set_tap(vae, NULL, NULL);
-    if ((rc = sd3_vae_moments_split(moments, noise, parts[0], parts[1], parts[2], parts[3],
-                                    err)) != 0)
+    if ((rc = sd3_vae_moments_split(moments, noise, parts[0], parts[1], parts[2], parts[3], err)) !=
+        0)
         goto done;
     s_outs_put(&outs, "moments", sd3_tensor_clone(moments));
     sd3_tensor_t *latent_mean = sd3_tensor_clone(parts[0]);

@@ -7,12 +7,12 @@
  *  GB and never held in memory) by sd3_weights_mkmodel(); the distributions are documented
  *  in stages/core/sd3_weights_write.c. For the single layout PATH is the file; for sd3.5 and
  *  diffusers it is a folder.  */
+#include "sd3_weights_write.h"
+#include "sd3ctl.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_weights_write.h"
-#include "sd3ctl.h"
 
 #if defined(__has_include)
 #if __has_include("sd3_tok.h")
@@ -37,13 +37,11 @@ s_usage(FILE *out)
             sd3_arch_names());
 }
 
-int
-sd3ctl_parse_layout(const char *s, sd3_layout_t *out);
+int sd3ctl_parse_layout(const char *s, sd3_layout_t *out);
 int
 sd3ctl_parse_layout(const char *s, sd3_layout_t *out)
 {
-    static const sd3_layout_t all[] = {SD3_LAYOUT_SINGLE, SD3_LAYOUT_SD35,
-                                       SD3_LAYOUT_DIFFUSERS};
+    static const sd3_layout_t all[] = {SD3_LAYOUT_SINGLE, SD3_LAYOUT_SD35, SD3_LAYOUT_DIFFUSERS};
     for (int i = 0; i < 3; i++)
         if (!strcmp(s, sd3_layout_name(all[i]))) {
             *out = all[i];
@@ -52,8 +50,7 @@ sd3ctl_parse_layout(const char *s, sd3_layout_t *out)
     return -1;
 }
 
-int
-sd3ctl_parse_dtype(const char *s, bool allow_keep, sd3_dtype_t *out);
+int sd3ctl_parse_dtype(const char *s, bool allow_keep, sd3_dtype_t *out);
 int
 sd3ctl_parse_dtype(const char *s, bool allow_keep, sd3_dtype_t *out)
 {
@@ -150,9 +147,9 @@ sd3ctl_mkmodel(int argc, char **argv)
     for (int c = 0; c < SD3_COMP_COUNT; c++)
         if (opts.want[c])
             params += sd3_arch_params(arch, (sd3_component_t)c);
-    printf("wrote %s: arch %s, layout %s, dtype %s, %llu parameters (%.2f GB)%s\n", out,
-           arch->name, sd3_layout_name(layout), sd3_dtype_name(dtype),
-           (unsigned long long)params, (double)params * (double)sd3_dtype_size(dtype) / 1e9,
+    printf("wrote %s: arch %s, layout %s, dtype %s, %llu parameters (%.2f GB)%s\n", out, arch->name,
+           sd3_layout_name(layout), sd3_dtype_name(dtype), (unsigned long long)params,
+           (double)params * (double)sd3_dtype_size(dtype) / 1e9,
            layout == SD3_LAYOUT_DIFFUSERS && !opts.tok_writer ? " (no tokenizer files)" : "");
     return 0;
 }

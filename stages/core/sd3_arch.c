@@ -10,33 +10,81 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_CLIP_L_REAL {768, 12, 12, 3072, 49408, 77, true, true}
-#define S_CLIP_G_REAL {1280, 32, 20, 5120, 49408, 77, false, false}
-#define S_T5_REAL {4096, 24, 64, 64, 10240, 32128, 32, 128}
-#define S_VAE_REAL {128, {1, 2, 4, 4}, 2, 16, 3}
-#define S_CLIP_L_TINY {32, 3, 2, 128, 49408, 77, true, true}
-#define S_CLIP_G_TINY {48, 3, 3, 192, 49408, 77, false, false}
-#define S_T5_TINY {96, 2, 6, 16, 240, 32128, 32, 128}
-#define S_VAE_TINY {32, {1, 2, 4, 4}, 2, 16, 3}
+#define S_CLIP_L_REAL                                                                              \
+    {                                                                                              \
+        768, 12, 12, 3072, 49408, 77, true, true                                                   \
+    }
+#define S_CLIP_G_REAL                                                                              \
+    {                                                                                              \
+        1280, 32, 20, 5120, 49408, 77, false, false                                                \
+    }
+#define S_T5_REAL                                                                                  \
+    {                                                                                              \
+        4096, 24, 64, 64, 10240, 32128, 32, 128                                                    \
+    }
+#define S_VAE_REAL                                                                                 \
+    {                                                                                              \
+        128, {1, 2, 4, 4}, 2, 16, 3                                                                \
+    }
+#define S_CLIP_L_TINY                                                                              \
+    {                                                                                              \
+        32, 3, 2, 128, 49408, 77, true, true                                                       \
+    }
+#define S_CLIP_G_TINY                                                                              \
+    {                                                                                              \
+        48, 3, 3, 192, 49408, 77, false, false                                                     \
+    }
+#define S_T5_TINY                                                                                  \
+    {                                                                                              \
+        96, 2, 6, 16, 240, 32128, 32, 128                                                          \
+    }
+#define S_VAE_TINY                                                                                 \
+    {                                                                                              \
+        32, {1, 2, 4, 4}, 2, 16, 3                                                                 \
+    }
 
 static const sd3_arch_t s_archs[] = {
-    {"sd3-medium", "sd3_medium.safetensors",
-     {24, 1536, 24, 64, 2, 16, 192, 2048, 4096, false, 0, 128}, S_CLIP_L_REAL, S_CLIP_G_REAL,
-     S_T5_REAL, S_VAE_REAL},
-    {"sd3.5-medium", "sd3.5_medium.safetensors",
-     {24, 1536, 24, 64, 2, 16, 384, 2048, 4096, true, 13, 128}, S_CLIP_L_REAL, S_CLIP_G_REAL,
-     S_T5_REAL, S_VAE_REAL},
-    {"sd3.5-large", "sd3.5_large.safetensors",
-     {38, 2432, 38, 64, 2, 16, 192, 2048, 4096, true, 0, 128}, S_CLIP_L_REAL, S_CLIP_G_REAL,
-     S_T5_REAL, S_VAE_REAL},
-    {"tiny-sd3-medium", "sd3_medium.safetensors",
-     {2, 128, 2, 64, 2, 16, 13, 80, 96, false, 0, 16}, S_CLIP_L_TINY, S_CLIP_G_TINY, S_T5_TINY,
+    {"sd3-medium",
+     "sd3_medium.safetensors",
+     {24, 1536, 24, 64, 2, 16, 192, 2048, 4096, false, 0, 128},
+     S_CLIP_L_REAL,
+     S_CLIP_G_REAL,
+     S_T5_REAL,
+     S_VAE_REAL},
+    {"sd3.5-medium",
+     "sd3.5_medium.safetensors",
+     {24, 1536, 24, 64, 2, 16, 384, 2048, 4096, true, 13, 128},
+     S_CLIP_L_REAL,
+     S_CLIP_G_REAL,
+     S_T5_REAL,
+     S_VAE_REAL},
+    {"sd3.5-large",
+     "sd3.5_large.safetensors",
+     {38, 2432, 38, 64, 2, 16, 192, 2048, 4096, true, 0, 128},
+     S_CLIP_L_REAL,
+     S_CLIP_G_REAL,
+     S_T5_REAL,
+     S_VAE_REAL},
+    {"tiny-sd3-medium",
+     "sd3_medium.safetensors",
+     {2, 128, 2, 64, 2, 16, 13, 80, 96, false, 0, 16},
+     S_CLIP_L_TINY,
+     S_CLIP_G_TINY,
+     S_T5_TINY,
      S_VAE_TINY},
-    {"tiny-sd3.5-medium", "sd3.5_medium.safetensors",
-     {3, 192, 3, 64, 2, 16, 16, 80, 96, true, 2, 16}, S_CLIP_L_TINY, S_CLIP_G_TINY, S_T5_TINY,
+    {"tiny-sd3.5-medium",
+     "sd3.5_medium.safetensors",
+     {3, 192, 3, 64, 2, 16, 16, 80, 96, true, 2, 16},
+     S_CLIP_L_TINY,
+     S_CLIP_G_TINY,
+     S_T5_TINY,
      S_VAE_TINY},
-    {"tiny-sd3.5-large", "sd3.5_large.safetensors",
-     {2, 128, 2, 64, 2, 16, 12, 80, 96, true, 0, 16}, S_CLIP_L_TINY, S_CLIP_G_TINY, S_T5_TINY,
+    {"tiny-sd3.5-large",
+     "sd3.5_large.safetensors",
+     {2, 128, 2, 64, 2, 16, 12, 80, 96, true, 0, 16},
+     S_CLIP_L_TINY,
+     S_CLIP_G_TINY,
+     S_T5_TINY,
      S_VAE_TINY},
 };
 #define S_N_ARCHS (sizeof s_archs / sizeof s_archs[0])
@@ -78,8 +126,8 @@ typedef struct {
 } s_list_t;
 
 static void __attribute__((format(printf, 6, 7)))
-s_add(s_list_t *l, sd3_init_t init, int64_t fan_in, int ndim, const int64_t *shape,
-      const char *fmt, ...)
+s_add(s_list_t *l, sd3_init_t init, int64_t fan_in, int ndim, const int64_t *shape, const char *fmt,
+      ...)
 {
     if (l->failed)
         return;
@@ -224,14 +272,12 @@ s_t5(s_list_t *l, const sd3_arch_t5_t *t)
         if (i == 0) // held by block 0 only and shared by all blocks (MODEL.md §5.1)
             s_add(l, SD3_INIT_RELBIAS, 0, 2, S_SHAPE(t->buckets, t->heads), a, 0,
                   "relative_attention_bias");
-        s_add(l, SD3_INIT_NORM, 0, 1, S_SHAPE(d), "encoder.block.%d.layer.0.layer_norm.weight",
-              i);
+        s_add(l, SD3_INIT_NORM, 0, 1, S_SHAPE(d), "encoder.block.%d.layer.0.layer_norm.weight", i);
         const char *f = "encoder.block.%d.layer.1.DenseReluDense.%s.weight";
         s_add(l, SD3_INIT_LINEAR, d, 2, S_SHAPE(ff, d), f, i, "wi_0");
         s_add(l, SD3_INIT_LINEAR, d, 2, S_SHAPE(ff, d), f, i, "wi_1");
         s_add(l, SD3_INIT_LINEAR, ff, 2, S_SHAPE(d, ff), f, i, "wo");
-        s_add(l, SD3_INIT_NORM, 0, 1, S_SHAPE(d), "encoder.block.%d.layer.1.layer_norm.weight",
-              i);
+        s_add(l, SD3_INIT_NORM, 0, 1, S_SHAPE(d), "encoder.block.%d.layer.1.layer_norm.weight", i);
     }
     s_add(l, SD3_INIT_NORM, 0, 1, S_SHAPE(d), "encoder.final_layer_norm.weight");
 }
@@ -333,8 +379,7 @@ sd3_arch_tensors(const sd3_arch_t *arch, sd3_component_t comp, size_t *n, sd3_er
         if (m->depth < 1 || m->hidden < 1 || m->pos_embed_max < 1 || m->n_attn2 > m->depth ||
             m->n_attn2 < 0 || m->patch < 1 || m->in_channels < 1 || m->adm_in < 1 ||
             m->context_in < 1 || m->head_dim < 1) {
-            sd3_err_set(err, SD3_EINVAL, "arch '%s': inconsistent MMDiT description",
-                        arch->name);
+            sd3_err_set(err, SD3_EINVAL, "arch '%s': inconsistent MMDiT description", arch->name);
             return NULL;
         }
         s_mmdit(&l, m);
@@ -476,14 +521,13 @@ s_detect_mmdit(sd3_weights_t *w, sd3_arch_t *a, sd3_err_t *err)
     m->n_attn2 = s_count_layers(w, "joint_blocks.%d.x_block.attn2.qkv.weight");
     int blocks = s_count_layers(w, "joint_blocks.%d.x_block.attn.qkv.weight");
     if (blocks != m->depth)
-        return sd3_err_set(err, SD3_EFORMAT,
-                           "%s: %d joint blocks, but hidden %d means depth %d", file, blocks,
-                           m->hidden, m->depth);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: %d joint blocks, but hidden %d means depth %d",
+                           file, blocks, m->hidden, m->depth);
     snprintf(a->model_file, sizeof a->model_file, "%s",
-             m->depth == 38  ? "sd3.5_large.safetensors"
-             : m->n_attn2    ? "sd3.5_medium.safetensors"
-             : m->qk_norm    ? "sd3.5_large.safetensors"
-                             : "sd3_medium.safetensors");
+             m->depth == 38 ? "sd3.5_large.safetensors"
+             : m->n_attn2   ? "sd3.5_medium.safetensors"
+             : m->qk_norm   ? "sd3.5_large.safetensors"
+                            : "sd3_medium.safetensors");
     return 0;
 }
 
@@ -514,8 +558,7 @@ s_detect_t5(sd3_weights_t *w, sd3_arch_t5_t *t)
         t->vocab = (int)s[0];
         t->d_model = (int)s[1];
     }
-    if (s_shape(w, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", 2,
-                s)) {
+    if (s_shape(w, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", 2, s)) {
         t->buckets = (int)s[0];
         t->heads = (int)s[1];
     }

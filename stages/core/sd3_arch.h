@@ -10,12 +10,12 @@
  *  description (what the reference's BaseModel does, MODEL.md §2), for convert and plan.
  *  Used by: sd3ctl mkmodel / convert / plan, tests. Pure data; thread-safe.  */
 #pragma once
+#include "sd3_err.h"
+#include "sd3_weights.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#include "sd3_err.h"
-#include "sd3_weights.h"
 
 #define SD3_ARCH_NAME_MAX 128 // longest canonical tensor name + 1
 
@@ -45,11 +45,11 @@ typedef struct {
 } sd3_arch_t5_t;
 
 typedef struct {
-    int ch;              // 128 (tiny 32)
-    int ch_mult[4];      // {1, 2, 4, 4}
-    int num_res_blocks;  // 2 (the decoder has num_res_blocks + 1 per level)
-    int z_channels;      // 16
-    int image_channels;  // 3
+    int ch;             // 128 (tiny 32)
+    int ch_mult[4];     // {1, 2, 4, 4}
+    int num_res_blocks; // 2 (the decoder has num_res_blocks + 1 per level)
+    int z_channels;     // 16
+    int image_channels; // 3
 } sd3_arch_vae_t;
 
 typedef struct {

@@ -109,20 +109,17 @@ s_parse_tensor(sd3_st_t *self, const cJSON *item, s_entry_t *e, sd3_err_t *err)
     const char *path = self->path;
     char sbuf[128];
     if (!cJSON_IsObject(item))
-        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' is not a JSON object", path,
-                           e->name);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' is not a JSON object", path, e->name);
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(item, "dtype");
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
     if (!cJSON_IsString(dtype))
-        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has no dtype string", path,
-                           e->name);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has no dtype string", path, e->name);
     if (sd3_dtype_from_name(dtype->valuestring, &e->dtype) != 0)
         return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has unknown dtype '%.32s'", path,
                            e->name, dtype->valuestring);
     if (!cJSON_IsArray(shape))
-        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has no shape array", path,
-                           e->name);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has no shape array", path, e->name);
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > SD3_MAX_DIM)
         return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' has %d dims, at most %d supported",
@@ -142,23 +139,21 @@ s_parse_tensor(sd3_st_t *self, const cJSON *item, s_entry_t *e, sd3_err_t *err)
     }
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
         return sd3_err_set(err, SD3_EFORMAT,
-                           "%s: tensor '%s' has no data_offsets [begin, end] pair", path,
-                           e->name);
+                           "%s: tensor '%s' has no data_offsets [begin, end] pair", path, e->name);
     if (!s_json_uint(cJSON_GetArrayItem(offs, 0), &e->begin) ||
         !s_json_uint(cJSON_GetArrayItem(offs, 1), &e->end))
         return sd3_err_set(err, SD3_EFORMAT,
                            "%s: tensor '%s' data_offsets are not non-negative integers", path,
                            e->name);
     if (e->begin > e->end)
-        return sd3_err_set(err, SD3_EFORMAT,
-                           "%s: tensor '%s' data_offsets begin %llu > end %llu", path, e->name,
-                           (unsigned long long)e->begin, (unsigned long long)e->end);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: tensor '%s' data_offsets begin %llu > end %llu",
+                           path, e->name, (unsigned long long)e->begin, (unsigned long long)e->end);
     if (e->end > self->data_size)
         return sd3_err_set(err, SD3_EFORMAT,
                            "%s: tensor '%s' data_offsets [%llu,%llu) past the end of the data "
                            "(%llu bytes)",
-                           path, e->name, (unsigned long long)e->begin,
-                           (unsigned long long)e->end, (unsigned long long)self->data_size);
+                           path, e->name, (unsigned long long)e->begin, (unsigned long long)e->end,
+                           (unsigned long long)self->data_size);
     size_t numel, nbytes;
     if (sd3_shape_numel(e->ndim, e->shape, &numel) != 0 ||
         sd3_size_mul(numel, sd3_dtype_size(e->dtype), &nbytes) != 0)
@@ -166,8 +161,8 @@ s_parse_tensor(sd3_st_t *self, const cJSON *item, s_entry_t *e, sd3_err_t *err)
                            e->name, sd3_shape_str(e->ndim, e->shape, sbuf, sizeof sbuf));
     if ((uint64_t)nbytes != e->end - e->begin)
         return sd3_err_set(err, SD3_EFORMAT,
-                           "%s: tensor '%s' %s %s needs %zu bytes but data_offsets span %llu",
-                           path, e->name, sd3_dtype_name(e->dtype),
+                           "%s: tensor '%s' %s %s needs %zu bytes but data_offsets span %llu", path,
+                           e->name, sd3_dtype_name(e->dtype),
                            sd3_shape_str(e->ndim, e->shape, sbuf, sizeof sbuf), nbytes,
                            (unsigned long long)(e->end - e->begin));
     return 0;
@@ -179,8 +174,7 @@ s_parse_metadata(sd3_st_t *self, const cJSON *meta, sd3_err_t *err)
     if (cJSON_IsNull(meta))
         return 0;
     if (!cJSON_IsObject(meta))
-        return sd3_err_set(err, SD3_EFORMAT, "%s: __metadata__ is not a JSON object",
-                           self->path);
+        return sd3_err_set(err, SD3_EFORMAT, "%s: __metadata__ is not a JSON object", self->path);
     size_t n = (size_t)cJSON_GetArraySize(meta);
     if (n == 0)
         return 0;
@@ -246,8 +240,7 @@ s_parse_header(sd3_st_t *self, const char *json, size_t len, sd3_err_t *err)
     self->entries = calloc(n_items ? n_items : 1, sizeof *self->entries);
     self->by_name = calloc(n_items ? n_items : 1, sizeof *self->by_name);
     if (!self->entries || !self->by_name) {
-        rc = sd3_err_set(err, SD3_ENOMEM, "%s: out of memory for %zu tensors", self->path,
-                         n_items);
+        rc = sd3_err_set(err, SD3_ENOMEM, "%s: out of memory for %zu tensors", self->path, n_items);
         goto done;
     }
     const cJSON *item;
@@ -296,11 +289,10 @@ s_parse_header(sd3_st_t *self, const char *json, size_t len, sd3_err_t *err)
         if (b->begin == b->end)
             continue;
         if (far && b->begin < far->end) {
-            rc = sd3_err_set(err, SD3_EFORMAT,
-                             "%s: tensors '%s' [%llu,%llu) and '%s' [%llu,%llu) overlap",
-                             self->path, far->name, (unsigned long long)far->begin,
-                             (unsigned long long)far->end, b->name, (unsigned long long)b->begin,
-                             (unsigned long long)b->end);
+            rc = sd3_err_set(
+                err, SD3_EFORMAT, "%s: tensors '%s' [%llu,%llu) and '%s' [%llu,%llu) overlap",
+                self->path, far->name, (unsigned long long)far->begin, (unsigned long long)far->end,
+                b->name, (unsigned long long)b->begin, (unsigned long long)b->end);
             goto done;
         }
         if (!far || b->end > far->end)
@@ -356,8 +348,8 @@ sd3_st_open(const char *path, sd3_err_t *err)
         goto fail;
     }
     if (hlen < 2) {
-        sd3_err_set(err, SD3_EFORMAT, "%s: header length %llu is too short for a JSON object",
-                    path, (unsigned long long)hlen);
+        sd3_err_set(err, SD3_EFORMAT, "%s: header length %llu is too short for a JSON object", path,
+                    (unsigned long long)hlen);
         goto fail;
     }
     if (size > (uint64_t)SIZE_MAX) {
@@ -602,8 +594,7 @@ sd3_st_writer_meta(sd3_st_writer_t *self, const char *key, const char *value, sd
                            self->path, key);
     for (size_t i = 0; i < self->n_meta; i++)
         if (!strcmp(self->meta[i], key))
-            return sd3_err_set(err, SD3_EINVAL, "%s: metadata '%s' given twice", self->path,
-                               key);
+            return sd3_err_set(err, SD3_EINVAL, "%s: metadata '%s' given twice", self->path, key);
     if (self->n_meta == self->cap_meta) {
         size_t cap = self->cap_meta ? self->cap_meta * 2 : 8;
         char **m = realloc(self->meta, cap * sizeof *m);
@@ -629,8 +620,8 @@ sd3_st_writer_declare(sd3_st_writer_t *self, const char *name, sd3_dtype_t dtype
     size_t numel, nbytes;
     char sbuf[96];
     if (self->begun)
-        return sd3_err_set(err, SD3_EINVAL, "%s: tensor '%s' declared after the header",
-                           self->path, name);
+        return sd3_err_set(err, SD3_EINVAL, "%s: tensor '%s' declared after the header", self->path,
+                           name);
     if (!name[0] || !strcmp(name, "__metadata__"))
         return sd3_err_set(err, SD3_EINVAL, "%s: '%s' is not a valid tensor name", self->path,
                            name);
@@ -639,8 +630,10 @@ sd3_st_writer_declare(sd3_st_writer_t *self, const char *name, sd3_dtype_t dtype
         sd3_size_mul(numel, sd3_dtype_size(dtype), &nbytes) != 0)
         return sd3_err_set(err, SD3_EINVAL, "%s: tensor '%s' has a bad dtype or shape %s",
                            self->path, name,
-                           sd3_shape_str(ndim < 0 ? 0 : ndim > 4 ? 4 : ndim, shape, sbuf,
-                                         sizeof sbuf));
+                           sd3_shape_str(ndim < 0   ? 0
+                                         : ndim > 4 ? 4
+                                                    : ndim,
+                                         shape, sbuf, sizeof sbuf));
     if (self->n == self->cap) {
         size_t cap = self->cap ? self->cap * 2 : 64;
         s_decl_t *d = realloc(self->decls, cap * sizeof *d);
@@ -720,8 +713,8 @@ sd3_st_writer_begin(sd3_st_writer_t *self, sd3_err_t *err)
             snprintf(num, sizeof num, k ? ",%lld" : "%lld", (long long)d->shape[k]);
             s_sbuf_str(&s, num);
         }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}",
-                 (unsigned long long)d->begin, (unsigned long long)d->end);
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)d->begin,
+                 (unsigned long long)d->end);
         s_sbuf_str(&s, num);
     }
     s_sbuf_str(&s, "}");
@@ -757,11 +750,10 @@ sd3_st_writer_write(sd3_st_writer_t *self, const void *data, size_t nbytes, sd3_
         return sd3_err_set(err, SD3_EINVAL, "%s: data written before the header", self->path);
     if (nbytes > self->total - self->written)
         return sd3_err_set(err, SD3_EINVAL,
-                           "%s: %zu bytes written past the declared %llu bytes of data",
-                           self->path, nbytes, (unsigned long long)self->total);
+                           "%s: %zu bytes written past the declared %llu bytes of data", self->path,
+                           nbytes, (unsigned long long)self->total);
     if (nbytes && fwrite(data, 1, nbytes, self->file) != nbytes)
-        return sd3_err_set(err, SD3_EIO, "%s: write failed: %s", self->tmp_path,
-                           strerror(errno));
+        return sd3_err_set(err, SD3_EIO, "%s: write failed: %s", self->tmp_path, strerror(errno));
     self->written += nbytes;
     return 0;
 }

@@ -11,6 +11,10 @@
  *  every returned tensor can be read through a typed pointer.  */
 #include "sd3_weights.h"
 
+#include "sd3_safetensors.h"
+#include "sd3_weights_io.h"
+#include "sd3_weights_names.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -22,12 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "sd3_safetensors.h"
-#include "sd3_weights_io.h"
-#include "sd3_weights_names.h"
-
 #define S_MAX_INDEX_JSON (64u << 20) // a shard index larger than this is refused
-#define S_MAX_FILES 4096             // shards per component
+#define S_MAX_FILES      4096        // shards per component
 
 typedef enum { S_VIEW = 0, S_JOIN, S_SWAP } s_kind_t;
 
@@ -127,10 +127,14 @@ const char *
 sd3_layout_name(sd3_layout_t layout)
 {
     switch (layout) {
-    case SD3_LAYOUT_SINGLE: return "single";
-    case SD3_LAYOUT_SD35: return "sd3.5";
-    case SD3_LAYOUT_DIFFUSERS: return "diffusers";
-    default: return "?";
+    case SD3_LAYOUT_SINGLE:
+        return "single";
+    case SD3_LAYOUT_SD35:
+        return "sd3.5";
+    case SD3_LAYOUT_DIFFUSERS:
+        return "diffusers";
+    default:
+        return "?";
     }
 }
 
@@ -138,12 +142,18 @@ const char *
 sd3_component_name(sd3_component_t comp)
 {
     switch (comp) {
-    case SD3_COMP_MMDIT: return "mmdit";
-    case SD3_COMP_VAE: return "vae";
-    case SD3_COMP_CLIP_L: return "clip_l";
-    case SD3_COMP_CLIP_G: return "clip_g";
-    case SD3_COMP_T5: return "t5";
-    default: return "?";
+    case SD3_COMP_MMDIT:
+        return "mmdit";
+    case SD3_COMP_VAE:
+        return "vae";
+    case SD3_COMP_CLIP_L:
+        return "clip_l";
+    case SD3_COMP_CLIP_G:
+        return "clip_g";
+    case SD3_COMP_T5:
+        return "t5";
+    default:
+        return "?";
     }
 }
 
@@ -261,8 +271,7 @@ s_open_index(sd3_model_t *self, s_comp_t *c, const char *dir, const char *index_
             char *path = s_join(dir, shard);
             if (path && !s_is_file(path)) {
                 free(path);
-                rc = sd3_err_set(err, SD3_EFORMAT, "%s: shard %s is missing", index_path,
-                                 shard);
+                rc = sd3_err_set(err, SD3_EFORMAT, "%s: shard %s is missing", index_path, shard);
                 goto done;
             }
             sd3_st_t *opened = path ? sd3_st_open(path, err) : NULL;
@@ -325,8 +334,10 @@ s_open_component_dir(sd3_model_t *self, s_comp_t *c, const char *dir, sd3_err_t 
         free(path);
         return rc;
     }
-    return sd3_err_set(err, SD3_ENOTFOUND, "%s: no safetensors weights (model.safetensors, "
-                       "diffusion_pytorch_model.safetensors or a shard index)", dir);
+    return sd3_err_set(err, SD3_ENOTFOUND,
+                       "%s: no safetensors weights (model.safetensors, "
+                       "diffusion_pytorch_model.safetensors or a shard index)",
+                       dir);
 }
 
 static int
@@ -647,14 +658,14 @@ s_merge(sd3_weights_t *self, s_src_t *src, size_t n, sd3_err_t *err)
             for (int p = 1; p < 3; p++) {
                 t->src[p] = src[i + p].view;
                 if (t->src[p].dtype != t->dtype || !s_same_shape(&t->src[p], &t->src[0]))
-                    return sd3_err_set(err, SD3_EFORMAT,
-                                       "%s: the q/k/v parts of '%s' differ in dtype or shape "
-                                       "(%s %s vs %s %s)",
-                                       t->file, t->name, sd3_dtype_name(t->dtype),
-                                       sd3_shape_str(t->ndim, t->shape, sbuf, sizeof sbuf),
-                                       sd3_dtype_name(t->src[p].dtype),
-                                       sd3_shape_str(t->src[p].ndim, t->src[p].shape, pbuf,
-                                                     sizeof pbuf));
+                    return sd3_err_set(
+                        err, SD3_EFORMAT,
+                        "%s: the q/k/v parts of '%s' differ in dtype or shape "
+                        "(%s %s vs %s %s)",
+                        t->file, t->name, sd3_dtype_name(t->dtype),
+                        sd3_shape_str(t->ndim, t->shape, sbuf, sizeof sbuf),
+                        sd3_dtype_name(t->src[p].dtype),
+                        sd3_shape_str(t->src[p].ndim, t->src[p].shape, pbuf, sizeof pbuf));
             }
             if (t->ndim < 1)
                 return sd3_err_set(err, SD3_EFORMAT, "%s: '%s' parts are scalars", t->file,
@@ -688,8 +699,8 @@ s_merge(sd3_weights_t *self, s_src_t *src, size_t n, sd3_err_t *err)
 // Builds the canonical table of `comp` from files. prefix: keys must start with it and lose
 // it; NULL: use the component's single-file prefix if any key has it, else take all keys.
 static sd3_weights_t *
-s_weights_build(sd3_component_t comp, sd3_st_t *const *files, size_t n_files,
-                const char *prefix, const char *label, sd3_err_t *err)
+s_weights_build(sd3_component_t comp, sd3_st_t *const *files, size_t n_files, const char *prefix,
+                const char *label, sd3_err_t *err)
 {
     sd3_weights_t *self = calloc(1, sizeof *self);
     s_src_t *src = NULL;
@@ -753,8 +764,8 @@ s_weights_build(sd3_component_t comp, sd3_st_t *const *files, size_t n_files,
             s->file = sd3_st_path(files[f]);
         }
     if (n_src == 0) {
-        sd3_err_set(err, SD3_EFORMAT, "%s: no %s tensors%s%s", label,
-                    sd3_component_name(comp), plen ? " under " : "", prefix);
+        sd3_err_set(err, SD3_EFORMAT, "%s: no %s tensors%s%s", label, sd3_component_name(comp),
+                    plen ? " under " : "", prefix);
         goto fail;
     }
     qsort(src, n_src, sizeof *src, s_cmp_src);
@@ -928,12 +939,30 @@ s_copy_bytes(const s_tensor_t *t, size_t off, size_t n, uint8_t *dst)
     }
 }
 
+// Asks the kernel to read the pages of t's sources now, in large requests: the files are
+// mapped MADV_RANDOM (no read-ahead into neighbours), which would otherwise fault a big
+// tensor in one page at a time. Only this tensor's pages (rounded out to whole pages).
+static void
+s_prefetch(const s_tensor_t *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = page > 0 ? (uintptr_t)page : 4096;
+    int parts = t->kind == S_JOIN ? 3 : 1;
+    for (int p = 0; p < parts; p++) {
+        uintptr_t a = (uintptr_t)t->src[p].data, b = a + sd3_tensor_nbytes(&t->src[p]);
+        uintptr_t lo = a / pg * pg, hi = (b + pg - 1) / pg * pg;
+        if (hi > lo)
+            madvise((void *)lo, hi - lo, MADV_WILLNEED);
+    }
+}
+
 static int
 s_ready(sd3_weights_t *self, s_tensor_t *t, sd3_err_t *err)
 {
     (void)self;
     if (t->ready)
         return 0;
+    s_prefetch(t);
     size_t esize = sd3_dtype_size(t->dtype), nbytes = s_nbytes(t);
     if (t->kind == S_VIEW && (uintptr_t)t->src[0].data % esize == 0) {
         sd3_tensor_view_init(&t->t, t->dtype, t->ndim, t->shape, t->src[0].data);

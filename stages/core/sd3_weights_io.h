@@ -5,11 +5,11 @@
  *  building and caching the whole tensor, so converting a 16 GB checkpoint needs memory for
  *  one chunk only. Not thread-safe per sd3_weights_t (same rule as sd3_weights.h).  */
 #pragma once
-#include <stddef.h>
-
 #include "sd3_dtype.h"
 #include "sd3_err.h"
 #include "sd3_weights.h"
+
+#include <stddef.h>
 
 // Stored element type of a canonical tensor (the parts of a joined qkv share it), or
 // SD3_DTYPE_COUNT when absent.

@@ -9,12 +9,18 @@ const char *
 sd3_wnames_single_prefix(sd3_component_t comp)
 {
     switch (comp) {
-    case SD3_COMP_MMDIT: return "model.diffusion_model.";
-    case SD3_COMP_VAE: return "first_stage_model.";
-    case SD3_COMP_CLIP_L: return "text_encoders.clip_l.transformer.";
-    case SD3_COMP_CLIP_G: return "text_encoders.clip_g.transformer.";
-    case SD3_COMP_T5: return "text_encoders.t5xxl.transformer.";
-    default: return "";
+    case SD3_COMP_MMDIT:
+        return "model.diffusion_model.";
+    case SD3_COMP_VAE:
+        return "first_stage_model.";
+    case SD3_COMP_CLIP_L:
+        return "text_encoders.clip_l.transformer.";
+    case SD3_COMP_CLIP_G:
+        return "text_encoders.clip_g.transformer.";
+    case SD3_COMP_T5:
+        return "text_encoders.t5xxl.transformer.";
+    default:
+        return "";
     }
 }
 
@@ -22,12 +28,18 @@ const char *
 sd3_wnames_diffusers_dir(sd3_component_t comp)
 {
     switch (comp) {
-    case SD3_COMP_MMDIT: return "transformer";
-    case SD3_COMP_VAE: return "vae";
-    case SD3_COMP_CLIP_L: return "text_encoder";
-    case SD3_COMP_CLIP_G: return "text_encoder_2";
-    case SD3_COMP_T5: return "text_encoder_3";
-    default: return "";
+    case SD3_COMP_MMDIT:
+        return "transformer";
+    case SD3_COMP_VAE:
+        return "vae";
+    case SD3_COMP_CLIP_L:
+        return "text_encoder";
+    case SD3_COMP_CLIP_G:
+        return "text_encoder_2";
+    case SD3_COMP_T5:
+        return "text_encoder_3";
+    default:
+        return "";
     }
 }
 
@@ -179,10 +191,15 @@ typedef struct {
 } s_pair_t;
 
 static const s_pair_t s_vae_attn[] = {
-    {"group_norm.", "norm.", false}, {"to_q.", "q.", true},      {"to_k.", "k.", true},
-    {"to_v.", "v.", true},           {"to_out.0.", "proj_out.", true},
+    {"group_norm.", "norm.", false},
+    {"to_q.", "q.", true},
+    {"to_k.", "k.", true},
+    {"to_v.", "v.", true},
+    {"to_out.0.", "proj_out.", true},
     // older diffusers spellings, read only (the first match wins on the way back)
-    {"query.", "q.", true},          {"key.", "k.", true},       {"value.", "v.", true},
+    {"query.", "q.", true},
+    {"key.", "k.", true},
+    {"value.", "v.", true},
     {"proj_attn.", "proj_out.", true},
 };
 
@@ -200,7 +217,9 @@ s_resnet(char *out, size_t cap, const char *head, const char *rest, bool to_cano
 static int
 s_vae_from(const char *key, char *out, size_t cap, sd3_wname_xf_t *xf)
 {
-    const char *side = s_starts(key, "encoder.") ? "encoder." : s_starts(key, "decoder.") ? "decoder." : NULL;
+    const char *side = s_starts(key, "encoder.")   ? "encoder."
+                       : s_starts(key, "decoder.") ? "decoder."
+                                                   : NULL;
     if (!side)
         return -1;
     bool dec = side[0] == 'd';
@@ -257,7 +276,9 @@ s_vae_from(const char *key, char *out, size_t cap, sd3_wname_xf_t *xf)
 static int
 s_vae_to(const char *canon, char *out, size_t cap, sd3_wname_xf_t *xf)
 {
-    const char *side = s_starts(canon, "encoder.") ? "encoder." : s_starts(canon, "decoder.") ? "decoder." : NULL;
+    const char *side = s_starts(canon, "encoder.")   ? "encoder."
+                       : s_starts(canon, "decoder.") ? "decoder."
+                                                     : NULL;
     if (!side)
         return 0;
     bool dec = side[0] == 'd';

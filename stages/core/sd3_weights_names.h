@@ -6,10 +6,10 @@
  *  prefix. Mappings: MODEL.md §3.2 (MMDiT), §6.4 (VAE); CLIP and T5 keep their names.
  *  Pure functions; thread-safe.  */
 #pragma once
+#include "sd3_weights.h"
+
 #include <stdbool.h>
 #include <stddef.h>
-
-#include "sd3_weights.h"
 
 #define SD3_WNAME_MAX 192
 

@@ -18,6 +18,10 @@
  *  component, name, element index), so any range can be produced on its own.  */
 #include "sd3_weights_write.h"
 
+#include "sd3_safetensors.h"
+#include "sd3_weights_io.h"
+#include "sd3_weights_names.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -28,11 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "sd3_safetensors.h"
-#include "sd3_weights_io.h"
-#include "sd3_weights_names.h"
-
-#define S_CHUNK ((size_t)1 << 20) // elements per read/write step
+#define S_CHUNK         ((size_t)1 << 20) // elements per read/write step
 #define S_DEFAULT_SHARD ((uint64_t)10 << 30)
 
 void
@@ -107,14 +107,30 @@ s_random_fill(const sd3_wrandom_t *self, sd3_component_t comp, const sd3_arch_te
 {
     double fan = t->fan_in > 0 ? (double)t->fan_in : 1.0, scale = 1.0, shift = 0.0;
     switch (t->init) {
-    case SD3_INIT_LINEAR: scale = 1.0 / sqrt(fan); break;
-    case SD3_INIT_ADALN: scale = 0.5 / sqrt(fan); break;
-    case SD3_INIT_BIAS: scale = 0.1; break;
-    case SD3_INIT_NORM: scale = 0.1, shift = 1.0; break;
-    case SD3_INIT_EMBED: scale = 1.0; break;
-    case SD3_INIT_POS: scale = 0.5; break;
-    case SD3_INIT_T5_QK: scale = 0.5 / sqrt(fan); break;
-    case SD3_INIT_RELBIAS: scale = 0.5; break;
+    case SD3_INIT_LINEAR:
+        scale = 1.0 / sqrt(fan);
+        break;
+    case SD3_INIT_ADALN:
+        scale = 0.5 / sqrt(fan);
+        break;
+    case SD3_INIT_BIAS:
+        scale = 0.1;
+        break;
+    case SD3_INIT_NORM:
+        scale = 0.1, shift = 1.0;
+        break;
+    case SD3_INIT_EMBED:
+        scale = 1.0;
+        break;
+    case SD3_INIT_POS:
+        scale = 0.5;
+        break;
+    case SD3_INIT_T5_QK:
+        scale = 0.5 / sqrt(fan);
+        break;
+    case SD3_INIT_RELBIAS:
+        scale = 0.5;
+        break;
     case SD3_INIT_SINCOS:
         for (size_t j = 0; j < n; j++)
             dst[j] = (float)s_sincos(t, off + j);
@@ -183,8 +199,8 @@ s_rnd_count(void *ud, sd3_component_t comp)
 }
 
 static int
-s_rnd_info(void *ud, sd3_component_t comp, size_t i, const char **name, int *ndim,
-           int64_t *shape, sd3_dtype_t *dtype)
+s_rnd_info(void *ud, sd3_component_t comp, size_t i, const char **name, int *ndim, int64_t *shape,
+           sd3_dtype_t *dtype)
 {
     sd3_wrandom_t *self = ud;
     const sd3_arch_tensor_t *t = &self->list[comp][i];
@@ -274,8 +290,8 @@ s_mod_count(void *ud, sd3_component_t comp)
 }
 
 static int
-s_mod_info(void *ud, sd3_component_t comp, size_t i, const char **name, int *ndim,
-           int64_t *shape, sd3_dtype_t *dtype)
+s_mod_info(void *ud, sd3_component_t comp, size_t i, const char **name, int *ndim, int64_t *shape,
+           sd3_dtype_t *dtype)
 {
     sd3_wmodel_t *self = ud;
     *name = sd3_weights_name(self->w[comp], i);
@@ -545,8 +561,8 @@ s_write_file(const sd3_wsource_t *src, const sd3_wwrite_opts_t *opts, const char
     if (opts->origin && (rc = sd3_st_writer_meta(w, "sd3d_origin", opts->origin, err)) != 0)
         goto fail;
     for (size_t i = 0; i < n; i++)
-        if ((rc = sd3_st_writer_declare(w, outs[i].name, outs[i].dtype, outs[i].ndim,
-                                        outs[i].shape, err)) != 0)
+        if ((rc = sd3_st_writer_declare(w, outs[i].name, outs[i].dtype, outs[i].ndim, outs[i].shape,
+                                        err)) != 0)
             goto fail;
     if ((rc = sd3_st_writer_begin(w, err)) != 0)
         goto fail;
@@ -561,8 +577,8 @@ s_write_file(const sd3_wsource_t *src, const sd3_wwrite_opts_t *opts, const char
             for (size_t done = 0; done < o->len[r];) {
                 size_t k = o->len[r] - done < S_CHUNK ? o->len[r] - done : S_CHUNK;
                 if (o->canon) {
-                    rc = src->read(src->ud, o->comp, o->canon, o->off[r] + done, k, o->dtype,
-                                   buf, err);
+                    rc = src->read(src->ud, o->comp, o->canon, o->off[r] + done, k, o->dtype, buf,
+                                   err);
                     if (rc)
                         goto fail;
                 } else { // identity [W, W]
@@ -701,8 +717,7 @@ s_config(const sd3_arch_t *a, sd3_component_t comp, const char *torch_dtype)
         cJSON_AddNumberToObject(j, "vocab_size", t->vocab);
     } else {
         const sd3_arch_clip_t *c = comp == SD3_COMP_CLIP_L ? &a->clip_l : &a->clip_g;
-        cJSON_AddItemToObject(j, "architectures",
-                              s_str_array("CLIPTextModelWithProjection", 1));
+        cJSON_AddItemToObject(j, "architectures", s_str_array("CLIPTextModelWithProjection", 1));
         cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
         cJSON_AddNumberToObject(j, "bos_token_id", 0);
         cJSON_AddNumberToObject(j, "dropout", 0.0);
@@ -807,8 +822,7 @@ s_write_diffusers_component(const sd3_wsource_t *src, const sd3_wwrite_opts_t *o
         for (size_t i = start[s]; i < start[s + 1]; i++)
             cJSON_AddStringToObject(map, l->items[i].name, file);
         snprintf(path, sizeof path, "%s/%s", dir, file);
-        rc = s_write_file(src, opts, path, l->items + start[s], start[s + 1] - start[s], true,
-                          err);
+        rc = s_write_file(src, opts, path, l->items + start[s], start[s + 1] - start[s], true, err);
     }
     free(start);
     if (rc) {
@@ -882,11 +896,11 @@ sd3_weights_write(const sd3_wsource_t *src, const sd3_wwrite_opts_t *opts, const
         for (int c = SD3_COMP_CLIP_L; c <= SD3_COMP_T5 && !rc; c++) {
             if (!wrote[c])
                 continue;
-            const char *file = c == SD3_COMP_CLIP_L   ? "clip_l"
-                               : c == SD3_COMP_CLIP_G ? "clip_g"
-                               : outs[c].items[0].dtype == SD3_F16      ? "t5xxl_fp16"
+            const char *file = c == SD3_COMP_CLIP_L                    ? "clip_l"
+                               : c == SD3_COMP_CLIP_G                  ? "clip_g"
+                               : outs[c].items[0].dtype == SD3_F16     ? "t5xxl_fp16"
                                : outs[c].items[0].dtype == SD3_F8_E4M3 ? "t5xxl_fp8_e4m3fn"
-                                                                        : "t5xxl";
+                                                                       : "t5xxl";
             snprintf(path, sizeof path, "%s/text_encoders/%s.safetensors", out, file);
             rc = s_write_file(src, opts, path, outs[c].items, outs[c].n, false, err);
         }
@@ -895,8 +909,7 @@ sd3_weights_write(const sd3_wsource_t *src, const sd3_wwrite_opts_t *opts, const
             goto done;
         for (int c = 0; c < SD3_COMP_COUNT && !rc; c++)
             if (wrote[c])
-                rc = s_write_diffusers_component(src, opts, out, (sd3_component_t)c, &outs[c],
-                                                 err);
+                rc = s_write_diffusers_component(src, opts, out, (sd3_component_t)c, &outs[c], err);
         if (rc)
             goto done;
         snprintf(path, sizeof path, "%s/scheduler", out);
@@ -944,8 +957,7 @@ sd3_weights_mkmodel(const sd3_arch_t *arch, const sd3_wwrite_opts_t *opts, uint6
 }
 
 int
-sd3_weights_convert(const char *in, const sd3_wwrite_opts_t *opts, const char *out,
-                    sd3_err_t *err)
+sd3_weights_convert(const char *in, const sd3_wwrite_opts_t *opts, const char *out, sd3_err_t *err)
 {
     char rin[PATH_MAX], rout[PATH_MAX];
     if (realpath(in, rin) && realpath(out, rout) && !strcmp(rin, rout))

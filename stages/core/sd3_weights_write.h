@@ -13,12 +13,12 @@
  *  Memory stays at one chunk (1 Mi elements) whatever the model size. Files are written as
  *  `<name>.partial` and renamed when complete.  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_arch.h"
 #include "sd3_err.h"
 #include "sd3_weights.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 // Where canonical tensors come from.
 typedef struct {
@@ -40,12 +40,12 @@ typedef int (*sd3_tok_writer_fn)(const char *dir, sd3_err_t *err);
 
 typedef struct {
     sd3_layout_t layout;
-    const sd3_arch_t *arch;          // names the model file and fills the diffusers configs
-    bool want[SD3_COMP_COUNT];       // components to write (when the source has them)
-    sd3_dtype_t dtype;               // output dtype, or SD3_DTYPE_COUNT: keep each tensor's
-    uint64_t shard_bytes;            // diffusers: max bytes per shard (0: 10 GB)
-    sd3_tok_writer_fn tok_writer;    // diffusers: may be NULL (no tokenizer folders then)
-    const char *origin;              // "format" metadata note, e.g. "sd3ctl mkmodel ..."
+    const sd3_arch_t *arch;       // names the model file and fills the diffusers configs
+    bool want[SD3_COMP_COUNT];    // components to write (when the source has them)
+    sd3_dtype_t dtype;            // output dtype, or SD3_DTYPE_COUNT: keep each tensor's
+    uint64_t shard_bytes;         // diffusers: max bytes per shard (0: 10 GB)
+    sd3_tok_writer_fn tok_writer; // diffusers: may be NULL (no tokenizer folders then)
+    const char *origin;           // "format" metadata note, e.g. "sd3ctl mkmodel ..."
 } sd3_wwrite_opts_t;
 
 // Fills opts with: all components, layout single, dtype keep, 10 GB shards, no tokenizers.

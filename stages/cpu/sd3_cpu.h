@@ -82,8 +82,11 @@ int sd3_cpu_copy2d(sd3_backend_t *be, sd3_tensor_t *dst, int64_t dst_row, int64_
                    const sd3_tensor_t *src, int64_t src_row, int64_t src_col, int64_t n_rows,
                    int64_t n_cols, sd3_err_t *err);
 int sd3_cpu_fill(sd3_backend_t *be, sd3_tensor_t *t, float value, sd3_err_t *err);
-// The scalar formula of one activation (the reference every path uses).
+// The scalar formula of one activation, and the reference loop over a tensor. The fast act
+// computes SiLU, GELU tanh and quick-GELU as x * sigmoid(k x) with a vector exp (GELU tanh:
+// 0.5 (1 + tanh(u)) = sigmoid(2u)); it matches the reference to a few ulp, not bit for bit.
 float sd3_cpu_act1(sd3_act_t kind, float x);
+int sd3_cpu_act_ref(sd3_tensor_t *y, const sd3_tensor_t *x, sd3_act_t kind, sd3_err_t *err);
 
 int sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q,
                       const sd3_tensor_t *k, const sd3_tensor_t *v, const sd3_attn_opts_t *opts,

@@ -10,17 +10,14 @@
  *  Memory per thread: BQ*BK + BQ*Dh floats, whatever L is; the [Lq, Lk] matrix never exists.
  *  The blocks depend on the shapes only, so the bits do not depend on the thread count.
  *  Reference: one row of Lk scores at a time, plain loops.  */
+#include "sd3_cpu.h"
+#include "sd3_cpu_simd.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-#include "sd3_cpu.h"
 
 #define SD3_ATT_BQ 128 // queries per task
 #define SD3_ATT_BK 256 // keys per block
@@ -73,29 +70,7 @@ s_check(const char *op, const sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_
 // returns sum_j of them; *alpha = exp(old max - new max) (0 when the old max was -inf).
 // An all -inf row leaves *m = -inf and zeros. Fixed summation order: same bits every run.
 
-#if defined(__AVX512F__)
-// exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor/minimax on r, times 2^n.
-// Relative error ~2e-7 (a few ulp); x below -87.3 (and -inf) gives exactly 0.
-static inline __m512
-s_exp512(__m512 x)
-{
-    const __m512 lo = _mm512_set1_ps(-87.3f);
-    __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_max_ps(x, lo);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps((__mmask16)~tiny, _mm512_scalef_ps(p, n));
-}
-
+#if SD3_CPU_AVX512
 static float
 s_row_softmax_step(float *s, int64_t n, int64_t n_all, float *m, float *alpha)
 {
@@ -104,8 +79,8 @@ s_row_softmax_step(float *s, int64_t n, int64_t n_all, float *m, float *alpha)
     for (; j + 16 <= n; j += 16)
         vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
     if (j < n)
-        vmax = _mm512_mask_max_ps(vmax, (__mmask16)((1u << (n - j)) - 1), vmax,
-                                  _mm512_maskz_loadu_ps((__mmask16)((1u << (n - j)) - 1), s + j));
+        vmax = _mm512_mask_max_ps(vmax, sd3_cpu_mask16(n - j), vmax,
+                                  _mm512_maskz_loadu_ps(sd3_cpu_mask16(n - j), s + j));
     float mx = _mm512_reduce_max_ps(vmax);
     if (mx == -INFINITY) {
         memset(s, 0, (size_t)n_all * sizeof(float));
@@ -116,14 +91,14 @@ s_row_softmax_step(float *s, int64_t n, int64_t n_all, float *m, float *alpha)
     *m = mx;
     __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
     for (j = 0; j + 16 <= n; j += 16) {
-        __m512 e = s_exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
+        __m512 e = sd3_cpu_exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
         _mm512_storeu_ps(s + j, e);
         vsum = _mm512_add_ps(vsum, e);
     }
     if (j < n) {
-        __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
-        __m512 e =
-            _mm512_maskz_mov_ps(k, s_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
+        __mmask16 k = sd3_cpu_mask16(n - j);
+        __m512 e = _mm512_maskz_mov_ps(
+            k, sd3_cpu_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
         _mm512_mask_storeu_ps(s + j, k, e);
         vsum = _mm512_add_ps(vsum, e);
         j = n;

@@ -293,8 +293,9 @@ s_copy(const char *op, sd3_tensor_t *dst, const sd3_tensor_t *src, sd3_err_t *er
 {
     if (!dst || !src || !dst->data || !src->data)
         return sd3_err_set(err, SD3_EINVAL, "cpu %s: missing tensor", op);
-    if (sd3_cpu_check_same(dst, src, op, "src", err) != 0)
-        return err ? err->code : SD3_EINVAL;
+    int rc = sd3_cpu_check_same(dst, src, op, "src", err);
+    if (rc != 0)
+        return rc;
     size_t n = (size_t)sd3_tensor_numel(src);
     if (dst->dtype == src->dtype) {
         memcpy(dst->data, src->data, n * sd3_dtype_size(src->dtype));

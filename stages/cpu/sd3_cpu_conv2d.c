@@ -184,8 +184,9 @@ sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
     float *bias = NULL;
     if (s_check("conv2d", y, x, w, opts, &job.d, err) != 0)
         return SD3_EINVAL;
-    if (sd3_cpu_vec_f32(b, job.d.Co, "conv2d", "bias", &bias, err) != 0)
-        return err ? err->code : SD3_EINVAL;
+    int rc = sd3_cpu_vec_f32(b, job.d.Co, "conv2d", "bias", &bias, err);
+    if (rc != 0)
+        return rc;
     int64_t P = job.d.OH * job.d.OW;
     if (job.d.B == 0 || job.d.Co == 0 || P == 0) {
         free(bias);
@@ -224,8 +225,9 @@ sd3_cpu_conv2d_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
     float *bias = NULL, *wf = NULL;
     if (s_check("conv2d_ref", y, x, w, opts, &d, err) != 0)
         return SD3_EINVAL;
-    if (sd3_cpu_vec_f32(b, d.Co, "conv2d_ref", "bias", &bias, err) != 0)
-        return err ? err->code : SD3_EINVAL;
+    int rc = sd3_cpu_vec_f32(b, d.Co, "conv2d_ref", "bias", &bias, err);
+    if (rc != 0)
+        return rc;
     int64_t Kd = d.Ci * d.kh * d.kw;
     if (!(wf = malloc((size_t)(Kd ? Kd : 1) * sizeof(float)))) { // one output channel's weights
         free(bias);

@@ -4,8 +4,10 @@
  *  [D] row broadcast), adaLN modulate and gated residual (MODEL.md §4.5: chunk i of mod is
  *  columns [i*C, (i+1)*C)), nearest 2x upsample, copy2d and fill. Plain loops: each element
  *  has one formula, so the pool only splits the index range (fixed blocks) and the bits are
- *  the same for any thread count, and the same as be == NULL (one thread).  */
+ *  the same for any thread count, and the same as be == NULL (one thread). The exception
+ *  is act, whose fast path uses a vector exp (sd3_cpu.h); sd3_cpu_act_ref is its reference.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_simd.h"
 
 #include <math.h>
 #include <string.h>
@@ -44,7 +46,30 @@ s_act_task(void *ctx, int64_t task, int thread)
     s_act_job_t *job = ctx;
     int64_t i0 = task * SD3_ELT_BLOCK,
             i1 = i0 + SD3_ELT_BLOCK < job->n ? i0 + SD3_ELT_BLOCK : job->n;
-    for (int64_t i = i0; i < i1; i++)
+    int64_t i = i0;
+#if SD3_CPU_AVX512
+    if (job->kind != SD3_ACT_GELU_ERF) {
+        // y = x / (1 + exp(-k x)); GELU tanh uses 2u in place of k x (sigmoid(2u) =
+        // 0.5 (1 + tanh(u))), u = sqrt(2/pi) (x + 0.044715 x^3).
+        const __m512 one = _mm512_set1_ps(1.0f);
+        const __m512 k = _mm512_set1_ps(job->kind == SD3_ACT_QUICK_GELU ? -1.702f : -1.0f);
+        const __m512 c0 = _mm512_set1_ps(-2.0f * 0.7978845608028654f);
+        const __m512 c1 = _mm512_set1_ps(0.044715f);
+        for (; i < i1; i += 16) {
+            __mmask16 m = sd3_cpu_mask16(i1 - i);
+            __m512 x = _mm512_maskz_loadu_ps(m, job->x + i), t;
+            if (job->kind == SD3_ACT_GELU_TANH)
+                t = _mm512_mul_ps(c0,
+                                  _mm512_fmadd_ps(_mm512_mul_ps(c1, x), _mm512_mul_ps(x, x), x));
+            else
+                t = _mm512_mul_ps(k, x);
+            __m512 y = _mm512_div_ps(x, _mm512_add_ps(one, sd3_cpu_exp512(t)));
+            _mm512_mask_storeu_ps(job->y + i, m, y);
+        }
+        return;
+    }
+#endif
+    for (; i < i1; i++)
         job->y[i] = sd3_cpu_act1(job->kind, job->x[i]);
 }
 
@@ -60,6 +85,19 @@ sd3_cpu_act(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_act_t
     s_act_job_t job = {.x = x->data, .y = y->data, .n = sd3_tensor_numel(x), .kind = kind};
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be), (job.n + SD3_ELT_BLOCK - 1) / SD3_ELT_BLOCK,
                      s_act_task, &job);
+    return 0;
+}
+
+int
+sd3_cpu_act_ref(sd3_tensor_t *y, const sd3_tensor_t *x, sd3_act_t kind, sd3_err_t *err)
+{
+    if (sd3_cpu_check_f32(x, "act_ref", "x", err) || sd3_cpu_check_f32(y, "act_ref", "y", err) ||
+        sd3_cpu_check_same(x, y, "act_ref", "y", err))
+        return SD3_EINVAL;
+    const float *xd = x->data;
+    float *yd = y->data;
+    for (int64_t i = 0; i < sd3_tensor_numel(x); i++)
+        yd[i] = sd3_cpu_act1(kind, xd[i]);
     return 0;
 }
 

@@ -11,16 +11,13 @@
  *  so each task takes SD3_LIN_SMALL_NB rows of W, widens them in registers and dots them
  *  with the x rows (AVX-512; 16 partial sums reduced in a fixed order). No scratch.
  *  Reference: three plain loops with fp32 accumulation.  */
+#include "sd3_cpu.h"
+#include "sd3_cpu_simd.h"
+
 #include <cblas.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#endif
-
-#include "sd3_cpu.h"
 
 #define SD3_LIN_MB       512 // rows of x per tile
 #define SD3_LIN_NB       128 // rows of W (output columns) per tile
@@ -105,7 +102,7 @@ s_linear_task(void *ctx, int64_t task, int thread)
 
 // ---- few rows: dot products straight from the weight ----------------------------------------
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if SD3_CPU_AVX512
 // 16 weights from element k of row w (dtype dt) as f32; `mask` selects the valid lanes.
 static inline __m512
 s_load16(sd3_dtype_t dt, const void *w, int64_t k, __mmask16 mask)
@@ -134,12 +131,12 @@ s_small_task(void *ctx, int64_t task, int thread)
     for (int64_t n = n0; n < n1; n++) {
         const void *wr = (const char *)job->w + (size_t)(n * K) * esz;
         float out[SD3_LIN_SMALL_M];
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if SD3_CPU_AVX512
         __m512 acc[SD3_LIN_SMALL_M];
         for (int64_t m = 0; m < M; m++)
             acc[m] = _mm512_setzero_ps();
         for (int64_t k = 0; k < K; k += 16) {
-            __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            __mmask16 mask = sd3_cpu_mask16(K - k);
             __m512 wv = s_load16(job->wdtype, wr, k, mask);
             for (int64_t m = 0; m < M; m++)
                 acc[m] =
@@ -174,8 +171,9 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
     int64_t M = sd3_cpu_rows(x), K = sd3_cpu_cols(x), N = w->shape[0];
     if (K > INT32_MAX || N > INT32_MAX || M > INT32_MAX)
         return sd3_err_set(err, SD3_EINVAL, "cpu linear: sizes past 2^31");
-    if (sd3_cpu_vec_f32(b, N, "linear", "bias", &bias, err) != 0)
-        return err ? err->code : SD3_EINVAL;
+    int rc = sd3_cpu_vec_f32(b, N, "linear", "bias", &bias, err);
+    if (rc != 0)
+        return rc;
     if (M == 0 || N == 0) {
         free(bias);
         return 0;
@@ -192,7 +190,7 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
         .K = K,
         .n_mb = (M + SD3_LIN_MB - 1) / SD3_LIN_MB,
     };
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if SD3_CPU_AVX512
     bool small = M <= SD3_LIN_SMALL_M && w->dtype != SD3_F8_E4M3; // f8 widens through a table
 #else
     bool small = M <= SD3_LIN_SMALL_M;
@@ -221,8 +219,9 @@ sd3_cpu_linear_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
     if (s_check("linear_ref", y, x, w, b, err) != 0)
         return SD3_EINVAL;
     int64_t M = sd3_cpu_rows(x), K = sd3_cpu_cols(x), N = w->shape[0];
-    if (sd3_cpu_vec_f32(b, N, "linear_ref", "bias", &bias, err) != 0)
-        return err ? err->code : SD3_EINVAL;
+    int rc = sd3_cpu_vec_f32(b, N, "linear_ref", "bias", &bias, err);
+    if (rc != 0)
+        return rc;
     if (!(wrow = malloc((size_t)(K ? K : 1) * sizeof(float)))) {
         free(bias);
         return sd3_err_set(err, SD3_ENOMEM, "cpu linear_ref: out of memory");

@@ -10,13 +10,13 @@
  *       unless it has >= 8 tokens, then it is split at the boundary.
  *  Only chunk 0 of CLIP reaches the encoders; T5 is one sequence of max(77, n+1) made from
  *  prompt[:226] (code points).  */
+#include "sd3_tok.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <utf8proc.h>
-
-#include "sd3_tok.h"
 
 /* ---- Python float() -------------------------------------------------------------------- */
 
@@ -269,8 +269,7 @@ sd3_prompt_words(const char *prompt, size_t len, sd3_prompt_words_t *out, sd3_er
     s_segs_t segs = {0};
     int rc = SD3_ENOMEM;
     if (len > SD3_TOK_MAX_PROMPT)
-        return sd3_err_set(err, SD3_EINVAL, "prompt: %zu bytes, max %d", len,
-                           SD3_TOK_MAX_PROMPT);
+        return sd3_err_set(err, SD3_EINVAL, "prompt: %zu bytes, max %d", len, SD3_TOK_MAX_PROMPT);
     if (sd3_tok_utf8_check(prompt, len, err) != 0)
         return SD3_EINVAL;
     // escape_important: "\)" -> "\0\1", then "\(" -> "\0\2"
@@ -356,11 +355,11 @@ sd3_prompt_pack(const sd3_prompt_pack_t *cfg, const sd3_tok_ids_t *words, size_t
     int rc;
     if (max < 3)
         return sd3_err_set(err, SD3_EINVAL, "prompt pack: max_length %zu, want >= 3", max);
-#define PUSH(id)                                                                              \
-    do {                                                                                      \
-        if ((rc = sd3_tok_ids_push(out, (id), err)) != 0)                                     \
-            return rc;                                                                        \
-        batch++;                                                                              \
+#define PUSH(id)                                                                                   \
+    do {                                                                                           \
+        if ((rc = sd3_tok_ids_push(out, (id), err)) != 0)                                          \
+            return rc;                                                                             \
+        batch++;                                                                                   \
     } while (0)
     if (cfg->start >= 0)
         PUSH(cfg->start);
@@ -460,8 +459,10 @@ sd3_tokenizer_new(const char *dir, sd3_err_t *err)
         snprintf(a, sizeof a, "%s/clip", dir);
         snprintf(c, sizeof c, "%s/t5/spiece.model", dir);
         if (!s_is_dir(a)) {
-            sd3_err_set(err, SD3_ENOTFOUND, "%s: no tokenizer/ (diffusers) or clip/ + t5/ "
-                        "folder", dir);
+            sd3_err_set(err, SD3_ENOTFOUND,
+                        "%s: no tokenizer/ (diffusers) or clip/ + t5/ "
+                        "folder",
+                        dir);
             goto fail;
         }
         if (!(self->clip_l = sd3_tok_bpe_new_from_dir(a, err)))
@@ -513,8 +514,8 @@ s_words_ids_fini(sd3_tok_ids_t *w, size_t n)
 
 // CLIP chunks of one tokenizer. pad: the pad id; out [n_chunks * 77] (fresh).
 static int
-s_clip_chunks(sd3_tok_bpe_t *bpe, const sd3_prompt_words_t *words, int32_t pad,
-              int32_t **out, size_t *n_chunks, sd3_err_t *err)
+s_clip_chunks(sd3_tok_bpe_t *bpe, const sd3_prompt_words_t *words, int32_t pad, int32_t **out,
+              size_t *n_chunks, sd3_err_t *err)
 {
     sd3_tok_ids_t *ids = calloc(words->n ? words->n : 1, sizeof *ids);
     sd3_tok_ids_t all = {0};
@@ -522,8 +523,7 @@ s_clip_chunks(sd3_tok_bpe_t *bpe, const sd3_prompt_words_t *words, int32_t pad,
     if (!ids)
         return sd3_err_set(err, SD3_ENOMEM, "prompt: out of memory");
     for (size_t i = 0; i < words->n; i++)
-        if ((rc = sd3_tok_bpe_encode(bpe, words->words[i], words->lens[i], &ids[i],
-                                     err)) != 0)
+        if ((rc = sd3_tok_bpe_encode(bpe, words->words[i], words->lens[i], &ids[i], err)) != 0)
             goto done;
     sd3_prompt_pack_t cfg = {.start = sd3_tok_bpe_start_id(bpe),
                              .end = sd3_tok_bpe_end_id(bpe),
@@ -575,8 +575,8 @@ sd3_tokenizer_encode(sd3_tokenizer_t *self, const char *prompt, size_t len,
         (rc = s_clip_chunks(self->clip_g, &words, 0, &out->clip_g_chunks, &n_g, err)) != 0)
         goto fail;
     if (n_l != n_g) {
-        rc = sd3_err_set(err, SD3_EINTERNAL, "prompt: CLIP-L made %zu chunks, CLIP-G %zu", n_l,
-                         n_g);
+        rc =
+            sd3_err_set(err, SD3_EINTERNAL, "prompt: CLIP-L made %zu chunks, CLIP-G %zu", n_l, n_g);
         goto fail;
     }
     out->n_chunks = n_l;
@@ -594,8 +594,8 @@ sd3_tokenizer_encode(sd3_tokenizer_t *self, const char *prompt, size_t len,
         size_t cps = 0, off = 0;
         while (off < len && cps < SD3_TOK_T5_MAX_CHARS) {
             int32_t cp;
-            utf8proc_ssize_t k = utf8proc_iterate((const uint8_t *)prompt + off,
-                                                  (utf8proc_ssize_t)(len - off), &cp);
+            utf8proc_ssize_t k =
+                utf8proc_iterate((const uint8_t *)prompt + off, (utf8proc_ssize_t)(len - off), &cp);
             off += k > 0 ? (size_t)k : 1; // valid: checked by sd3_prompt_words
             cps++;
         }
@@ -608,8 +608,8 @@ sd3_tokenizer_encode(sd3_tokenizer_t *self, const char *prompt, size_t len,
         goto fail;
     }
     for (size_t i = 0; i < t5_words.n; i++)
-        if ((rc = sd3_tok_spm_encode(self->t5, t5_words.words[i], t5_words.lens[i],
-                                     &t5_ids[i], err)) != 0)
+        if ((rc = sd3_tok_spm_encode(self->t5, t5_words.words[i], t5_words.lens[i], &t5_ids[i],
+                                     err)) != 0)
             goto fail;
     sd3_prompt_pack_t cfg = {.start = -1,
                              .end = sd3_tok_spm_piece_id(self->t5, "</s>"),

@@ -17,17 +17,17 @@
  *  input. Thread: an object may be used by one thread at a time (no shared mutable state
  *  between objects).  */
 #pragma once
+#include "sd3_err.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sd3_err.h"
-
-#define SD3_TOK_CLIP_LEN       77      // CLIP chunk length: start + 75 content + end
-#define SD3_TOK_T5_MIN_LEN     77      // the reference's T5 min_length
-#define SD3_TOK_T5_MAX_CHARS   226     // T5 sees prompt[:226] (code points)
-#define SD3_TOK_MAX_PROMPT     65536   // bytes; longer prompts are refused (SD3_EINVAL)
-#define SD3_TOK_MAX_WORD_BYTES 65536   // one word handed to a tokenizer
+#define SD3_TOK_CLIP_LEN       77    // CLIP chunk length: start + 75 content + end
+#define SD3_TOK_T5_MIN_LEN     77    // the reference's T5 min_length
+#define SD3_TOK_T5_MAX_CHARS   226   // T5 sees prompt[:226] (code points)
+#define SD3_TOK_MAX_PROMPT     65536 // bytes; longer prompts are refused (SD3_EINVAL)
+#define SD3_TOK_MAX_WORD_BYTES 65536 // one word handed to a tokenizer
 
 // The self-made tiny tokenizer set (sd3_tok_write_tiny_set): vocabulary sizes, which the tiny
 // models' embedding tables must match. CLIP: 256 byte symbols, 256 with "</w>", 510 merges,
@@ -75,11 +75,11 @@ sd3_tok_bpe_t *sd3_tok_bpe_new_from_dir(const char *dir, sd3_err_t *err);
 // The same from bytes in memory (merges.txt text; vocab.json text, or NULL to rebuild it
 // from the merges as openai does). n_merges < 0: all of them (openai's gz: 48894).
 sd3_tok_bpe_t *sd3_tok_bpe_new_from_memory(const char *vocab_json, size_t vocab_len,
-                                           const char *merges, size_t merges_len,
-                                           long n_merges, sd3_err_t *err);
+                                           const char *merges, size_t merges_len, long n_merges,
+                                           sd3_err_t *err);
 void sd3_tok_bpe_destroy(sd3_tok_bpe_t **self_p);
-int32_t sd3_tok_bpe_start_id(const sd3_tok_bpe_t *self); // <|startoftext|>
-int32_t sd3_tok_bpe_end_id(const sd3_tok_bpe_t *self);   // <|endoftext|>
+int32_t sd3_tok_bpe_start_id(const sd3_tok_bpe_t *self);  // <|startoftext|>
+int32_t sd3_tok_bpe_end_id(const sd3_tok_bpe_t *self);    // <|endoftext|>
 size_t sd3_tok_bpe_vocab_size(const sd3_tok_bpe_t *self); // largest id + 1
 // The id of a vocabulary string, or -1.
 int32_t sd3_tok_bpe_token_id(const sd3_tok_bpe_t *self, const char *token);
@@ -161,13 +161,13 @@ typedef struct {
 typedef struct {
     int32_t clip_l[SD3_TOK_CLIP_LEN]; // chunk 0, what the encoders see
     int32_t clip_g[SD3_TOK_CLIP_LEN];
-    size_t n_chunks;                  // >= 1; chunks 1.. are made and ignored by get_cond
-    int32_t *clip_l_chunks;           // [n_chunks, 77]
-    int32_t *clip_g_chunks;           // [n_chunks, 77]
-    int32_t *t5;                      // [n_t5]
+    size_t n_chunks;        // >= 1; chunks 1.. are made and ignored by get_cond
+    int32_t *clip_l_chunks; // [n_chunks, 77]
+    int32_t *clip_g_chunks; // [n_chunks, 77]
+    int32_t *t5;            // [n_t5]
     size_t n_t5;
-    int clip_content_tokens;          // ids in clip_l[1..76] that are not the end token
-    int clip_l_pool_index;            // argmax(clip_l): the pooled row
+    int clip_content_tokens; // ids in clip_l[1..76] that are not the end token
+    int clip_l_pool_index;   // argmax(clip_l): the pooled row
     int clip_g_pool_index;
 } sd3_tokens_t;
 

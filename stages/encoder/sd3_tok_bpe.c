@@ -19,9 +19,9 @@
 #include <zlib.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include "sd3_tok.h"
+
+#include <pcre2.h>
 
 #define S_MAX_MERGES (49152 - 256 - 2) // HF/openai keep lines [1, 48895) of the merges file
 #define S_MAX_FILE   (64u << 20)       // vocab.json / merges.txt / .gz content cap
@@ -75,9 +75,9 @@ typedef struct {
 } s_sym_t;
 
 typedef struct {
-    int32_t a, b;     // symbol indices
-    int32_t rank;     // merge rank
-    int32_t merged;   // symbol index of a+b
+    int32_t a, b;   // symbol indices
+    int32_t rank;   // merge rank
+    int32_t merged; // symbol index of a+b
 } s_merge_t;
 
 struct sd3_tok_bpe {
@@ -85,7 +85,7 @@ struct sd3_tok_bpe {
     size_t n_syms, cap_syms;
     int32_t *sym_slots; // open addressing over syms (index + 1; 0 empty)
     size_t n_sym_slots;
-    s_merge_t *merges;  // open addressing by (a, b); rank < 0 empty
+    s_merge_t *merges; // open addressing by (a, b); rank < 0 empty
     size_t n_merge_slots;
     int32_t byte_sym[256], byte_sym_w[256]; // byte symbols, plain and with "</w>"
     int32_t start_id, end_id;
@@ -445,8 +445,7 @@ sd3_tok_bpe_new_from_memory(const char *vocab_json, size_t vocab_len, const char
     int32_t s = s_sym_find(self, s_start_str, strlen(s_start_str));
     int32_t e = s_sym_find(self, s_end_str, strlen(s_end_str));
     if (s < 0 || e < 0 || self->syms[s].vocab_id < 0 || self->syms[e].vocab_id < 0) {
-        sd3_err_set(err, SD3_EFORMAT, "CLIP vocabulary: no %s / %s token", s_start_str,
-                    s_end_str);
+        sd3_err_set(err, SD3_EFORMAT, "CLIP vocabulary: no %s / %s token", s_start_str, s_end_str);
         goto fail;
     }
     self->start_id = self->syms[s].vocab_id;
@@ -508,8 +507,7 @@ s_read_gz(const char *path, char **out, size_t *len, sd3_err_t *err)
     size_t cap = 1 << 20, n = 0;
     char *buf = NULL;
     if (!gz)
-        return sd3_err_set(err, errno == ENOENT ? SD3_ENOTFOUND : SD3_EIO, "%s: cannot open",
-                           path);
+        return sd3_err_set(err, errno == ENOENT ? SD3_ENOTFOUND : SD3_EIO, "%s: cannot open", path);
     buf = malloc(cap + 1);
     while (buf) {
         if (n == cap) {
@@ -566,7 +564,8 @@ sd3_tok_bpe_new_from_dir(const char *dir, sd3_err_t *err)
             if (tmp.code == SD3_ENOTFOUND)
                 sd3_err_set(err, SD3_ENOTFOUND,
                             "%s: no CLIP tokenizer (want vocab.json + merges.txt or "
-                            "bpe_simple_vocab_16e6.txt.gz)", dir);
+                            "bpe_simple_vocab_16e6.txt.gz)",
+                            dir);
             else
                 sd3_err_set(err, tmp.code, "%s", tmp.msg);
             goto done;
@@ -673,8 +672,7 @@ s_heap_pop(s_heap_t *h)
 
 // BPE of one regex match (bytes), ids appended to out.
 static int
-s_bpe_word(sd3_tok_bpe_t *self, const uint8_t *w, size_t n, sd3_tok_ids_t *out,
-           sd3_err_t *err)
+s_bpe_word(sd3_tok_bpe_t *self, const uint8_t *w, size_t n, sd3_tok_ids_t *out, sd3_err_t *err)
 {
     int32_t *sym = malloc(n * sizeof *sym);
     int32_t *next = malloc(n * sizeof *next), *prev = malloc(n * sizeof *prev);
@@ -734,8 +732,10 @@ s_bpe_word(sd3_tok_bpe_t *self, const uint8_t *w, size_t n, sd3_tok_ids_t *out,
     for (int32_t i = 0; i >= 0 && n; i = next[i]) {
         int32_t id = self->syms[sym[i]].vocab_id;
         if (id < 0) {
-            rc = sd3_err_set(err, SD3_EFORMAT, "CLIP tokenizer: symbol '%.60s' is not in the "
-                             "vocabulary", self->syms[sym[i]].str);
+            rc = sd3_err_set(err, SD3_EFORMAT,
+                             "CLIP tokenizer: symbol '%.60s' is not in the "
+                             "vocabulary",
+                             self->syms[sym[i]].str);
             goto done;
         }
         if ((rc = sd3_tok_ids_push(out, id, err)) != 0)
@@ -765,8 +765,8 @@ s_encode_piece(sd3_tok_bpe_t *self, const char *text, size_t len, sd3_tok_ids_t 
         return rc;
     size_t off = 0;
     while (off < clen) {
-        int m = pcre2_match(self->re, (PCRE2_SPTR)clean, clen, off, PCRE2_NO_UTF_CHECK,
-                            self->md, NULL);
+        int m =
+            pcre2_match(self->re, (PCRE2_SPTR)clean, clen, off, PCRE2_NO_UTF_CHECK, self->md, NULL);
         if (m == PCRE2_ERROR_NOMATCH)
             break;
         if (m < 0) {
@@ -847,26 +847,35 @@ sd3_tok_bpe_encode(sd3_tok_bpe_t *self, const char *text, size_t len, sd3_tok_id
 
 // A small corpus of our own, the source of the tiny BPE's merges.
 static const char *const s_tiny_corpus[] = {
-    "a", "an", "the", "of", "and", "with", "in", "on", "at", "photo", "picture", "painting",
-    "portrait", "cat", "dog", "bird", "fish", "horse", "red", "blue", "green", "yellow", "black",
-    "white", "gold", "silver", "dark", "light", "night", "day", "sun", "moon", "star", "sky",
-    "sea", "river", "lake", "mountain", "forest", "tree", "flower", "garden", "house", "city",
-    "street", "road", "car", "boat", "ship", "train", "old", "new", "big", "small", "tall",
-    "wide", "soft", "hard", "warm", "cold", "happy", "sad", "beautiful", "detailed", "highly",
-    "quality", "best", "masterpiece", "sharp", "focus", "cinematic", "lighting", "sunset",
-    "sunrise", "golden", "hour", "landscape", "view", "ancient", "castle", "tower", "bridge",
-    "window", "door", "table", "chair", "book", "lamp", "candle", "fire", "water", "stone",
-    "wood", "glass", "metal", "paper", "cloud", "rain", "snow", "storm", "wind", "ocean",
-    "beach", "island", "desert", "valley", "village", "market", "people", "person", "woman",
-    "man", "child", "children", "girl", "boy", "face", "eyes", "hair", "smile", "hand", "dress",
-    "coat", "hat", "art", "style", "digital", "oil", "watercolor", "sketch", "drawing",
-    "render", "realistic", "fantasy", "magic", "dragon", "robot", "space", "planet", "galaxy",
-    "neon", "shadow", "reflection", "mirror", "crystal", "diamond", "texture", "pattern",
-    "color", "colorful", "bright", "vivid", "calm", "quiet", "running", "walking", "flying",
-    "sitting", "standing", "sleeping", "playing", "reading", "under", "over", "between",
-    "behind", "front", "inside", "outside", "very", "is", "are", "it", "this", "that", "for",
-    "from", "to", "by", "as", "or", "not", "one", "two", "three", "four", "five", "ten",
-    "hello", "world", "text", "word", "words", "line", "tiny", "model", "test", "prompt",
+    "a",         "an",       "the",        "of",      "and",         "with",     "in",
+    "on",        "at",       "photo",      "picture", "painting",    "portrait", "cat",
+    "dog",       "bird",     "fish",       "horse",   "red",         "blue",     "green",
+    "yellow",    "black",    "white",      "gold",    "silver",      "dark",     "light",
+    "night",     "day",      "sun",        "moon",    "star",        "sky",      "sea",
+    "river",     "lake",     "mountain",   "forest",  "tree",        "flower",   "garden",
+    "house",     "city",     "street",     "road",    "car",         "boat",     "ship",
+    "train",     "old",      "new",        "big",     "small",       "tall",     "wide",
+    "soft",      "hard",     "warm",       "cold",    "happy",       "sad",      "beautiful",
+    "detailed",  "highly",   "quality",    "best",    "masterpiece", "sharp",    "focus",
+    "cinematic", "lighting", "sunset",     "sunrise", "golden",      "hour",     "landscape",
+    "view",      "ancient",  "castle",     "tower",   "bridge",      "window",   "door",
+    "table",     "chair",    "book",       "lamp",    "candle",      "fire",     "water",
+    "stone",     "wood",     "glass",      "metal",   "paper",       "cloud",    "rain",
+    "snow",      "storm",    "wind",       "ocean",   "beach",       "island",   "desert",
+    "valley",    "village",  "market",     "people",  "person",      "woman",    "man",
+    "child",     "children", "girl",       "boy",     "face",        "eyes",     "hair",
+    "smile",     "hand",     "dress",      "coat",    "hat",         "art",      "style",
+    "digital",   "oil",      "watercolor", "sketch",  "drawing",     "render",   "realistic",
+    "fantasy",   "magic",    "dragon",     "robot",   "space",       "planet",   "galaxy",
+    "neon",      "shadow",   "reflection", "mirror",  "crystal",     "diamond",  "texture",
+    "pattern",   "color",    "colorful",   "bright",  "vivid",       "calm",     "quiet",
+    "running",   "walking",  "flying",     "sitting", "standing",    "sleeping", "playing",
+    "reading",   "under",    "over",       "between", "behind",      "front",    "inside",
+    "outside",   "very",     "is",         "are",     "it",          "this",     "that",
+    "for",       "from",     "to",         "by",      "as",          "or",       "not",
+    "one",       "two",      "three",      "four",    "five",        "ten",      "hello",
+    "world",     "text",     "word",       "words",   "line",        "tiny",     "model",
+    "test",      "prompt",
 };
 
 typedef struct {
@@ -892,8 +901,7 @@ s_key_cmp(const void *x, const void *y)
 // The most frequent adjacent pair whose concatenation is not yet a symbol; ties go to the
 // smallest (a, b). *a, *b point into words (NULL when there is none).
 static int
-s_tiny_best_pair(s_tw_t *words, size_t nw, char **vocab, size_t nv, const char **a,
-                 const char **b)
+s_tiny_best_pair(s_tw_t *words, size_t nw, char **vocab, size_t nv, const char **a, const char **b)
 {
     size_t n = 0, k = 0;
     for (size_t i = 0; i < nw; i++)

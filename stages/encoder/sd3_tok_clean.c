@@ -9,12 +9,12 @@
  *    fix_line_breaks, fix_surrogates (nothing to do on valid UTF-8),
  *    remove_terminal_escapes, remove_control_chars, NFC.
  *  Called by sd3_tok_bpe.c; never prints.  */
+#include "sd3_tok.h"
+#include "sd3_tok_entities.inc"
+
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
-
-#include "sd3_tok.h"
-#include "sd3_tok_entities.inc"
 
 /* ---- a growable code point buffer ----------------------------------------------------- */
 
@@ -74,8 +74,8 @@ sd3_tok_utf8_check(const char *s, size_t n, sd3_err_t *err)
             utf8proc_iterate((const uint8_t *)s + off, (utf8proc_ssize_t)(n - off), &cp);
         if (k <= 0)
             return sd3_err_set(err, SD3_EINVAL,
-                               "prompt: invalid UTF-8 at byte %zu (0x%02x), want valid UTF-8",
-                               off, (unsigned)(uint8_t)s[off]);
+                               "prompt: invalid UTF-8 at byte %zu (0x%02x), want valid UTF-8", off,
+                               (unsigned)(uint8_t)s[off]);
         off += (size_t)k;
     }
     return 0;
@@ -91,8 +91,8 @@ s_decode(const char *s, size_t n, s_cps_t *out, sd3_err_t *err)
             utf8proc_iterate((const uint8_t *)s + off, (utf8proc_ssize_t)(n - off), &cp);
         if (k <= 0)
             return sd3_err_set(err, SD3_EINVAL,
-                               "prompt: invalid UTF-8 at byte %zu (0x%02x), want valid UTF-8",
-                               off, (unsigned)(uint8_t)s[off]);
+                               "prompt: invalid UTF-8 at byte %zu (0x%02x), want valid UTF-8", off,
+                               (unsigned)(uint8_t)s[off]);
         if (s_cps_push(out, cp) != 0)
             return sd3_err_set(err, SD3_ENOMEM, "prompt: out of memory decoding %zu bytes", n);
         off += (size_t)k;
@@ -174,9 +174,8 @@ s_charref(const int32_t *body, size_t n)
         return s_cp1252[num - 0x80];
     if ((num >= 0xd800 && num <= 0xdfff) || num > 0x10ffff)
         return 0xfffd;
-    if ((num >= 0x1 && num <= 0x8) || (num >= 0xe && num <= 0x1f) ||
-        (num >= 0x7f && num <= 0x9f) || (num >= 0xfdd0 && num <= 0xfdef) || num == 0xb ||
-        (num & 0xfffe) == 0xfffe)
+    if ((num >= 0x1 && num <= 0x8) || (num >= 0xe && num <= 0x1f) || (num >= 0x7f && num <= 0x9f) ||
+        (num >= 0xfdd0 && num <= 0xfdef) || num == 0xb || (num & 0xfffe) == 0xfffe)
         return -1;
     return (int32_t)num;
 }
@@ -218,8 +217,8 @@ s_unescape_html(const s_cps_t *in, s_cps_t *out)
             const void *hit = bsearch(key, s_entities, sizeof s_entities / sizeof s_entities[0],
                                       sizeof s_entities[0], s_entity_cmp);
             if (hit) {
-                size_t at = (size_t)((const char *)hit - (const char *)s_entities) /
-                            sizeof s_entities[0];
+                size_t at =
+                    (size_t)((const char *)hit - (const char *)s_entities) / sizeof s_entities[0];
                 if (s_cps_push_utf8(out, s_entities[at].text) != 0)
                     return -1;
                 done = true;
@@ -341,8 +340,8 @@ s_char_steps(const s_cps_t *in, s_cps_t *out, s_cps_t *tmp)
     for (size_t i = 0; i < out->n; i++) {
         if (out->v[i] == 0x1b && i + 1 < out->n && out->v[i + 1] == '[') {
             size_t j = i + 2;
-            while (j < out->n && (out->v[j] == ';' ||
-                                  utf8proc_category(out->v[j]) == UTF8PROC_CATEGORY_ND))
+            while (j < out->n &&
+                   (out->v[j] == ';' || utf8proc_category(out->v[j]) == UTF8PROC_CATEGORY_ND))
                 j++;
             int32_t e = j < out->n ? out->v[j] : 0;
             if ((e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z')) {
@@ -369,9 +368,8 @@ s_nfc(s_cps_t *c, sd3_err_t *err)
     utf8proc_uint8_t *dst = NULL;
     if (s_encode(c, &utf8, &len, err) != 0)
         return SD3_ENOMEM;
-    utf8proc_ssize_t m =
-        utf8proc_map((const uint8_t *)utf8, (utf8proc_ssize_t)len, &dst,
-                     UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    utf8proc_ssize_t m = utf8proc_map((const uint8_t *)utf8, (utf8proc_ssize_t)len, &dst,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
     free(utf8);
     if (m < 0)
         return sd3_err_set(err, SD3_EINVAL, "prompt: NFC failed: %s", utf8proc_errmsg(m));
@@ -455,14 +453,13 @@ static bool
 s_is_case_ignorable(int32_t c)
 {
     utf8proc_category_t cat = utf8proc_category(c);
-    if (cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME ||
-        cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_LM ||
-        cat == UTF8PROC_CATEGORY_SK)
+    if (cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME || cat == UTF8PROC_CATEGORY_CF ||
+        cat == UTF8PROC_CATEGORY_LM || cat == UTF8PROC_CATEGORY_SK)
         return true;
     // Word_Break MidLetter / MidNumLet / Single_Quote
     return c == '\'' || c == '.' || c == ':' || c == 0xb7 || c == 0x387 || c == 0x5f4 ||
-           c == 0x2018 || c == 0x2019 || c == 0x2024 || c == 0x2027 || c == 0xfe13 ||
-           c == 0xfe52 || c == 0xfe55 || c == 0xff07 || c == 0xff0e || c == 0xff1a;
+           c == 0x2018 || c == 0x2019 || c == 0x2024 || c == 0x2027 || c == 0xfe13 || c == 0xfe52 ||
+           c == 0xfe55 || c == 0xff07 || c == 0xff0e || c == 0xff1a;
 }
 
 // Python str.lower: simple lower-case mappings, plus U+0130 -> "i\u0307" and the final

@@ -7,13 +7,13 @@
  *  special tokens <pad>, </s>, <unk> and the 100 <extra_id_N> (= pieces + 99 - N) matched in
  *  the raw text, each piece between them encoded alone (so it gets its own "▁").
  *  It also writes the tiny self-made spiece.model (a ModelProto written field by field).  */
+#include "sd3_tok.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#include "sd3_tok.h"
 
 #define S_EXTRA_IDS 100
 #define S_MAX_MODEL (64u << 20)
@@ -22,8 +22,8 @@ void *sd3_tok_spm_shim_new(const void *data, size_t len, char *msg, size_t msg_c
 void sd3_tok_spm_shim_free(void *sp);
 int sd3_tok_spm_shim_piece_size(const void *sp);
 int sd3_tok_spm_shim_piece_id(const void *sp, const char *piece);
-int sd3_tok_spm_shim_encode(const void *sp, const char *text, size_t len, int32_t **ids,
-                            size_t *n, char *msg, size_t msg_cap);
+int sd3_tok_spm_shim_encode(const void *sp, const char *text, size_t len, int32_t **ids, size_t *n,
+                            char *msg, size_t msg_cap);
 
 struct sd3_tok_spm {
     void *sp;
@@ -50,8 +50,10 @@ sd3_tok_spm_new_from_memory(const void *data, size_t len, sd3_err_t *err)
     self->eos_id = sd3_tok_spm_shim_piece_id(self->sp, "</s>");
     self->unk_id = sd3_tok_spm_shim_piece_id(self->sp, "<unk>");
     if (self->n_pieces <= 0 || self->n_pieces > (1 << 24) || self->eos_id < 0) {
-        sd3_err_set(err, SD3_EFORMAT, "spiece.model: %d pieces and no </s> piece, want a T5 "
-                    "vocabulary", self->n_pieces);
+        sd3_err_set(err, SD3_EFORMAT,
+                    "spiece.model: %d pieces and no </s> piece, want a T5 "
+                    "vocabulary",
+                    self->n_pieces);
         sd3_tok_spm_destroy(&self);
     }
     return self;
@@ -275,16 +277,19 @@ s_piece(s_buf_t *model, const char *piece, float score, int type)
 }
 
 static const char *const s_tiny_t5_words[] = {
-    "a", "an", "the", "of", "and", "with", "in", "on", "at", "photo", "picture", "painting",
-    "cat", "dog", "bird", "fish", "red", "blue", "green", "black", "white", "gold", "dark",
-    "light", "night", "day", "sun", "moon", "star", "sky", "sea", "river", "tree", "flower",
-    "house", "city", "street", "car", "boat", "old", "new", "big", "small", "tall", "soft",
-    "warm", "cold", "happy", "beautiful", "detailed", "highly", "quality", "best",
-    "masterpiece", "sharp", "focus", "sunset", "golden", "landscape", "view", "castle",
-    "window", "fire", "water", "stone", "cloud", "rain", "snow", "ocean", "beach", "people",
-    "woman", "man", "child", "girl", "boy", "face", "eyes", "art", "style", "digital", "oil",
-    "fantasy", "dragon", "robot", "space", "neon", "shadow", "color", "bright", "very", "is",
-    "it", "this", "for", "from", "to", "by", "hello", "world", "text", "tiny", "model", "test",
+    "a",         "an",       "the",       "of",       "and",    "with",        "in",     "on",
+    "at",        "photo",    "picture",   "painting", "cat",    "dog",         "bird",   "fish",
+    "red",       "blue",     "green",     "black",    "white",  "gold",        "dark",   "light",
+    "night",     "day",      "sun",       "moon",     "star",   "sky",         "sea",    "river",
+    "tree",      "flower",   "house",     "city",     "street", "car",         "boat",   "old",
+    "new",       "big",      "small",     "tall",     "soft",   "warm",        "cold",   "happy",
+    "beautiful", "detailed", "highly",    "quality",  "best",   "masterpiece", "sharp",  "focus",
+    "sunset",    "golden",   "landscape", "view",     "castle", "window",      "fire",   "water",
+    "stone",     "cloud",    "rain",      "snow",     "ocean",  "beach",       "people", "woman",
+    "man",       "child",    "girl",      "boy",      "face",   "eyes",        "art",    "style",
+    "digital",   "oil",      "fantasy",   "dragon",   "robot",  "space",       "neon",   "shadow",
+    "color",     "bright",   "very",      "is",       "it",     "this",        "for",    "from",
+    "to",        "by",       "hello",     "world",    "text",   "tiny",        "model",  "test",
 };
 
 int

@@ -4,13 +4,12 @@
  *  nmt_nfkc normalization it applies lives in spiece.model as a compiled character map
  *  that this library reads; calling it keeps T5 ids exact. Only this file is C++. No
  *  exception leaves it: failures come back as -1 with a message.  */
-#include <sentencepiece_processor.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <sentencepiece_processor.h>
 #include <string>
 #include <vector>
 
@@ -21,8 +20,7 @@ sd3_tok_spm_shim_new(const void *data, size_t len, char *msg, size_t msg_cap)
 {
     try {
         auto *sp = new sentencepiece::SentencePieceProcessor();
-        auto st = sp->LoadFromSerializedProto(
-            std::string(static_cast<const char *>(data), len));
+        auto st = sp->LoadFromSerializedProto(std::string(static_cast<const char *>(data), len));
         if (!st.ok()) {
             snprintf(msg, msg_cap, "%s", st.ToString().c_str());
             delete sp;

@@ -5,12 +5,12 @@
  *  table, never recomputed), t_emb = MLP(t_freq) with t_freq computed on the host in
  *  float32 (cos first), y_emb = MLP(y), c = t_emb + y_emb, ctx = context_embedder(context).
  *  Final (§4.8-4.9): Linear(modulate(LN(x), shift, scale)) then unpatchify on the host.  */
+#include "sd3_mmdit_impl.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_mmdit_impl.h"
 
 int
 sd3_mmdit_embed_load(sd3_mmdit_t *self, sd3_err_t *err)
@@ -43,8 +43,7 @@ sd3_mmdit_embed_load(sd3_mmdit_t *self, sd3_err_t *err)
         sd3_mmdit_load_linear(self, &self->t_mlp2, "t_embedder.mlp.2", C, C, err) ||
         sd3_mmdit_load_linear(self, &self->y_mlp0, "y_embedder.mlp.0", C, cfg->adm_in, err) ||
         sd3_mmdit_load_linear(self, &self->y_mlp2, "y_embedder.mlp.2", C, C, err) ||
-        sd3_mmdit_load_linear(self, &self->ctx_embed, "context_embedder", C, cfg->context_in,
-                              err))
+        sd3_mmdit_load_linear(self, &self->ctx_embed, "context_embedder", C, cfg->context_in, err))
         return err->code;
     return 0;
 }
@@ -142,26 +141,29 @@ sd3_mmdit_embed(sd3_mmdit_t *self, const sd3_tensor_t *latent, const float *time
     sd3_tensor_t *t_emb = NULL, *y_dev = NULL, *y_emb = NULL, *ctx_in = NULL;
     memset(act, 0, sizeof *act);
     if (self->first != 0)
-        return sd3_err_set(err, SD3_EINVAL, "mmdit embed: this object hosts blocks [%d,%d), "
-                                            "not the first range", self->first, self->last);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit embed: this object hosts blocks [%d,%d), "
+                           "not the first range",
+                           self->first, self->last);
     if (!latent || latent->ndim != 4 || latent->dtype != SD3_F32 || latent->where != SD3_HOST)
         return sd3_err_set(err, SD3_EINVAL, "mmdit embed: latent must be host f32 [B,Z,h,w]");
     const int64_t B = latent->shape[0], Z = cfg->in_channels, p = cfg->patch, C = cfg->hidden;
     const int64_t H = latent->shape[2], W = latent->shape[3];
     if (B < 1 || B > 1024 || H < p || W < p || H % p || W % p ||
         sd3_tensor_expect(latent, "latent", SD3_F32, 4, (int64_t[]){B, Z, H, W}, err))
-        return sd3_err_set(err, SD3_EINVAL, "mmdit embed: latent [%lld,%lld,%lld,%lld] needs "
-                                            "%lld channels and even h, w",
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit embed: latent [%lld,%lld,%lld,%lld] needs "
+                           "%lld channels and even h, w",
                            (long long)B, (long long)latent->shape[1], (long long)H, (long long)W,
                            (long long)Z);
     const int64_t h = H / p, w = W / p, N = h * w, P = cfg->pos_max;
     if (h > P || w > P)
-        return sd3_err_set(err, SD3_EINVAL, "mmdit embed: token grid %lldx%lld exceeds the "
-                                            "position table %lldx%lld", (long long)h,
-                           (long long)w, (long long)P, (long long)P);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit embed: token grid %lldx%lld exceeds the "
+                           "position table %lldx%lld",
+                           (long long)h, (long long)w, (long long)P, (long long)P);
     if (sd3_tensor_expect(y, "y", SD3_F32, 2, (int64_t[]){B, cfg->adm_in}, err) ||
-        sd3_tensor_expect(context, "context", SD3_F32, 3, (int64_t[]){B, -1, cfg->context_in},
-                          err))
+        sd3_tensor_expect(context, "context", SD3_F32, 3, (int64_t[]){B, -1, cfg->context_in}, err))
         return err->code;
     const int64_t L = context->shape[1];
     if (L < 1 || L > 1 << 20)
@@ -208,8 +210,7 @@ sd3_mmdit_embed(sd3_mmdit_t *self, const sd3_tensor_t *latent, const float *time
     sd3_mmdit_tap(self, act->x, "x_embed");
 
     // c = MLP_t(t_freq) + MLP_y(y)
-    if (!(tf_h = sd3_tensor_new_err(SD3_F32, 2, (int64_t[]){B, SD3_MMDIT_FREQ_DIM}, "t_freq",
-                                    err)))
+    if (!(tf_h = sd3_tensor_new_err(SD3_F32, 2, (int64_t[]){B, SD3_MMDIT_FREQ_DIM}, "t_freq", err)))
         goto fail;
     sd3_mmdit_t_freq(timestep, (int)B, tf_h->data);
     if (s_upload(self, &tf, tf_h, "t_freq", err))
@@ -259,9 +260,10 @@ sd3_mmdit_final(sd3_mmdit_t *self, sd3_mmdit_act_t *act, sd3_tensor_t *out, sd3_
     sd3_backend_t *be = self->be;
     sd3_tensor_t *silu_c = NULL, *mod = NULL, *ln = NULL, *o = NULL, *o_h = NULL;
     if (self->last != cfg->depth)
-        return sd3_err_set(err, SD3_EINVAL, "mmdit final: this object hosts blocks [%d,%d), "
-                                            "not the last range of %d", self->first, self->last,
-                           cfg->depth);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit final: this object hosts blocks [%d,%d), "
+                           "not the last range of %d",
+                           self->first, self->last, cfg->depth);
     if (act->next_block != cfg->depth || !act->x || !act->c)
         return sd3_err_set(err, SD3_EINVAL, "mmdit final: activations after block %d, want %d",
                            act->next_block, cfg->depth);

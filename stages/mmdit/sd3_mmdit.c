@@ -4,13 +4,13 @@
  *  The block itself is in sd3_mmdit_block.c, embedders and final layer in sd3_embed.c.  */
 #include "sd3_mmdit.h"
 
+#include "sd3_mmdit_impl.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_mmdit_impl.h"
 
 // ---- configuration -----------------------------------------------------------------------
 
@@ -37,10 +37,11 @@ sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg, s
     if (s[0] % SD3_MMDIT_HEAD_DIM || s[0] / SD3_MMDIT_HEAD_DIM < 1 ||
         s[0] / SD3_MMDIT_HEAD_DIM > SD3_MMDIT_MAX_DEPTH || s[2] != s[3] || s[2] < 1 || s[2] > 8 ||
         s[1] < 1 || s[1] > 256)
-        return sd3_err_set(err, SD3_EFORMAT, "mmdit checkpoint: x_embedder.proj.weight is "
-                                             "[%lld,%lld,%lld,%lld], want [64*depth,16,2,2] "
-                                             "with depth <= %d", (long long)s[0],
-                           (long long)s[1], (long long)s[2], (long long)s[3],
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "mmdit checkpoint: x_embedder.proj.weight is "
+                           "[%lld,%lld,%lld,%lld], want [64*depth,16,2,2] "
+                           "with depth <= %d",
+                           (long long)s[0], (long long)s[1], (long long)s[2], (long long)s[3],
                            SD3_MMDIT_MAX_DEPTH);
     cfg->hidden = (int)s[0];
     cfg->depth = cfg->heads = (int)(s[0] / SD3_MMDIT_HEAD_DIM);
@@ -50,9 +51,10 @@ sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg, s
         return err->code;
     int64_t P = (int64_t)llround(sqrt((double)s[1]));
     if (s[0] != 1 || s[2] != cfg->hidden || P < 1 || P * P != s[1] || P > 100000)
-        return sd3_err_set(err, SD3_EFORMAT, "mmdit checkpoint: pos_embed is [%lld,%lld,%lld], "
-                                             "want [1,P*P,%d]", (long long)s[0], (long long)s[1],
-                           (long long)s[2], cfg->hidden);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "mmdit checkpoint: pos_embed is [%lld,%lld,%lld], "
+                           "want [1,P*P,%d]",
+                           (long long)s[0], (long long)s[1], (long long)s[2], cfg->hidden);
     cfg->pos_max = (int)P;
     if (s_shape(weights, "y_embedder.mlp.0.weight", 2, s, err))
         return err->code;
@@ -62,9 +64,10 @@ sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg, s
     cfg->context_in = (int)s[1];
     if (cfg->adm_in < 1 || cfg->context_in < 1 || cfg->adm_in > 1 << 20 ||
         cfg->context_in > 1 << 20)
-        return sd3_err_set(err, SD3_EFORMAT, "mmdit checkpoint: pooled width %d / context "
-                                             "width %d out of range", cfg->adm_in,
-                           cfg->context_in);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "mmdit checkpoint: pooled width %d / context "
+                           "width %d out of range",
+                           cfg->adm_in, cfg->context_in);
     cfg->qk_norm = sd3_weights_has(weights, "joint_blocks.0.context_block.attn.ln_k.weight");
     for (int i = 0; i < cfg->depth; i++) {
         char name[96];
@@ -80,8 +83,10 @@ sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg, s
     char name[96];
     snprintf(name, sizeof name, "joint_blocks.%d.x_block.attn.qkv.weight", cfg->depth - 1);
     if (!sd3_weights_has(weights, name))
-        return sd3_err_set(err, SD3_EFORMAT, "mmdit checkpoint: depth %d from x_embedder but "
-                                             "'%s' is missing", cfg->depth, name);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "mmdit checkpoint: depth %d from x_embedder but "
+                           "'%s' is missing",
+                           cfg->depth, name);
     return 0;
 }
 
@@ -159,8 +164,8 @@ sd3_mmdit_load_vec(sd3_mmdit_t *self, const sd3_tensor_t **out, const char *name
 }
 
 int
-sd3_mmdit_load_linear(sd3_mmdit_t *self, sd3_mmdit_linear_t *lin, const char *prefix,
-                      int64_t out, int64_t in, sd3_err_t *err)
+sd3_mmdit_load_linear(sd3_mmdit_t *self, sd3_mmdit_linear_t *lin, const char *prefix, int64_t out,
+                      int64_t in, sd3_err_t *err)
 {
     char name[160];
     const sd3_tensor_t *host = NULL;
@@ -267,8 +272,10 @@ sd3_mmdit_blocks(sd3_mmdit_t *self, sd3_mmdit_act_t *act, uint64_t skip, sd3_err
 {
     const int64_t C = self->cfg.hidden;
     if (act->next_block != self->first)
-        return sd3_err_set(err, SD3_EINVAL, "mmdit blocks [%d,%d): activations are after block "
-                                            "%d", self->first, self->last, act->next_block);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit blocks [%d,%d): activations are after block "
+                           "%d",
+                           self->first, self->last, act->next_block);
     const int64_t B = act->batch, L = act->n_ctx, N = (int64_t)act->grid_h * act->grid_w;
     if (B < 1 || L < 1 || N < 1 ||
         sd3_tensor_expect(act->x, "x", SD3_DTYPE_COUNT, 3, (int64_t[]){B, N, C}, err) ||
@@ -303,9 +310,10 @@ sd3_mmdit_forward(sd3_mmdit_t *self, const sd3_tensor_t *latent, const float *ti
 {
     sd3_mmdit_act_t act;
     if (self->first != 0 || self->last != self->cfg.depth)
-        return sd3_err_set(err, SD3_EINVAL, "mmdit forward: this object hosts [%d,%d), not the "
-                                            "whole model [0,%d)", self->first, self->last,
-                           self->cfg.depth);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "mmdit forward: this object hosts [%d,%d), not the "
+                           "whole model [0,%d)",
+                           self->first, self->last, self->cfg.depth);
     if (sd3_mmdit_embed(self, latent, timestep, y, context, &act, err))
         return err->code;
     int rc = sd3_mmdit_blocks(self, &act, skip, err);

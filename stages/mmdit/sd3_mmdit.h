@@ -20,48 +20,47 @@
  *    C hidden = 64*depth    NH heads = depth   D head dim = 64   Z latent channels = 16
  *  Thread: one sd3_mmdit_t is used by one thread at a time (as its backend).  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_backend.h"
 #include "sd3_err.h"
 #include "sd3_tensor.h"
 #include "sd3_weights.h"
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #define SD3_MMDIT_MAX_DEPTH 64 // skip sets are a uint64_t bit mask
-#define SD3_MMDIT_HEAD_DIM 64
-#define SD3_MMDIT_FREQ_DIM 256 // sinusoidal timestep features
+#define SD3_MMDIT_HEAD_DIM  64
+#define SD3_MMDIT_FREQ_DIM  256 // sinusoidal timestep features
 
 typedef struct {
-    int depth;            // joint blocks
-    int hidden;           // C = 64 * depth
-    int heads;            // NH = depth
-    int patch;            // 2
-    int in_channels;      // Z = 16
-    int pos_max;          // P: pos_embed is [1, P*P, C]
-    int adm_in;           // pooled y width (2048 real)
-    int context_in;       // context width (4096 real)
-    bool qk_norm;         // RMSNorm on q and k per head (SD3.5)
-    uint64_t attn2_mask;  // bit i: block i has the MMDiT-X attn2 (SD3.5-medium)
+    int depth;           // joint blocks
+    int hidden;          // C = 64 * depth
+    int heads;           // NH = depth
+    int patch;           // 2
+    int in_channels;     // Z = 16
+    int pos_max;         // P: pos_embed is [1, P*P, C]
+    int adm_in;          // pooled y width (2048 real)
+    int context_in;      // context width (4096 real)
+    bool qk_norm;        // RMSNorm on q and k per head (SD3.5)
+    uint64_t attn2_mask; // bit i: block i has the MMDiT-X attn2 (SD3.5-medium)
 } sd3_mmdit_config_t;
 
 // Reads the configuration from tensor shapes only (no data touched), the way the reference
 // does (TESTVECTORS-dit.md §1). SD3_EFORMAT when a tensor is missing or inconsistent.
-int sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg,
-                            sd3_err_t *err);
+int sd3_mmdit_config_detect(const sd3_weights_t *weights, sd3_mmdit_config_t *cfg, sd3_err_t *err);
 // "sd3-medium" / "sd3.5-large" / "sd3.5-medium"-like label, for logs.
 const char *sd3_mmdit_config_name(const sd3_mmdit_config_t *cfg);
 
 // The activations handed from one range to the next. Tensors live in the backend's memory
 // and are owned by the struct (free with sd3_mmdit_act_fini).
 typedef struct {
-    int batch;         // B
-    int n_ctx;         // L
+    int batch;          // B
+    int n_ctx;          // L
     int grid_h, grid_w; // token grid; N = grid_h * grid_w
-    int next_block;    // blocks [0, next_block) have run
-    sd3_tensor_t *x;   // [B, N, C]
-    sd3_tensor_t *ctx; // [B, L, C]; NULL after the last (pre-only) block
-    sd3_tensor_t *c;   // [B, C] conditioning t_emb + y_emb
+    int next_block;     // blocks [0, next_block) have run
+    sd3_tensor_t *x;    // [B, N, C]
+    sd3_tensor_t *ctx;  // [B, L, C]; NULL after the last (pre-only) block
+    sd3_tensor_t *c;    // [B, C] conditioning t_emb + y_emb
 } sd3_mmdit_act_t;
 
 void sd3_mmdit_act_fini(sd3_backend_t *be, sd3_mmdit_act_t *act);

@@ -5,9 +5,9 @@
  *  only contributes keys and values), and SD3.5-medium x blocks 0..12 add a second
  *  self-attention over the image tokens (MMDiT-X). Everything runs through the backend's
  *  op table on the scratch of sd3_mmdit_ws_t.  */
-#include <stdio.h>
-
 #include "sd3_mmdit_impl.h"
+
+#include <stdio.h>
 
 #define S_LN_EPS 1e-6f
 #define S_QK_EPS 1e-6f
@@ -34,7 +34,8 @@ s_load_stream(sd3_mmdit_t *self, sd3_mmdit_stream_t *st, int index, const char *
     st->pre_only = pre_only;
     st->has_attn2 = attn2;
     st->n_mod = pre_only ? 2 : attn2 ? 9 : 6;
-#define S_NAME(suffix) (snprintf(name, sizeof name, "joint_blocks.%d.%s.%s", index, which, suffix), name)
+#define S_NAME(suffix)                                                                             \
+    (snprintf(name, sizeof name, "joint_blocks.%d.%s.%s", index, which, suffix), name)
     if (sd3_mmdit_load_linear(self, &st->mod, S_NAME("adaLN_modulation.1"), st->n_mod * C, C,
                               err) ||
         sd3_mmdit_load_linear(self, &st->qkv, S_NAME("attn.qkv"), 3 * C, C, err))
@@ -53,11 +54,10 @@ s_load_stream(sd3_mmdit_t *self, sd3_mmdit_stream_t *st, int index, const char *
         if (sd3_mmdit_load_linear(self, &st->qkv2, S_NAME("attn2.qkv"), 3 * C, C, err) ||
             sd3_mmdit_load_linear(self, &st->proj2, S_NAME("attn2.proj"), C, C, err))
             return err->code;
-        if (self->cfg.qk_norm &&
-            (sd3_mmdit_load_vec(self, &st->ln_q2, S_NAME("attn2.ln_q.weight"), SD3_MMDIT_HEAD_DIM,
-                                err) ||
-             sd3_mmdit_load_vec(self, &st->ln_k2, S_NAME("attn2.ln_k.weight"), SD3_MMDIT_HEAD_DIM,
-                                err)))
+        if (self->cfg.qk_norm && (sd3_mmdit_load_vec(self, &st->ln_q2, S_NAME("attn2.ln_q.weight"),
+                                                     SD3_MMDIT_HEAD_DIM, err) ||
+                                  sd3_mmdit_load_vec(self, &st->ln_k2, S_NAME("attn2.ln_k.weight"),
+                                                     SD3_MMDIT_HEAD_DIM, err)))
             return err->code;
     }
 #undef S_NAME
@@ -82,9 +82,9 @@ void
 sd3_mmdit_ws_fini(sd3_mmdit_t *self)
 {
     sd3_mmdit_ws_t *ws = &self->ws;
-    sd3_tensor_t **all[] = {&ws->silu_c, &ws->mod_ctx, &ws->mod_x, &ws->ln, &ws->ln_x, &ws->u,
-                            &ws->qkv,    &ws->q,       &ws->k,     &ws->v,  &ws->o,    &ws->attn_s,
-                            &ws->y,      &ws->h};
+    sd3_tensor_t **all[] = {&ws->silu_c, &ws->mod_ctx, &ws->mod_x, &ws->ln, &ws->ln_x,
+                            &ws->u,      &ws->qkv,     &ws->q,     &ws->k,  &ws->v,
+                            &ws->o,      &ws->attn_s,  &ws->y,     &ws->h};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sd3_mmdit_free(self, all[i]);
     ws->batch = ws->n_img = ws->n_ctx = 0;
@@ -103,13 +103,13 @@ sd3_mmdit_ws_ensure(sd3_mmdit_t *self, int batch, int n_img, int n_ctx, sd3_err_
         int64_t numel;
         const char *what;
     } plan[] = {
-        {&ws->silu_c, B * C, "silu_c"},      {&ws->mod_ctx, B * 6 * C, "mod_ctx"},
-        {&ws->mod_x, B * 9 * C, "mod_x"},    {&ws->ln, B * M * C, "ln"},
-        {&ws->ln_x, B * n_img * C, "ln_x"},  {&ws->u, B * M * C, "u"},
-        {&ws->qkv, B * M * 3 * C, "qkv"},    {&ws->q, B * T * C, "q"},
-        {&ws->k, B * T * C, "k"},            {&ws->v, B * T * C, "v"},
-        {&ws->o, B * T * C, "o"},            {&ws->attn_s, B * M * C, "attn_s"},
-        {&ws->y, B * M * C, "y"},            {&ws->h, B * M * 4 * C, "h"},
+        {&ws->silu_c, B * C, "silu_c"},     {&ws->mod_ctx, B * 6 * C, "mod_ctx"},
+        {&ws->mod_x, B * 9 * C, "mod_x"},   {&ws->ln, B * M * C, "ln"},
+        {&ws->ln_x, B * n_img * C, "ln_x"}, {&ws->u, B * M * C, "u"},
+        {&ws->qkv, B * M * 3 * C, "qkv"},   {&ws->q, B * T * C, "q"},
+        {&ws->k, B * T * C, "k"},           {&ws->v, B * T * C, "v"},
+        {&ws->o, B * T * C, "o"},           {&ws->attn_s, B * M * C, "attn_s"},
+        {&ws->y, B * M * C, "y"},           {&ws->h, B * M * 4 * C, "h"},
     };
     bool fits = true;
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++)
@@ -169,8 +169,8 @@ s_pre_attention(sd3_mmdit_t *self, const sd3_mmdit_stream_t *st, const sd3_tenso
     sd3_backend_t *be = self->be;
     sd3_mmdit_ws_t *ws = &self->ws;
     const int64_t C = self->cfg.hidden;
-    sd3_tensor_t u = s_v3(ws->u, B, Ts, C);           // [B, Ts, C]
-    sd3_tensor_t qkv = s_v3(ws->qkv, B, Ts, 3 * C);   // [B, Ts, 3C]
+    sd3_tensor_t u = s_v3(ws->u, B, Ts, C);         // [B, Ts, C]
+    sd3_tensor_t qkv = s_v3(ws->qkv, B, Ts, 3 * C); // [B, Ts, 3C]
     sd3_tensor_t q = s_v3(ws->q, B, T, C), k = s_v3(ws->k, B, T, C), v = s_v3(ws->v, B, T, C);
     if (op->layernorm(be, ln, X, NULL, NULL, S_LN_EPS, err) ||
         op->modulate(be, &u, ln, mod, S_SHIFT_MSA, S_SCALE_MSA, err) ||
@@ -192,9 +192,9 @@ s_mlp(sd3_mmdit_t *self, const sd3_mmdit_stream_t *st, sd3_tensor_t *X, const sd
     const sd3_backend_ops_t *op = self->be->ops;
     sd3_backend_t *be = self->be;
     const int64_t C = self->cfg.hidden;
-    sd3_tensor_t ln = s_v3(self->ws.ln, B, Ts, C);     // [B, Ts, C]
-    sd3_tensor_t h = s_v3(self->ws.h, B, Ts, 4 * C);   // [B, Ts, 4C]
-    sd3_tensor_t y = s_v3(self->ws.y, B, Ts, C);       // [B, Ts, C]
+    sd3_tensor_t ln = s_v3(self->ws.ln, B, Ts, C);   // [B, Ts, C]
+    sd3_tensor_t h = s_v3(self->ws.h, B, Ts, 4 * C); // [B, Ts, 4C]
+    sd3_tensor_t y = s_v3(self->ws.y, B, Ts, C);     // [B, Ts, C]
     if (op->layernorm(be, &ln, X, NULL, NULL, S_LN_EPS, err) ||
         op->modulate(be, &ln, &ln, mod, S_SHIFT_MLP, S_SCALE_MLP, err) ||
         sd3_mmdit_linear(self, &h, &ln, &st->fc1, err) ||

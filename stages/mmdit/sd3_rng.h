@@ -11,12 +11,12 @@
  *  The state is a plain struct (by value, nothing to free) so it can be copied or
  *  serialised. Pure CPU code; not thread-safe per instance.  */
 #pragma once
+#include "sd3_err.h"
+#include "sd3_tensor.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#include "sd3_err.h"
-#include "sd3_tensor.h"
 
 #define SD3_RNG_MT_N 624
 

@@ -4,11 +4,11 @@
  *  torch op), so the trajectory stays within the f32 noise of the golden runs.  */
 #include "sd3_sampler.h"
 
+#include "sd3_schedule.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_schedule.h"
 
 void
 sd3_sampler_state_init(sd3_sampler_state_t *st)
@@ -72,8 +72,7 @@ int
 sd3_sampler_start(float sigma0, const sd3_tensor_t *noise, const sd3_tensor_t *latent,
                   sd3_tensor_t *x, sd3_err_t *err)
 {
-    if (s_expect_latent(noise, "noise", 1, NULL, err) ||
-        s_expect_latent(x, "x", 1, noise, err) ||
+    if (s_expect_latent(noise, "noise", 1, NULL, err) || s_expect_latent(x, "x", 1, noise, err) ||
         (latent && s_expect_latent(latent, "latent", 1, noise, err)))
         return err->code;
     size_t n = (size_t)sd3_tensor_numel(noise);
@@ -131,14 +130,12 @@ sd3_sampler_step(const sd3_sampler_opts_t *opts, const float *sigmas, int n_sigm
     if (st->step < 0 || st->step + 1 >= n_sigmas)
         return sd3_err_set(err, SD3_EINVAL, "sampler: step %d of a %d-sigma schedule", st->step,
                            n_sigmas);
-    if (s_expect_latent(x, "x", 1, NULL, err) ||
-        s_expect_latent(denoised, "denoised", 1, x, err))
+    if (s_expect_latent(x, "x", 1, NULL, err) || s_expect_latent(denoised, "denoised", 1, x, err))
         return err->code;
     const int i = st->step;
     const float s = sigmas[i], s_next = sigmas[i + 1];
     if (!(s > 0) || !(s_next >= 0) || !isfinite(s))
-        return sd3_err_set(err, SD3_EINVAL, "sampler: sigma %g -> %g", (double)s,
-                           (double)s_next);
+        return sd3_err_set(err, SD3_EINVAL, "sampler: sigma %g -> %g", (double)s, (double)s_next);
     size_t n = (size_t)sd3_tensor_numel(x);
     float *xs = x->data;
     const float *d = denoised->data;
@@ -159,8 +156,9 @@ sd3_sampler_step(const sd3_sampler_opts_t *opts, const float *sigmas, int n_sigm
                 xs[k] = ratio * xs[k] - em1 * d[k];
         } else {
             if (i < 1 || !st->old_denoised)
-                return sd3_err_set(err, SD3_EINVAL, "sampler: DPM++ 2M state without a "
-                                                    "previous step");
+                return sd3_err_set(err, SD3_EINVAL,
+                                   "sampler: DPM++ 2M state without a "
+                                   "previous step");
             float h_last = t - (-logf(sigmas[i - 1]));
             float r = h_last / h;
             float inv = 1.0f / (2.0f * r), c1 = 1.0f + inv;
@@ -221,8 +219,8 @@ sd3_sampler_run(sd3_mmdit_t *mmdit, const sd3_sampler_opts_t *opts, const float 
     if (!cond || !uncond || !cond->context || !uncond->context || !cond->y || !uncond->y ||
         sd3_tensor_expect(cond->context, "cond context", SD3_F32, 3,
                           (int64_t[]){1, -1, cfg->context_in}, err) ||
-        sd3_tensor_expect(uncond->context, "uncond context", SD3_F32, 3,
-                          cond->context->shape, err) ||
+        sd3_tensor_expect(uncond->context, "uncond context", SD3_F32, 3, cond->context->shape,
+                          err) ||
         sd3_tensor_expect(cond->y, "cond y", SD3_F32, 2, (int64_t[]){1, cfg->adm_in}, err) ||
         sd3_tensor_expect(uncond->y, "uncond y", SD3_F32, 2, (int64_t[]){1, cfg->adm_in}, err))
         return err->code ? err->code : sd3_err_set(err, SD3_EINVAL, "sampler: missing cond");
@@ -253,8 +251,8 @@ sd3_sampler_run(sd3_mmdit_t *mmdit, const sd3_sampler_opts_t *opts, const float 
         if ((rc = sd3_mmdit_forward(mmdit, x2, t2, y2, ctx2, 0, v, err)) != 0)
             goto done;
         bool slg = sd3_sampler_slg_active(opts, i);
-        if (slg && (rc = sd3_mmdit_forward(mmdit, x, &ts, cond->y, cond->context,
-                                           opts->slg.layers, v_skip, err)) != 0)
+        if (slg && (rc = sd3_mmdit_forward(mmdit, x, &ts, cond->y, cond->context, opts->slg.layers,
+                                           v_skip, err)) != 0)
             goto done;
         sd3_sampler_branches_t br = {.cond = dc, .uncond = du, .skip = slg ? ds : NULL};
         if ((rc = sd3_sampler_guide(opts, x, sigma, v, slg ? v_skip : NULL, den, &br, err)) != 0)

@@ -18,18 +18,18 @@
  *  layer can checkpoint and move it. sd3_sampler_run drives the whole loop on one node.
  *  Thread: pure functions on the arguments; no globals.  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_err.h"
 #include "sd3_mmdit.h"
 #include "sd3_tensor.h"
 
+#include <stdbool.h>
+#include <stdint.h>
+
 typedef enum { SD3_SAMPLER_EULER = 0, SD3_SAMPLER_DPMPP_2M = 1 } sd3_sampler_kind_t;
 
 typedef struct {
-    float scale;     // 0: off
-    double start;    // window as fractions of the step count, both strict
+    float scale;  // 0: off
+    double start; // window as fractions of the step count, both strict
     double end;
     uint64_t layers; // bit i: joint block i is skipped in the extra forward
 } sd3_slg_t;
@@ -37,7 +37,7 @@ typedef struct {
 typedef struct {
     sd3_sampler_kind_t kind;
     float cfg_scale;
-    int steps;       // N of the schedule before any img2img truncation (the SLG window)
+    int steps; // N of the schedule before any img2img truncation (the SLG window)
     sd3_slg_t slg;
 } sd3_sampler_opts_t;
 

@@ -7,9 +7,9 @@
  *  int(N*(1-denoise)) computed in doubles (MODEL.md §7.3).
  *  Pure functions, thread-safe, no allocation.  */
 #pragma once
-#include <stddef.h>
-
 #include "sd3_err.h"
+
+#include <stddef.h>
 
 #define SD3_SCHEDULE_MAX_STEPS 10000
 

@@ -3,8 +3,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <spng.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,8 +48,7 @@ s_str_puts(s_str_t *s, const char *p)
     s_str_putn(s, p, strlen(p));
 }
 
-static void
-s_str_printf(s_str_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void s_str_printf(s_str_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void
 s_str_printf(s_str_t *s, const char *fmt, ...)
 {
@@ -133,8 +132,8 @@ s_is_ascii(const char *p)
 }
 
 int
-sd3_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
-               uint8_t **png_out, size_t *size_out, sd3_err_t *err)
+sd3_png_encode(const uint8_t *rgb, int width, int height, const char *parameters, uint8_t **png_out,
+               size_t *size_out, sd3_err_t *err)
 {
     spng_ctx *ctx = NULL;
     size_t row, nbytes;
@@ -191,8 +190,8 @@ done:
 }
 
 int
-sd3_png_write(const char *path, const uint8_t *rgb, int width, int height,
-              const char *parameters, sd3_err_t *err)
+sd3_png_write(const char *path, const uint8_t *rgb, int width, int height, const char *parameters,
+              sd3_err_t *err)
 {
     uint8_t *png = NULL;
     size_t size = 0;
@@ -222,8 +221,7 @@ sd3_png_write(const char *path, const uint8_t *rgb, int width, int height,
     }
     f = NULL;
     if (rename(tmp, path) != 0)
-        rc = sd3_err_set(err, SD3_EIO, "%s: cannot rename into place: %s", path,
-                         strerror(errno));
+        rc = sd3_err_set(err, SD3_EIO, "%s: cannot rename into place: %s", path, strerror(errno));
 done:
     if (f)
         fclose(f);
@@ -252,8 +250,7 @@ sd3_png_decode(const void *data, size_t size, uint8_t **rgb_out, int *width, int
         *parameters_out = NULL;
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (!data || size < 8 || memcmp(data, sig, 8) != 0)
-        return sd3_err_set(err, SD3_EFORMAT, "png: not a PNG file (%zu bytes, no signature)",
-                           size);
+        return sd3_err_set(err, SD3_EFORMAT, "png: not a PNG file (%zu bytes, no signature)", size);
     if (!(ctx = spng_ctx_new(0)))
         return sd3_err_set(err, SD3_ENOMEM, "png: decoder context");
     // Caps before anything is allocated: the image size, and chunk sizes (a hostile file
@@ -272,17 +269,16 @@ sd3_png_decode(const void *data, size_t size, uint8_t **rgb_out, int *width, int
         goto done;
     }
     if (ihdr.width == 0 || ihdr.height == 0 || ihdr.width > SD3_PNG_MAX_DIM ||
-        ihdr.height > SD3_PNG_MAX_DIM ||
-        (uint64_t)ihdr.width * ihdr.height > SD3_PNG_MAX_PIXELS) {
-        rc = sd3_err_set(err, SD3_ENOMEM, "png: image is %ux%u, max %dx%d", ihdr.width,
-                         ihdr.height, SD3_PNG_MAX_DIM, SD3_PNG_MAX_DIM);
+        ihdr.height > SD3_PNG_MAX_DIM || (uint64_t)ihdr.width * ihdr.height > SD3_PNG_MAX_PIXELS) {
+        rc = sd3_err_set(err, SD3_ENOMEM, "png: image is %ux%u, max %dx%d", ihdr.width, ihdr.height,
+                         SD3_PNG_MAX_DIM, SD3_PNG_MAX_DIM);
         goto done;
     }
     npix = (size_t)ihdr.width * ihdr.height;
     if ((ret = spng_decoded_image_size(ctx, SPNG_FMT_RGBA8, &rgba_size)) != 0 ||
         rgba_size != npix * 4) {
-        rc = sd3_err_set(err, SD3_EFORMAT, "png: %ux%u: cannot convert to RGBA8: %s",
-                         ihdr.width, ihdr.height, ret ? spng_strerror(ret) : "size mismatch");
+        rc = sd3_err_set(err, SD3_EFORMAT, "png: %ux%u: cannot convert to RGBA8: %s", ihdr.width,
+                         ihdr.height, ret ? spng_strerror(ret) : "size mismatch");
         goto done;
     }
     if (!(rgba = malloc(rgba_size)) || !(rgb = malloc(npix * 3))) {
@@ -299,8 +295,10 @@ sd3_png_decode(const void *data, size_t size, uint8_t **rgb_out, int *width, int
     // The chunks after the image data, up to IEND: a file cut after IDAT is still refused,
     // and text chunks placed after the image are seen.
     if ((ret = spng_decode_chunks(ctx)) != 0) {
-        rc = sd3_err_set(err, SD3_EFORMAT, "png: %ux%u: truncated or corrupt after the image "
-                         "data: %s", ihdr.width, ihdr.height, spng_strerror(ret));
+        rc = sd3_err_set(err, SD3_EFORMAT,
+                         "png: %ux%u: truncated or corrupt after the image "
+                         "data: %s",
+                         ihdr.width, ihdr.height, spng_strerror(ret));
         goto done;
     }
     // libspng stops at IEND without checking its CRC: a file cut inside the IEND chunk
@@ -362,8 +360,8 @@ done:
 }
 
 int
-sd3_png_read(const char *path, uint8_t **rgb_out, int *width, int *height,
-             char **parameters_out, sd3_err_t *err)
+sd3_png_read(const char *path, uint8_t **rgb_out, int *width, int *height, char **parameters_out,
+             sd3_err_t *err)
 {
     FILE *f = NULL;
     uint8_t *data = NULL;

@@ -8,7 +8,7 @@
  *  Reading (img2img input): any colour type and bit depth (grey, grey+alpha, palette with or
  *  without tRNS, RGB, RGBA; 1/2/4/8/16 bits) becomes RGB8. Alpha (and tRNS) is composited
  *  on a white background: out = (c*a + 255*(255-a)) / 255, rounded; opaque images come out
- *  unchanged. 16-bit samples are scaled to 8 bits by libspng. Gamma chunks are ignored
+ *  unchanged. 16-bit samples keep their high byte (libspng). Gamma chunks are ignored
  *  (sRGB assumed). Truncated, corrupt or non-PNG data fails with SD3_EFORMAT; images past
  *  SD3_PNG_MAX_DIM on a side or SD3_PNG_MAX_PIXELS in total fail with SD3_ENOMEM before any
  *  pixel buffer is allocated.
@@ -16,10 +16,10 @@
  *  Called by the controller (sd3ctl generate, the HTTP API) and by the VAE stage's tests.
  *  Pure functions: no globals, thread-safe.  */
 #pragma once
+#include "sd3_err.h"
+
 #include <stddef.h>
 #include <stdint.h>
-
-#include "sd3_err.h"
 
 #define SD3_PNG_MAX_DIM    16384                 // per side
 #define SD3_PNG_MAX_PIXELS (16384ull * 16384ull) // width * height
@@ -31,13 +31,13 @@ typedef struct {
     const char *prompt;          // first line(s); NULL = ""
     const char *negative_prompt; // NULL or "" = no "Negative prompt:" line (A1111 omits it)
     int steps;
-    const char *sampler;         // A1111 spelling: "Euler", "DPM++ 2M"
+    const char *sampler; // A1111 spelling: "Euler", "DPM++ 2M"
     double cfg_scale;
     uint64_t seed;
     int width, height;
-    const char *model;           // NULL = no "Model:" field
-    double denoise;              // img2img strength; "Denoising strength" only when 0 < x < 1
-    const char *extra;           // NULL, or more "Key: value, ..." fields appended as is
+    const char *model; // NULL = no "Model:" field
+    double denoise;    // img2img strength; "Denoising strength" only when 0 < x < 1
+    const char *extra; // NULL, or more "Key: value, ..." fields appended as is
 } sd3_png_params_t;
 
 // The A1111 infotext:

@@ -87,8 +87,9 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
     cfg->has_decoder = sd3_weights_has(w, "decoder.conv_in.weight");
     cfg->has_encoder = sd3_weights_has(w, "encoder.conv_in.weight");
     if (!cfg->has_decoder && !cfg->has_encoder)
-        return sd3_err_set(err, SD3_EFORMAT, "vae: no 'decoder.conv_in.weight' or "
-                                             "'encoder.conv_in.weight' in the checkpoint");
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "vae: no 'decoder.conv_in.weight' or "
+                           "'encoder.conv_in.weight' in the checkpoint");
     const char *lvl_key = cfg->has_decoder ? "decoder.up.%d.block.%d.conv1.weight"
                                            : "encoder.down.%d.block.%d.conv1.weight";
     while (cfg->n_levels < SD3_VAE_MAX_LEVELS && s_has(w, lvl_key, cfg->n_levels, 0))
@@ -102,8 +103,10 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
             return sd3_err_set(err, SD3_EFORMAT, "vae: '%s' is not 4-D", name);
         cfg->channels[i] = (int)shape[0];
         if (shape[0] <= 0 || shape[0] % SD3_VAE_GROUPS != 0 || shape[0] > 65536)
-            return sd3_err_set(err, SD3_EFORMAT, "vae: '%s' has %lld output channels, want a "
-                               "multiple of %d", name, (long long)shape[0], SD3_VAE_GROUPS);
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "vae: '%s' has %lld output channels, want a "
+                               "multiple of %d",
+                               name, (long long)shape[0], SD3_VAE_GROUPS);
         while (cfg->dec_blocks[i] < SD3_VAE_MAX_BLOCKS &&
                s_has(w, "decoder.up.%d.block.%d.conv1.weight", i, cfg->dec_blocks[i]))
             cfg->dec_blocks[i]++;
@@ -119,8 +122,9 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
         int64_t out_shape[SD3_MAX_DIM];
         if (s_shape(w, "decoder.conv_in.weight", shape) != 4 ||
             s_shape(w, "decoder.conv_out.weight", out_shape) != 4)
-            return sd3_err_set(err, SD3_EFORMAT, "vae: decoder.conv_in/conv_out weights are not "
-                                                 "4-D (or conv_out is missing)");
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "vae: decoder.conv_in/conv_out weights are not "
+                               "4-D (or conv_out is missing)");
         s_shape(w, "decoder.conv_in.weight", shape);
         cfg->z_channels = (int)shape[1];
         s_shape(w, "decoder.conv_out.weight", shape);
@@ -128,17 +132,21 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
     }
     if (cfg->has_encoder) {
         if (s_shape(w, "encoder.conv_out.weight", shape) != 4)
-            return sd3_err_set(err, SD3_EFORMAT, "vae: 'encoder.conv_out.weight' missing or not "
-                                                 "4-D");
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "vae: 'encoder.conv_out.weight' missing or not "
+                               "4-D");
         if (shape[0] % 2 || (cfg->z_channels && shape[0] != 2 * cfg->z_channels))
-            return sd3_err_set(err, SD3_EFORMAT, "vae: 'encoder.conv_out.weight' gives %lld "
-                               "moments, want 2 * %d latent channels", (long long)shape[0],
-                               cfg->z_channels);
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "vae: 'encoder.conv_out.weight' gives %lld "
+                               "moments, want 2 * %d latent channels",
+                               (long long)shape[0], cfg->z_channels);
         cfg->z_channels = (int)(shape[0] / 2);
         s_shape(w, "encoder.conv_in.weight", shape);
         if (cfg->image_channels && shape[1] != cfg->image_channels)
-            return sd3_err_set(err, SD3_EFORMAT, "vae: encoder takes %lld image channels, "
-                               "decoder makes %d", (long long)shape[1], cfg->image_channels);
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "vae: encoder takes %lld image channels, "
+                               "decoder makes %d",
+                               (long long)shape[1], cfg->image_channels);
         cfg->image_channels = (int)shape[1];
     }
     // One 2x resample per level that has one; decoder and encoder must agree.
@@ -148,12 +156,14 @@ s_detect(sd3_vae_t *self, sd3_err_t *err)
         down *= s_has(w, "encoder.down.%d.downsample.conv.weight", i, 0) ? 2 : 1;
     }
     if (cfg->has_decoder && cfg->has_encoder && up != down)
-        return sd3_err_set(err, SD3_EFORMAT, "vae: decoder upsamples %dx, encoder downsamples "
-                           "%dx", up, down);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "vae: decoder upsamples %dx, encoder downsamples "
+                           "%dx",
+                           up, down);
     cfg->factor = cfg->has_decoder ? up : down;
     if (cfg->z_channels <= 0 || cfg->image_channels <= 0)
-        return sd3_err_set(err, SD3_EFORMAT, "vae: %d latent / %d image channels",
-                           cfg->z_channels, cfg->image_channels);
+        return sd3_err_set(err, SD3_EFORMAT, "vae: %d latent / %d image channels", cfg->z_channels,
+                           cfg->image_channels);
     // Parameters of what is present (for the bench's FLOP count and memory planning).
     for (size_t i = 0, n = sd3_weights_count(w); i < n; i++) {
         const char *name = sd3_weights_name(w, i);
@@ -314,8 +324,8 @@ s_load_encoder(sd3_vae_t *self, sd3_err_t *err)
         return 0;
     if (!cfg->has_encoder)
         return sd3_err_set(err, SD3_EFORMAT, "vae: the checkpoint has no encoder");
-    if (s_load_conv(self, "encoder.conv_in", cfg->channels[0], cfg->image_channels, 3,
-                    &e->conv_in, err))
+    if (s_load_conv(self, "encoder.conv_in", cfg->channels[0], cfg->image_channels, 3, &e->conv_in,
+                    err))
         return err->code;
     int ci = cfg->channels[0];
     for (int i = 0; i < n; i++) {
@@ -345,9 +355,9 @@ s_load_encoder(sd3_vae_t *self, sd3_err_t *err)
 
 // ---- construction ----------------------------------------------------------------------------
 
-#define S_ERR_LOCAL(err)                                                                    \
-    sd3_err_t err##_local = {0};                                                           \
-    if (!(err))                                                                            \
+#define S_ERR_LOCAL(err)                                                                           \
+    sd3_err_t err##_local = {0};                                                                   \
+    if (!(err))                                                                                    \
     (err) = &err##_local
 
 sd3_vae_t *
@@ -427,8 +437,8 @@ sd3_vae_set_tap(sd3_vae_t *self, sd3_vae_tap_fn fn, void *user)
 static sd3_tensor_t *
 s_new(sd3_vae_t *self, int64_t b, int64_t c, int64_t h, int64_t w, sd3_err_t *err)
 {
-    return self->be->ops->tensor_new(self->be, self->be->act_dtype, 4,
-                                     (int64_t[]){b, c, h, w}, err);
+    return self->be->ops->tensor_new(self->be, self->be->act_dtype, 4, (int64_t[]){b, c, h, w},
+                                     err);
 }
 
 static void
@@ -472,8 +482,8 @@ s_conv(sd3_vae_t *self, const s_conv_t *conv, const sd3_tensor_t *x, const sd3_c
     return 0;
 }
 
-static const sd3_conv_opts_t s_same3 = {.stride = 1, .pad_top = 1, .pad_left = 1,
-                                        .pad_bottom = 1, .pad_right = 1};
+static const sd3_conv_opts_t s_same3 = {
+    .stride = 1, .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
 static const sd3_conv_opts_t s_same1 = {.stride = 1};
 // Downsample: pad right and bottom by one (zeros), 3x3 stride 2, no other padding.
 static const sd3_conv_opts_t s_down = {.stride = 2, .pad_bottom = 1, .pad_right = 1};
@@ -756,22 +766,21 @@ s_decode_tiled(sd3_vae_t *self, const sd3_tensor_t *z, sd3_tensor_t *image,
     self->tap = NULL; // intermediates of one tile mean nothing to the caller
     if (!(ys = malloc(MAX_TILES * sizeof *ys)) || !(xs = malloc(MAX_TILES * sizeof *xs)) ||
         !(wsum = calloc((size_t)(H * W), sizeof *wsum))) {
-        sd3_err_set(err, SD3_ENOMEM, "vae: tiled decode of %lldx%lld", (long long)H,
-                    (long long)W);
+        sd3_err_set(err, SD3_ENOMEM, "vae: tiled decode of %lldx%lld", (long long)H, (long long)W);
         goto done;
     }
     ny = s_tile_starts(h, t, ov, ys, MAX_TILES);
     nx = s_tile_starts(w, t, ov, xs, MAX_TILES);
     if (ny < 0 || nx < 0) {
-        rc = sd3_err_set(err, SD3_EINVAL, "vae: tile %lld overlap %lld over %lldx%lld makes "
-                         "more than %d tiles a side", (long long)t, (long long)ov,
-                         (long long)h, (long long)w, MAX_TILES);
+        rc = sd3_err_set(err, SD3_EINVAL,
+                         "vae: tile %lld overlap %lld over %lldx%lld makes "
+                         "more than %d tiles a side",
+                         (long long)t, (long long)ov, (long long)h, (long long)w, MAX_TILES);
         goto done;
     }
     int64_t th = h < t ? h : t, tw = w < t ? w : t;
     if (!(zt = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){b, zc, th, tw}, "vae tile", err)) ||
-        !(it = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){b, ch, f * th, f * tw}, "vae tile",
-                                  err)))
+        !(it = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){b, ch, f * th, f * tw}, "vae tile", err)))
         goto done;
     float *out = image->data;
     memset(out, 0, sd3_tensor_nbytes(image));
@@ -822,18 +831,19 @@ sd3_vae_decode(sd3_vae_t *self, const sd3_tensor_t *z, sd3_tensor_t *image,
     if ((rc = s_load_decoder(self, err)) != 0)
         return rc;
     int f = self->cfg.factor;
-    if ((rc = s_check_host_f32(z, "vae latent", 4,
-                               (int64_t[]){-1, self->cfg.z_channels, -1, -1}, err)) != 0)
+    if ((rc = s_check_host_f32(z, "vae latent", 4, (int64_t[]){-1, self->cfg.z_channels, -1, -1},
+                               err)) != 0)
         return rc;
     if (z->shape[0] < 1 || z->shape[2] < 1 || z->shape[3] < 1 ||
         z->shape[2] * f > SD3_VAE_MAX_SIDE || z->shape[3] * f > SD3_VAE_MAX_SIDE)
-        return sd3_err_set(err, SD3_EINVAL, "vae: latent %lldx%lld gives an image past %d "
-                           "pixels a side", (long long)z->shape[2], (long long)z->shape[3],
-                           SD3_VAE_MAX_SIDE);
-    if ((rc = s_check_host_f32(image, "vae image", 4,
-                               (int64_t[]){z->shape[0], self->cfg.image_channels,
-                                           f * z->shape[2], f * z->shape[3]},
-                               err)) != 0)
+        return sd3_err_set(err, SD3_EINVAL,
+                           "vae: latent %lldx%lld gives an image past %d "
+                           "pixels a side",
+                           (long long)z->shape[2], (long long)z->shape[3], SD3_VAE_MAX_SIDE);
+    if ((rc = s_check_host_f32(
+             image, "vae image", 4,
+             (int64_t[]){z->shape[0], self->cfg.image_channels, f * z->shape[2], f * z->shape[3]},
+             err)) != 0)
         return rc;
     if (tile && tile->tile > 0) {
         if (tile->overlap < 0 || tile->overlap >= tile->tile)
@@ -865,8 +875,10 @@ sd3_vae_encode_moments(sd3_vae_t *self, const sd3_tensor_t *image, sd3_tensor_t 
         return rc;
     int64_t b = image->shape[0], H = image->shape[2], W = image->shape[3];
     if (b < 1 || H < f || W < f || H % f || W % f || H > SD3_VAE_MAX_SIDE || W > SD3_VAE_MAX_SIDE)
-        return sd3_err_set(err, SD3_EINVAL, "vae: image %lldx%lld, want multiples of %d up to "
-                           "%d", (long long)H, (long long)W, f, SD3_VAE_MAX_SIDE);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "vae: image %lldx%lld, want multiples of %d up to "
+                           "%d",
+                           (long long)H, (long long)W, f, SD3_VAE_MAX_SIDE);
     if ((rc = s_check_host_f32(moments, "vae moments", 4,
                                (int64_t[]){b, 2 * self->cfg.z_channels, H / f, W / f}, err)) != 0)
         return rc;
@@ -922,14 +934,14 @@ sd3_vae_process_in(float *z, size_t n)
 }
 
 int
-sd3_vae_moments_split(const sd3_tensor_t *moments, const sd3_tensor_t *noise,
-                      sd3_tensor_t *mean, sd3_tensor_t *logvar, sd3_tensor_t *std,
-                      sd3_tensor_t *sample, sd3_err_t *err)
+sd3_vae_moments_split(const sd3_tensor_t *moments, const sd3_tensor_t *noise, sd3_tensor_t *mean,
+                      sd3_tensor_t *logvar, sd3_tensor_t *std, sd3_tensor_t *sample, sd3_err_t *err)
 {
     int rc;
     if ((rc = s_check_host_f32(moments, "vae moments", 4, (int64_t[]){-1, -1, -1, -1}, err)))
         return rc;
-    int64_t b = moments->shape[0], z2 = moments->shape[1], hw = moments->shape[2] * moments->shape[3];
+    int64_t b = moments->shape[0], z2 = moments->shape[1],
+            hw = moments->shape[2] * moments->shape[3];
     if (z2 % 2)
         return sd3_err_set(err, SD3_EINVAL, "vae moments: %lld channels, want an even count",
                            (long long)z2);
@@ -991,16 +1003,17 @@ sd3_vae_decode_rgb8(sd3_vae_t *self, const sd3_tensor_t *latent, const sd3_vae_t
     S_ERR_LOCAL(err);
     sd3_tensor_t *z = NULL, *image = NULL, *rgb = NULL;
     if (s_load_decoder(self, err) ||
-        s_check_host_f32(latent, "vae latent", 4,
-                         (int64_t[]){1, self->cfg.z_channels, -1, -1}, err))
+        s_check_host_f32(latent, "vae latent", 4, (int64_t[]){1, self->cfg.z_channels, -1, -1},
+                         err))
         return NULL;
     int f = self->cfg.factor;
     int64_t H = f * latent->shape[2], W = f * latent->shape[3];
     if (latent->shape[2] < 1 || latent->shape[3] < 1 || H > SD3_VAE_MAX_SIDE ||
         W > SD3_VAE_MAX_SIDE) {
-        sd3_err_set(err, SD3_EINVAL, "vae: latent %lldx%lld gives an image past %d pixels a "
-                    "side", (long long)latent->shape[2], (long long)latent->shape[3],
-                    SD3_VAE_MAX_SIDE);
+        sd3_err_set(err, SD3_EINVAL,
+                    "vae: latent %lldx%lld gives an image past %d pixels a "
+                    "side",
+                    (long long)latent->shape[2], (long long)latent->shape[3], SD3_VAE_MAX_SIDE);
         return NULL;
     }
     if (!(z = sd3_tensor_clone(latent))) {
@@ -1008,8 +1021,7 @@ sd3_vae_decode_rgb8(sd3_vae_t *self, const sd3_tensor_t *latent, const sd3_vae_t
         goto fail;
     }
     sd3_vae_process_out(z->data, (size_t)sd3_tensor_numel(z)); // sampler -> VAE space
-    if (!(image = sd3_tensor_new_err(SD3_F32, 4,
-                                     (int64_t[]){1, self->cfg.image_channels, H, W},
+    if (!(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, self->cfg.image_channels, H, W},
                                      "vae image", err)) ||
         sd3_vae_decode(self, z, image, tile, err) != 0)
         goto fail;
@@ -1055,9 +1067,9 @@ sd3_vae_encode_rgb8(sd3_vae_t *self, const sd3_tensor_t *rgb, const sd3_tensor_t
     if (noise && s_check_host_f32(noise, "vae noise", 4, zshape, err))
         return NULL;
     if (!(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 3, H, W}, "vae image", err)) ||
-        !(moments = sd3_tensor_new_err(SD3_F32, 4,
-                                       (int64_t[]){1, 2 * self->cfg.z_channels, H / f, W / f},
-                                       "vae moments", err)) ||
+        !(moments =
+              sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 2 * self->cfg.z_channels, H / f, W / f},
+                                 "vae moments", err)) ||
         !(latent = sd3_tensor_new_err(SD3_F32, 4, zshape, "vae latent", err)))
         goto fail;
     sd3_vae_rgb8_to_image(rgb->data, (int)H, (int)W, image->data);
@@ -1089,9 +1101,8 @@ typedef struct {
     int n, cap;
 } s_rand_list_t;
 
-static int
-s_rand_add(s_rand_list_t *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+static int s_rand_add(s_rand_list_t *l, int kind, int ndim, const int64_t *shape, const char *fmt,
+                      ...) __attribute__((format(printf, 5, 6)));
 static int
 s_rand_add(s_rand_list_t *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...)
 {
@@ -1151,7 +1162,8 @@ s_rand_mid(s_rand_list_t *l, const char *coder, int c)
     snprintf(p, sizeof p, "%s.mid.block_1", coder), rc |= s_rand_res(l, p, c, c);
     snprintf(p, sizeof p, "%s.mid.attn_1.norm", coder), rc |= s_rand_norm(l, p, c);
     for (int i = 0; i < 4; i++)
-        snprintf(p, sizeof p, "%s.mid.attn_1.%s", coder, parts[i]), rc |= s_rand_conv(l, p, c, c, 1);
+        snprintf(p, sizeof p, "%s.mid.attn_1.%s", coder, parts[i]),
+            rc |= s_rand_conv(l, p, c, c, 1);
     snprintf(p, sizeof p, "%s.mid.block_2", coder), rc |= s_rand_res(l, p, c, c);
     return rc;
 }
@@ -1177,8 +1189,8 @@ sd3_vae_write_random(const char *path, const int *channels, int n_levels, int z_
     int rc = 0, top = channels[n_levels - 1];
     const char *E = "first_stage_model.encoder", *D = "first_stage_model.decoder";
     if (n_levels < 1 || n_levels > SD3_VAE_MAX_LEVELS || z_channels < 1)
-        return sd3_err_set(err, SD3_EINVAL, "vae random: %d levels, %d latent channels",
-                           n_levels, z_channels);
+        return sd3_err_set(err, SD3_EINVAL, "vae random: %d levels, %d latent channels", n_levels,
+                           z_channels);
     // encoder
     snprintf(p, sizeof p, "%s.conv_in", E), rc |= s_rand_conv(&l, p, channels[0], 3, 3);
     for (int i = 0, ci = channels[0]; i < n_levels; ci = channels[i++]) {
@@ -1211,8 +1223,7 @@ sd3_vae_write_random(const char *path, const int *channels, int n_levels, int z_
         rc = sd3_err_set(err, SD3_ENOMEM, "vae random: tensor list");
         goto done;
     }
-    if (!(w = sd3_st_writer_new(path, err)) ||
-        sd3_st_writer_meta(w, "format", "pt", err) != 0) {
+    if (!(w = sd3_st_writer_new(path, err)) || sd3_st_writer_meta(w, "format", "pt", err) != 0) {
         rc = err && err->code ? err->code : SD3_EIO;
         goto done;
     }
@@ -1222,8 +1233,8 @@ sd3_vae_write_random(const char *path, const int *channels, int n_levels, int z_
         for (int d = 0; d < l.t[i].ndim; d++)
             n *= (size_t)l.t[i].shape[d];
         max_n = n > max_n ? n : max_n;
-        if ((rc = sd3_st_writer_declare(w, l.t[i].name, dtype, l.t[i].ndim, l.t[i].shape,
-                                        err)) != 0)
+        if ((rc = sd3_st_writer_declare(w, l.t[i].name, dtype, l.t[i].ndim, l.t[i].shape, err)) !=
+            0)
             goto done;
     }
     if ((rc = sd3_st_writer_begin(w, err)) != 0)

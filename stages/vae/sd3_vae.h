@@ -22,13 +22,13 @@
  *  weights are resolved on first use, so a decode-only stage touches no encoder tensor.
  *  Thread: one sd3_vae_t is used by one thread at a time (like its backend).  */
 #pragma once
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "sd3_backend.h"
 #include "sd3_err.h"
 #include "sd3_tensor.h"
 #include "sd3_weights.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #define SD3_VAE_MAX_LEVELS 8
 #define SD3_VAE_MAX_BLOCKS 8
@@ -40,15 +40,15 @@
 
 // What the checkpoint holds, read from its shapes.
 typedef struct {
-    int z_channels;                    // 16
-    int image_channels;                // 3
-    int n_levels;                      // 4
-    int channels[SD3_VAE_MAX_LEVELS];  // block_out_channels, level 0 first
+    int z_channels;                     // 16
+    int image_channels;                 // 3
+    int n_levels;                       // 4
+    int channels[SD3_VAE_MAX_LEVELS];   // block_out_channels, level 0 first
     int dec_blocks[SD3_VAE_MAX_LEVELS]; // resblocks of decoder.up.i (3 in SD3)
     int enc_blocks[SD3_VAE_MAX_LEVELS]; // resblocks of encoder.down.i (2 in SD3)
-    int factor;                        // image pixels per latent pixel, per side (8)
+    int factor;                         // image pixels per latent pixel, per side (8)
     bool has_decoder, has_encoder;
-    int64_t n_params;                  // parameters of the parts present
+    int64_t n_params; // parameters of the parts present
 } sd3_vae_config_t;
 
 // Tiled decode: tiles of `tile` x `tile` latent pixels overlapping by `overlap` (0 <=

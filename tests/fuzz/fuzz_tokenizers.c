@@ -12,6 +12,8 @@
  *    clang -DSD3_LIBFUZZER -fsanitize=fuzzer,address,undefined -g -O1 -I stages/encoder \
  *      -I daemon/base tests/fuzz/fuzz_tokenizers.c stages/encoder/sd3_tok*.c \
  *      stages/encoder/sd3_prompt.c daemon/base/sd3_err.c <shim .o> -lsentencepiece ...  */
+#include "sd3_tok.h"
+
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,9 +21,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "sd3_tok.h"
-
 static sd3_tokenizer_t *s_tok;
+static char s_tiny_dir[64]; // the temporary tiny set, removed by the replayer's main
 
 static void
 s_fail(const char *what)
@@ -42,6 +43,7 @@ s_init(void)
             exit(2);
         }
         dir = tmpl;
+        snprintf(s_tiny_dir, sizeof s_tiny_dir, "%s", tmpl);
     }
     if (!(s_tok = sd3_tokenizer_new(dir, &err))) {
         fprintf(stderr, "fuzz_tokenizers: %s\n", err.msg);
@@ -190,6 +192,22 @@ main(int argc, char **argv)
     }
     printf("fuzz_tokenizers: %d inputs replayed, no invariant broken\n", count);
     sd3_tokenizer_destroy(&s_tok);
+    if (s_tiny_dir[0]) {
+        static const char *const files[] = {"tokenizer/vocab.json",
+                                            "tokenizer/merges.txt",
+                                            "tokenizer_2/vocab.json",
+                                            "tokenizer_2/merges.txt",
+                                            "tokenizer_3/spiece.model",
+                                            "tokenizer",
+                                            "tokenizer_2",
+                                            "tokenizer_3",
+                                            ""};
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            char path[256];
+            snprintf(path, sizeof path, "%s/%s", s_tiny_dir, files[i]);
+            remove(path);
+        }
+    }
     return count > 0 ? 0 : 1;
 }
 #endif

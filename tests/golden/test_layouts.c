@@ -11,16 +11,16 @@
  *  Convert (the library call behind `sd3ctl convert`): the single file -> diffusers gives
  *  the golden diffusers folder's stored tensors (names, shapes, bytes), and -> single again
  *  gives the original canonical tensors bit for bit.  */
-#include <dirent.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_arch.h"
 #include "sd3_safetensors.h"
 #include "sd3_test.h"
 #include "sd3_weights.h"
 #include "sd3_weights_write.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static float *
 s_widen(const sd3_tensor_t *t)
@@ -253,8 +253,8 @@ s_check_convert(const char *p_single, const char *p_diff)
                 if (!s_folder_get(&ours, name, &b) || a.dtype != b.dtype ||
                     !s_same_shape(a.ndim, a.shape, b.ndim, b.shape) ||
                     memcmp(a.data, b.data, sd3_tensor_nbytes(&a)) != 0) {
-                    fprintf(stderr, "convert -> diffusers %s: '%s' missing or different\n",
-                            subs[c], name);
+                    fprintf(stderr, "convert -> diffusers %s: '%s' missing or different\n", subs[c],
+                            name);
                     bad++;
                 }
             }
@@ -351,18 +351,17 @@ main(void)
                             "joint_blocks.1.context_block.adaLN_modulation.1.weight", &ndim,
                             shape) == 0 &&
           ndim == 2 && shape[0] == 256 && shape[1] == 128);
-    CHECK(sd3_weights_shape(ws[SD3_COMP_VAE], "decoder.mid.attn_1.q.weight", &ndim, shape) ==
-              0 &&
+    CHECK(sd3_weights_shape(ws[SD3_COMP_VAE], "decoder.mid.attn_1.q.weight", &ndim, shape) == 0 &&
           ndim == 4 && shape[2] == 1 && shape[3] == 1);
     const sd3_tensor_t *t = NULL;
     sd3_err_clear(&err);
     CHECK(sd3_weights_need(ws[SD3_COMP_MMDIT], "final_layer.linear.weight", 2,
                            (int64_t[]){64, 2432}, &t, &err) == SD3_EFORMAT);
-    CHECK_MSG(strstr(err.msg, "'final_layer.linear.weight' is [64,128], want [64,2432]"),
-              "%s", err.msg);
+    CHECK_MSG(strstr(err.msg, "'final_layer.linear.weight' is [64,128], want [64,2432]"), "%s",
+              err.msg);
     sd3_err_clear(&err);
-    CHECK(sd3_weights_need(ws[SD3_COMP_MMDIT], "final_layer.linear.weight", 2,
-                           (int64_t[]){64, -1}, &t, &err) == 0 &&
+    CHECK(sd3_weights_need(ws[SD3_COMP_MMDIT], "final_layer.linear.weight", 2, (int64_t[]){64, -1},
+                           &t, &err) == 0 &&
           t && t->shape[1] == 128);
     CHECK(sd3_weights_need(ws[SD3_COMP_MMDIT], "no.such", 1, (int64_t[]){1}, &t, &err) ==
           SD3_EFORMAT);
@@ -383,8 +382,7 @@ main(void)
     // the model path may also be the model file itself
     snprintf(path, sizeof path, "%s/sd3.5_medium.safetensors", p_35);
     sd3_model_t *m35f = sd3_model_open(path, &err);
-    CHECK_MSG(m35f && sd3_model_layout(m35f) == SD3_LAYOUT_SD35 &&
-                  sd3_model_has(m35f, SD3_COMP_T5),
+    CHECK_MSG(m35f && sd3_model_layout(m35f) == SD3_LAYOUT_SD35 && sd3_model_has(m35f, SD3_COMP_T5),
               "%s", err.msg);
     sd3_model_destroy(&m35f);
 
@@ -421,15 +419,15 @@ main(void)
     sd3_weights_t *tf = sd3_weights_open_path(path, SD3_COMP_MMDIT, &err);
     CHECK_MSG(tf != NULL, "%s", err.msg);
     if (tf)
-        s_compare("transformer/ folder == single: mmdit", ws[SD3_COMP_MMDIT], tf,
-                  SD3_DTYPE_COUNT, NULL);
+        s_compare("transformer/ folder == single: mmdit", ws[SD3_COMP_MMDIT], tf, SD3_DTYPE_COUNT,
+                  NULL);
     sd3_weights_destroy(&tf);
 
     // 4. sd3_arch's tiny descriptions name exactly the golden tensors
     s_check_arch("tiny-sd3-medium", SD3_COMP_MMDIT, ws[SD3_COMP_MMDIT], NULL, NULL);
     s_check_arch("tiny-sd3-medium", SD3_COMP_VAE, ws[SD3_COMP_VAE], NULL, NULL);
-    s_check_arch("tiny-sd3-medium", SD3_COMP_CLIP_L, ws[SD3_COMP_CLIP_L],
-                 "text_projection.weight", NULL);
+    s_check_arch("tiny-sd3-medium", SD3_COMP_CLIP_L, ws[SD3_COMP_CLIP_L], "text_projection.weight",
+                 NULL);
     s_check_arch("tiny-sd3-medium", SD3_COMP_CLIP_G, ws[SD3_COMP_CLIP_G], NULL, NULL);
     s_check_arch("tiny-sd3-medium", SD3_COMP_T5, ws[SD3_COMP_T5], NULL, "shared.weight");
     static const char *const dits[][2] = {{"tiny-sd3.5-medium", "tiny-sd3.5-medium"},

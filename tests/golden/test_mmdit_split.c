@@ -10,15 +10,15 @@
  *  diffusers names, q/k/v split, swapped 2-chunk modulations) equals the forward from
  *  e2e/tiny-sd3-medium-incl-clips-t5.safetensors (same F16 weights) bit for bit.
  *  Skips (77) without the golden data.  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_backend.h"
 #include "sd3_mmdit.h"
 #include "sd3_safetensors.h"
 #include "sd3_test.h"
 #include "sd3_weights.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     sd3_st_t *st;
@@ -31,8 +31,7 @@ s_inputs_open(const char *path, s_inputs_t *in, sd3_err_t *err)
     memset(in, 0, sizeof *in);
     if (!(in->st = sd3_st_open(path, err)) || sd3_st_get(in->st, "in.x", &in->x, err) ||
         sd3_st_get(in->st, "in.timestep", &in->ts, err) ||
-        sd3_st_get(in->st, "in.y", &in->y, err) ||
-        sd3_st_get(in->st, "in.context", &in->ctx, err))
+        sd3_st_get(in->st, "in.y", &in->y, err) || sd3_st_get(in->st, "in.context", &in->ctx, err))
         return -1;
     return 0;
 }
@@ -194,7 +193,8 @@ s_check_diffusers(sd3_backend_t *be)
     if (a && b) {
         double md = sd3_test_maxdiff(a->data, b->data, (size_t)sd3_tensor_numel(a));
         bool same = memcmp(a->data, b->data, sd3_tensor_nbytes(a)) == 0;
-        printf("diffusers vs single file: max diff %g, bit-identical %s\n", md, same ? "yes" : "NO");
+        printf("diffusers vs single file: max diff %g, bit-identical %s\n", md,
+               same ? "yes" : "NO");
         CHECK(same);
     }
     sd3_tensor_destroy(&a);

@@ -59,6 +59,16 @@ s_act(sd3_backend_t *be1, sd3_backend_t *be2)
             worst = d > worst ? d : worst;
         }
         CHECK_MSG(worst < 1e-6, "act %d: max rel diff %g", kind, worst);
+        // the fast path (vector exp) against the plain reference loop
+        sd3_tensor_t *y3 = sd3_tensor_new(SD3_F32, 2, shape);
+        CHECK(sd3_cpu_act_ref(y3, x, (sd3_act_t)kind, &err) == 0);
+        worst = 0;
+        for (size_t i = 0; i < n; i++) {
+            double a = ((float *)y3->data)[i], b = ((float *)y1->data)[i];
+            worst = fmax(worst, fabs(a - b) / fmax(1.0, fabs(a)));
+        }
+        CHECK_MSG(worst < 1e-6, "act %d: fast vs reference max rel diff %g", kind, worst);
+        sd3_tensor_destroy(&y3);
         sd3_tensor_destroy(&x);
         sd3_tensor_destroy(&y1);
         sd3_tensor_destroy(&y2);
@@ -226,6 +236,38 @@ s_memory(sd3_backend_t *be)
     sd3_tensor_destroy(&bad);
 }
 
+// Every op refuses missing tensors and options with SD3_EINVAL instead of crashing.
+static void
+s_nulls(sd3_backend_t *be)
+{
+    sd3_err_t err = {0};
+    sd3_tensor_t *t = sd3_tensor_new(SD3_F32, 3, (int64_t[]){1, 2, 4});
+    sd3_tensor_t *t4 = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 2, 2, 2});
+    sd3_tensor_t *w = sd3_tensor_new(SD3_F32, 2, (int64_t[]){4, 4});
+    sd3_attn_opts_t ao = {.n_heads = 1, .scale = 1};
+    sd3_conv_opts_t co = {.stride = 1};
+    CHECK(be->ops->linear(be, t, NULL, w, NULL, &err) == SD3_EINVAL);
+    CHECK(be->ops->layernorm(be, NULL, t, NULL, NULL, 1e-6f, &err) == SD3_EINVAL);
+    CHECK(be->ops->rmsnorm(be, t, NULL, NULL, 1e-6f, &err) == SD3_EINVAL);
+    CHECK(be->ops->groupnorm(be, t4, NULL, NULL, NULL, 2, 1e-6f, &err) == SD3_EINVAL);
+    CHECK(be->ops->act(be, NULL, t, SD3_ACT_SILU, &err) == SD3_EINVAL);
+    CHECK(be->ops->act(be, t, t, (sd3_act_t)99, &err) == SD3_EINVAL);
+    CHECK(be->ops->softmax(be, t, NULL, &err) == SD3_EINVAL);
+    CHECK(be->ops->add(be, t, t, NULL, &err) == SD3_EINVAL);
+    CHECK(be->ops->modulate(be, t, t, NULL, 0, 1, &err) == SD3_EINVAL);
+    CHECK(be->ops->gate_add(be, t, NULL, w, 0, &err) == SD3_EINVAL);
+    CHECK(be->ops->attention(be, t, t, NULL, t, &ao, &err) == SD3_EINVAL);
+    CHECK(be->ops->conv2d(be, t4, t4, NULL, NULL, &co, &err) == SD3_EINVAL);
+    CHECK(be->ops->upsample2x(be, NULL, t4, &err) == SD3_EINVAL);
+    CHECK(be->ops->copy2d(be, NULL, 0, 0, t, 0, 0, 1, 1, &err) == SD3_EINVAL);
+    CHECK(be->ops->fill(be, NULL, 0.0f, &err) == SD3_EINVAL);
+    CHECK(be->ops->upload(be, t, NULL, &err) == SD3_EINVAL);
+    CHECK(be->ops->weight(be, NULL, &err) == NULL);
+    sd3_tensor_destroy(&t);
+    sd3_tensor_destroy(&t4);
+    sd3_tensor_destroy(&w);
+}
+
 int
 main(void)
 {
@@ -238,6 +280,7 @@ main(void)
     s_add_mod(be2);
     s_move(be2);
     s_memory(be1);
+    s_nulls(be2);
     sd3_backend_destroy(&be1);
     sd3_backend_destroy(&be2);
     return TEST_RESULT();

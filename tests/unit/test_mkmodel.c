@@ -8,15 +8,15 @@
  *  3. The values follow the documented distributions (std of linear weights, norm weights
  *     around 1, identity CLIP-L projection, sin-cos pos_embed, shared.weight = embed_tokens).
  *  4. --no-t5 / --no-encoders drop what they say; convert round-trips between layouts.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-
 #include "sd3_arch.h"
 #include "sd3_test.h"
 #include "sd3_weights.h"
 #include "sd3_weights_write.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 static void
 s_check_counts(void)
@@ -38,10 +38,10 @@ s_check_counts(void)
     CHECK(sd3_arch_block_params(l35, 0, 1) == 212999680ull);
     CHECK(sd3_arch_block_params(l35, 37, 38) == 136085248ull);
     // embedders + final layer, without pos_embed: 19.48 M / 39.55 M
-    uint64_t emb3 = sd3_arch_params(m3, SD3_COMP_MMDIT) - sd3_arch_block_params(m3, 0, 24) -
-                    36864ull * 1536;
-    uint64_t embl = sd3_arch_params(l35, SD3_COMP_MMDIT) - sd3_arch_block_params(l35, 0, 38) -
-                    36864ull * 2432;
+    uint64_t emb3 =
+        sd3_arch_params(m3, SD3_COMP_MMDIT) - sd3_arch_block_params(m3, 0, 24) - 36864ull * 1536;
+    uint64_t embl =
+        sd3_arch_params(l35, SD3_COMP_MMDIT) - sd3_arch_block_params(l35, 0, 38) - 36864ull * 2432;
     CHECK(llabs((long long)emb3 - 19480000) < 5000);
     CHECK(llabs((long long)embl - 39550000) < 5000);
     // encoders (MODEL.md §5.1 / §9): 123.65 M, 694.66 M, 4.762 B
@@ -99,8 +99,7 @@ s_stats(const sd3_tensor_t *t, double *mean, double *std)
 
 // The values follow the distributions of sd3_weights_write.c.
 static void
-s_check_values(sd3_weights_t *mmdit, sd3_weights_t *clip_l, sd3_weights_t *t5,
-               const sd3_arch_t *a)
+s_check_values(sd3_weights_t *mmdit, sd3_weights_t *clip_l, sd3_weights_t *t5, const sd3_arch_t *a)
 {
     double mean, std;
     const int64_t D = a->mmdit.hidden;
@@ -121,10 +120,11 @@ s_check_values(sd3_weights_t *mmdit, sd3_weights_t *clip_l, sd3_weights_t *t5,
         s_stats(t, &mean, &std);
         CHECK_MSG(std > 0.07 && std < 0.13, "bias std %g", std);
     }
-    if (a->mmdit.qk_norm && (t = sd3_weights_get(mmdit, "joint_blocks.0.x_block.attn.ln_q.weight"))) {
+    if (a->mmdit.qk_norm &&
+        (t = sd3_weights_get(mmdit, "joint_blocks.0.x_block.attn.ln_q.weight"))) {
         s_stats(t, &mean, &std);
-        CHECK_MSG(fabs(mean - 1) < 0.05 && std > 0.05 && std < 0.15, "ln_q mean %g std %g",
-                  mean, std);
+        CHECK_MSG(fabs(mean - 1) < 0.05 && std > 0.05 && std < 0.15, "ln_q mean %g std %g", mean,
+                  std);
     }
     t = sd3_weights_get(mmdit, "pos_embed");
     if (t) {
@@ -209,8 +209,8 @@ s_check_arch_layouts(const char *dir, const char *arch_name, sd3_dtype_t dtype)
         opts.layout = layouts[k];
         opts.dtype = dtype;
         opts.shard_bytes = 1u << 20; // a tiny transformer still gets shards
-        snprintf(path[k], sizeof path[k], "%s/%s-%s%s", dir, arch_name,
-                 sd3_layout_name(layouts[k]), k == 0 ? ".safetensors" : "");
+        snprintf(path[k], sizeof path[k], "%s/%s-%s%s", dir, arch_name, sd3_layout_name(layouts[k]),
+                 k == 0 ? ".safetensors" : "");
         sd3_err_t err = {0};
         CHECK_MSG(sd3_weights_mkmodel(arch, &opts, 1234, path[k], &err) == 0, "%s", err.msg);
         models[k] = sd3_model_open(path[k], &err);

@@ -1,12 +1,11 @@
 /*  test_png - sd3_png: infotext, RGB8 round trip with `parameters`, every colour type read
  *  back as RGB8 (alpha over white), and bad files refused with a clear error.  */
-#include <spng.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_png.h"
 #include "sd3_test.h"
 
+#include <spng.h>
+#include <stdlib.h>
+#include <string.h>
 
 // CRC-32 of the PNG spec (for hand-made chunks).
 static uint32_t
@@ -32,14 +31,12 @@ s_be32(uint8_t *p, uint32_t v)
 
 // Encodes raw PNG-format rows (any colour type) with libspng directly.
 static uint8_t *
-s_encode_raw(const void *img, size_t len, uint32_t w, uint32_t h, uint8_t color_type,
-             uint8_t depth, const struct spng_plte *plte, const struct spng_trns *trns,
-             size_t *size)
+s_encode_raw(const void *img, size_t len, uint32_t w, uint32_t h, uint8_t color_type, uint8_t depth,
+             const struct spng_plte *plte, const struct spng_trns *trns, size_t *size)
 {
     spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
     spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
-    struct spng_ihdr ihdr = {.width = w, .height = h, .bit_depth = depth,
-                             .color_type = color_type};
+    struct spng_ihdr ihdr = {.width = w, .height = h, .bit_depth = depth, .color_type = color_type};
     int ret = spng_set_ihdr(ctx, &ihdr);
     if (!ret && plte)
         ret = spng_set_plte(ctx, (struct spng_plte *)plte);

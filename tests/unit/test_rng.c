@@ -2,13 +2,13 @@
  *
  *  Known values and the structural facts of torch's generator (TESTVECTORS-dit.md §4); the
  *  bit-exact comparison with the golden file is the golden_noise eval test.  */
+#include "sd3_rng.h"
+#include "sd3_test.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_rng.h"
-#include "sd3_test.h"
 
 int
 main(void)

@@ -6,14 +6,14 @@
  *  2. Corrupts that file in many ways; each must give SD3_EFORMAT with a message naming the
  *     problem, never a crash (also under ASan/UBSan). Then random byte flips in the header.
  *  3. The writer refuses misuse (short data, extra data, duplicates) and leaves no file.  */
+#include "sd3_safetensors.h"
+#include "sd3_test.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include "sd3_safetensors.h"
-#include "sd3_test.h"
 
 static char s_dir[256];
 static char s_good[300];
@@ -30,12 +30,9 @@ typedef struct {
 static t_spec_t s_specs[] = {
     {"b.weight", SD3_F32, 2, {8, 4}, NULL, 0}, // declared first: data order != name order
     {"a.weight", SD3_F32, 2, {4, 8}, NULL, 0}, // same size as b (used by the overlap case)
-    {"c.bias", SD3_F16, 1, {5}, NULL, 0},
-    {"d.e4m3", SD3_F8_E4M3, 1, {3}, NULL, 0},
-    {"e.ids", SD3_I32, 2, {2, 3}, NULL, 0},
-    {"f.bf16", SD3_BF16, 4, {2, 2, 2, 2}, NULL, 0},
-    {"g.scalar", SD3_F32, 0, {0}, NULL, 0},
-    {"h.empty", SD3_F32, 2, {0, 3}, NULL, 0},
+    {"c.bias", SD3_F16, 1, {5}, NULL, 0},      {"d.e4m3", SD3_F8_E4M3, 1, {3}, NULL, 0},
+    {"e.ids", SD3_I32, 2, {2, 3}, NULL, 0},    {"f.bf16", SD3_BF16, 4, {2, 2, 2, 2}, NULL, 0},
+    {"g.scalar", SD3_F32, 0, {0}, NULL, 0},    {"h.empty", SD3_F32, 2, {0, 3}, NULL, 0},
     {"i.u8", SD3_U8, 1, {7}, NULL, 0},
 };
 #define N_SPECS (sizeof s_specs / sizeof s_specs[0])
@@ -111,8 +108,7 @@ s_test_roundtrip(void)
     CHECK(sd3_st_count(st) == N_SPECS);
     // names in data-offset order = declaration order
     for (size_t i = 0; i < N_SPECS && i < sd3_st_count(st); i++)
-        CHECK_MSG(!strcmp(sd3_st_name(st, i), s_specs[i].name), "%zu: %s", i,
-                  sd3_st_name(st, i));
+        CHECK_MSG(!strcmp(sd3_st_name(st, i), s_specs[i].name), "%zu: %s", i, sd3_st_name(st, i));
     for (size_t i = 0; i < N_SPECS; i++) {
         const t_spec_t *s = &s_specs[i];
         sd3_tensor_t v;
@@ -212,8 +208,7 @@ s_expect_bad(const char *what, const char *path, const char *substr)
     sd3_st_t *st = sd3_st_open(path, &err);
     s_n_cases++;
     CHECK_MSG(st == NULL, "%s: opened a bad file", what);
-    CHECK_MSG(err.code == SD3_EFORMAT, "%s: code %s (%s)", what, sd3_err_name(err.code),
-              err.msg);
+    CHECK_MSG(err.code == SD3_EFORMAT, "%s: code %s (%s)", what, sd3_err_name(err.code), err.msg);
     CHECK_MSG(strstr(err.msg, substr) != NULL, "%s: message '%s' lacks '%s'", what, err.msg,
               substr);
     CHECK_MSG(strstr(err.msg, path) != NULL, "%s: message '%s' does not name the file", what,
@@ -286,27 +281,25 @@ s_test_corruptions(void)
     s_case_replace("5 dims", "\"shape\":[2,2,2,2]", "\"shape\":[2,2,2,2,1]", "dims");
     s_case_replace("missing data_offsets", "\"data_offsets\":[0,128]", "\"x\":[0,128]",
                    "no data_offsets");
-    s_case_replace("data_offsets of 3", "\"data_offsets\":[0,128]",
-                   "\"data_offsets\":[0,128,3]", "no data_offsets");
-    s_case_replace("non-integer offsets", "\"data_offsets\":[0,128]",
-                   "\"data_offsets\":[0.5,128]", "not non-negative integers");
-    s_case_replace("string offsets", "\"data_offsets\":[0,128]",
-                   "\"data_offsets\":[\"0\",\"128\"]", "not non-negative integers");
-    s_case_replace("negative offset", "\"data_offsets\":[0,128]",
-                   "\"data_offsets\":[-128,0]", "not non-negative integers");
+    s_case_replace("data_offsets of 3", "\"data_offsets\":[0,128]", "\"data_offsets\":[0,128,3]",
+                   "no data_offsets");
+    s_case_replace("non-integer offsets", "\"data_offsets\":[0,128]", "\"data_offsets\":[0.5,128]",
+                   "not non-negative integers");
+    s_case_replace("string offsets", "\"data_offsets\":[0,128]", "\"data_offsets\":[\"0\",\"128\"]",
+                   "not non-negative integers");
+    s_case_replace("negative offset", "\"data_offsets\":[0,128]", "\"data_offsets\":[-128,0]",
+                   "not non-negative integers");
     s_case_replace("begin > end", "\"data_offsets\":[0,128]", "\"data_offsets\":[128,0]",
                    "begin 128 > end 0");
-    s_case_replace("range past end", "\"data_offsets\":[0,128]",
-                   "\"data_offsets\":[100000,100128]", "past the end");
+    s_case_replace("range past end", "\"data_offsets\":[0,128]", "\"data_offsets\":[100000,100128]",
+                   "past the end");
     // b.weight is first in the data at [0,128); a.weight [128,256) moved onto it
-    s_case_replace("overlapping ranges", "\"data_offsets\":[128,256]",
-                   "\"data_offsets\":[64,192]", "overlap");
+    s_case_replace("overlapping ranges", "\"data_offsets\":[128,256]", "\"data_offsets\":[64,192]",
+                   "overlap");
     s_case_replace("duplicate names", "\"b.weight\"", "\"a.weight\"", "appears twice");
-    s_case_replace("tensor not an object", "\"i.u8\":{", "\"i.u8\":5,\"j\":{",
-                   "not a JSON object");
+    s_case_replace("tensor not an object", "\"i.u8\":{", "\"i.u8\":5,\"j\":{", "not a JSON object");
     s_case_replace("empty tensor name", "\"i.u8\"", "\"\"", "empty name");
-    s_case_replace("metadata not a string", "\"format\":\"pt\"", "\"format\":5",
-                   "is not a string");
+    s_case_replace("metadata not a string", "\"format\":\"pt\"", "\"format\":5", "is not a string");
     s_case_replace("metadata not an object", "\"__metadata__\":{\"format\":\"pt\",",
                    "\"__metadata__\":[1],\"zz\":{\"format\":\"pt\",", "__metadata__ is not");
     s_case_replace("garbage after JSON", "}}", "}}x", "after the JSON");
@@ -381,8 +374,7 @@ s_test_writer_misuse(void)
 
     sd3_err_clear(&err);
     w = sd3_st_writer_new(path, &err);
-    CHECK(sd3_st_writer_declare(w, "__metadata__", SD3_F32, 1, (int64_t[]){4}, &err) ==
-          SD3_EINVAL);
+    CHECK(sd3_st_writer_declare(w, "__metadata__", SD3_F32, 1, (int64_t[]){4}, &err) == SD3_EINVAL);
     sd3_st_writer_abort(&w);
 
     // the convenience writer

@@ -2,10 +2,10 @@
  *
  *  Values from MODEL.md §7.2-7.3 and TESTVECTORS-dit.md §3; the bit-exact comparison with
  *  the golden file is the golden_schedule eval test.  */
-#include <math.h>
-
 #include "sd3_schedule.h"
 #include "sd3_test.h"
+
+#include <math.h>
 
 int
 main(void)

@@ -1,10 +1,10 @@
 /*  test_tok_prompt - the reference's prompt rules (stages/encoder/sd3_prompt.c): Python
  *  float(), weight syntax, words, and the 77-token chunk packing at its edges.  */
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_test.h"
 #include "sd3_tok.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 static void
 s_expect_words(const char *prompt, const char *const *want, size_t n_want)
@@ -15,15 +15,15 @@ s_expect_words(const char *prompt, const char *const *want, size_t n_want)
     CHECK_MSG(rc == 0, "%s: %s", prompt, err.msg);
     CHECK_MSG(w.n == n_want, "\"%s\": %zu words, want %zu", prompt, w.n, n_want);
     for (size_t i = 0; i < w.n && i < n_want; i++)
-        CHECK_MSG(!strcmp(w.words[i], want[i]), "\"%s\" word %zu: \"%s\", want \"%s\"", prompt,
-                  i, w.words[i], want[i]);
+        CHECK_MSG(!strcmp(w.words[i], want[i]), "\"%s\" word %zu: \"%s\", want \"%s\"", prompt, i,
+                  w.words[i], want[i]);
     sd3_prompt_words_fini(&w);
 }
 
-#define WORDS(p, ...)                                                                         \
-    do {                                                                                      \
-        static const char *const want_[] = {__VA_ARGS__};                                     \
-        s_expect_words(p, want_, sizeof want_ / sizeof want_[0]);                             \
+#define WORDS(p, ...)                                                                              \
+    do {                                                                                           \
+        static const char *const want_[] = {__VA_ARGS__};                                          \
+        s_expect_words(p, want_, sizeof want_ / sizeof want_[0]);                                  \
     } while (0)
 
 static sd3_tok_ids_t
@@ -39,23 +39,23 @@ int
 main(void)
 {
     // Python float()
-    static const char *const yes[] = {"1.3", " 1.5 ", "1e1", "-2", "+.5", "5.", "1_000.5",
-                                      "1e1_0", "inf", "-Infinity", "NaN", "\xd9\xa1.\xd9\xa5"};
-    static const char *const no[] = {"", "b", ".", "1__0", "_1", "1_", "1._5", "e5", "0x10",
-                                     "1.5.2", "1e", "in f", "1.2)"};
+    static const char *const yes[] = {"1.3", " 1.5 ",     "1e1",     "-2",
+                                      "+.5", "5.",        "1_000.5", "1e1_0",
+                                      "inf", "-Infinity", "NaN",     "\xd9\xa1.\xd9\xa5"};
+    static const char *const no[] = {"",   "b",    ".",     "1__0", "_1",   "1_",  "1._5",
+                                     "e5", "0x10", "1.5.2", "1e",   "in f", "1.2)"};
     for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
         CHECK_MSG(sd3_prompt_is_py_float(yes[i], strlen(yes[i])), "float('%s')", yes[i]);
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
         CHECK_MSG(!sd3_prompt_is_py_float(no[i], strlen(no[i])), "not float('%s')", no[i]);
 
     // the golden prompts' rules (TESTVECTORS-enc.md §1.1)
-    WORDS("(masterpiece:1.3), (best quality), ((very detailed)), [square] {curly}",
-          "masterpiece", ",", "best", "quality", ",", "very", "detailed", ",", "[square]",
-          "{curly}");
+    WORDS("(masterpiece:1.3), (best quality), ((very detailed)), [square] {curly}", "masterpiece",
+          ",", "best", "quality", ",", "very", "detailed", ",", "[square]", "{curly}");
     WORDS("escaped \\(parenthesis\\) and unbalanced (open and close) ) extra", "escaped",
           "(parenthesis)", "and", "unbalanced", "open", "and", "close", ")", "extra");
-    WORDS("(a:b) (:1.5) () (nested (inner:0.5) outer) (x:1e1)", "a:b", ":1.5", "nested",
-          "inner", "outer", "x");
+    WORDS("(a:b) (:1.5) () (nested (inner:0.5) outer) (x:1e1)", "a:b", ":1.5", "nested", "inner",
+          "outer", "x");
     WORDS("line one\nline\ttwo  ", "line", "one", "line\ttwo");
     WORDS("((a)", "(a");
     WORDS("a:1.2) b", "a:1.2)", "b");
@@ -70,8 +70,8 @@ main(void)
 
     // packing: 75 one-token words fill chunk 0 exactly; 76 spill one word; a small word
     // that does not fit moves whole; a large one (>= 8 tokens) is split
-    sd3_prompt_pack_t clip = {.start = 100, .end = 101, .pad = 0, .max_length = 77,
-                              .pad_to_max = true};
+    sd3_prompt_pack_t clip = {
+        .start = 100, .end = 101, .pad = 0, .max_length = 77, .pad_to_max = true};
     sd3_tok_ids_t words[80];
     for (int i = 0; i < 80; i++)
         words[i] = s_word(1, 1 + i);
@@ -95,8 +95,8 @@ main(void)
     CHECK(chunks == 2 && out.ids[71] == 300 && out.ids[75] == 304 && out.ids[76] == 101 &&
           out.ids[78] == 305 && out.ids[83] == 101);
     // T5: no start, no max, min length 77
-    sd3_prompt_pack_t t5 = {.start = -1, .end = 1, .pad = 0, .max_length = 99999999,
-                            .min_length = 77};
+    sd3_prompt_pack_t t5 = {
+        .start = -1, .end = 1, .pad = 0, .max_length = 99999999, .min_length = 77};
     out.n = 0;
     CHECK(sd3_prompt_pack(&t5, words, 3, &out, &chunks, NULL) == 0);
     CHECK(chunks == 1 && out.n == 77 && out.ids[2] == 3 && out.ids[3] == 1 && out.ids[76] == 0);

@@ -1,12 +1,12 @@
 /*  test_tok_tiny - the self-made tiny tokenizer set (sd3_tok_write_tiny_set) read back through
  *  the same code as the real files; the prompt -> ids path end to end on it; hostile files.  */
+#include "sd3_test.h"
+#include "sd3_tok.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "sd3_test.h"
-#include "sd3_tok.h"
 
 static void
 s_write(const char *path, const char *text)
@@ -36,8 +36,8 @@ main(void)
     CHECK(sd3_tok_bpe_start_id(l) == SD3_TOK_TINY_CLIP_VOCAB - 2);
     CHECK(sd3_tok_bpe_end_id(l) == SD3_TOK_TINY_CLIP_VOCAB - 1);
     CHECK(sd3_tok_spm_vocab_size(t5) == SD3_TOK_TINY_T5_VOCAB);
-    CHECK(sd3_tok_bpe_token_id(l, "!") == 0);           // CLIP-G pads with 0, "!" as in CLIP
-    CHECK(sd3_tok_bpe_token_id(l, "cat</w>") == 698);   // corpus words are single tokens
+    CHECK(sd3_tok_bpe_token_id(l, "!") == 0);         // CLIP-G pads with 0, "!" as in CLIP
+    CHECK(sd3_tok_bpe_token_id(l, "cat</w>") == 698); // corpus words are single tokens
     CHECK(sd3_tok_spm_piece_id(t5, "<pad>") == 0 && sd3_tok_spm_piece_id(t5, "</s>") == 1 &&
           sd3_tok_spm_piece_id(t5, "<unk>") == 2);
 

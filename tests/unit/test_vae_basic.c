@@ -4,21 +4,21 @@
  *  Runs on a small random VAE written by sd3_vae_write_random (2 levels, 32 and 64
  *  channels, 4 latent channels), so it needs no golden data; the golden comparison is
  *  tests/cmake/vae.cmake.  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "sd3_safetensors.h"
 #include "sd3_test.h"
 #include "sd3_vae.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 static void
 test_conversions(void)
 {
     // u8 = trunc(255 * clamp((x+1)/2, 0, 1)): truncation, not rounding.
-    float img[3 * 1 * 3] = {-1.0f, 1.0f, 0.999f, // R of 3 pixels
-                            3.0f, -3.0f, 0.0f,   // G
-                            NAN, -0.99f, 0.5f};  // B
+    float img[3 * 1 * 3] = {-1.0f, 1.0f,   0.999f, // R of 3 pixels
+                            3.0f,  -3.0f,  0.0f,   // G
+                            NAN,   -0.99f, 0.5f};  // B
     uint8_t rgb[9];
     sd3_vae_image_to_rgb8(img, 1, 3, rgb);
     CHECK(rgb[0] == 0 && rgb[3] == 255 && rgb[6] == 254); // 254.87 -> 254
@@ -51,7 +51,7 @@ test_moments(void)
     sd3_tensor_t *sd = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 1, 1, 2});
     sd3_tensor_t *smp = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 1, 1, 2});
     float *mv = m->data;
-    mv[0] = 0.5f, mv[1] = -1.0f;  // mean
+    mv[0] = 0.5f, mv[1] = -1.0f;   // mean
     mv[2] = 100.0f, mv[3] = -2.0f; // logvar: 100 clamps to 20
     sd3_tensor_f32(noise)[0] = 1e-4f, sd3_tensor_f32(noise)[1] = 2.0f;
     CHECK_MSG(sd3_vae_moments_split(m, noise, mean, lv, sd, smp, &err) == 0, "%s", err.msg);
@@ -131,8 +131,7 @@ test_model(const char *path, sd3_backend_t *be)
     sd3_tensor_t *noise = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 4, 5, 6});
     s_fill(noise, 11);
     sd3_tensor_t *lat = rgb ? sd3_vae_encode_rgb8(vae, rgb, noise, &err) : NULL;
-    CHECK_MSG(lat && lat->shape[1] == 4 && lat->shape[2] == 5 && lat->shape[3] == 6, "%s",
-              err.msg);
+    CHECK_MSG(lat && lat->shape[1] == 4 && lat->shape[2] == 5 && lat->shape[3] == 6, "%s", err.msg);
     // The encoded latent equals process_in(mean + std * noise) of the moments.
     if (lat) {
         sd3_tensor_t *image = sd3_tensor_new(SD3_F32, 4, (int64_t[]){1, 3, 10, 12});

@@ -9,20 +9,21 @@
  *  - seams: the mean jump between neighbouring pixels of (tiled - whole) is no larger at
  *    tile edges than inside tiles (with no overlap it is twice as large: the check works);
  *  - the max / mean difference to the whole decode stays under the bounds below.  */
+#include "sd3_test.h"
+#include "sd3_vae.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "sd3_test.h"
-#include "sd3_vae.h"
-
 enum { B = 1, Z = 16, LS = 20, S = 8 * LS }; // latent and image side
-#define BLEND_MAX  4.25 // measured 3.40 (seed 3 model, seed 5 latent)
-#define BLEND_MEAN 0.60 // measured 0.445
+#define BLEND_MAX  4.25                      // measured 3.40 (seed 3 model, seed 5 latent)
+#define BLEND_MEAN 0.60                      // measured 0.445
 
 typedef struct {
     double max, mean;
-    double seam_jump, inner_jump; // mean |e(p+1) - e(p)|, e = tiled - whole: at tile edges / elsewhere
+    double seam_jump,
+        inner_jump; // mean |e(p+1) - e(p)|, e = tiled - whole: at tile edges / elsewhere
 } s_diff_t;
 
 // Marks the image pixels p where a tile starts (p) or ends (p+1 starts the next region):
@@ -78,8 +79,7 @@ main(void)
     sd3_err_t err = {0};
     char path[512];
     snprintf(path, sizeof path, "%s/vae-tiny.safetensors", sd3_test_tmpdir());
-    CHECK_MSG(sd3_vae_write_random(path, (int[]){32, 64, 128, 128}, 4, Z, SD3_F16, 3, &err) ==
-                  0,
+    CHECK_MSG(sd3_vae_write_random(path, (int[]){32, 64, 128, 128}, 4, Z, SD3_F16, 3, &err) == 0,
               "%s", err.msg);
     sd3_backend_t *be = sd3_backend_new("cpu", 2, &err);
     sd3_vae_t *vae = be ? sd3_vae_open(path, be, &err) : NULL;
@@ -98,9 +98,9 @@ main(void)
     for (int c = 0; c < Z; c++)
         for (int y = 0; y < LS; y++)
             for (int x = 0; x < LS; x++)
-                zp[(c * LS + y) * LS + x] = 1.2f * sinf(0.3f * (float)(x + 2 * c)) *
-                                                cosf(0.25f * (float)y) +
-                                            0.5f * sd3_test_randf(&seed);
+                zp[(c * LS + y) * LS + x] =
+                    1.2f * sinf(0.3f * (float)(x + 2 * c)) * cosf(0.25f * (float)y) +
+                    0.5f * sd3_test_randf(&seed);
     CHECK_MSG(sd3_vae_decode(vae, z, whole, NULL, &err) == 0, "%s", err.msg);
 
     // 1. One tile covering the latent: the same bits as no tiling.
@@ -110,8 +110,7 @@ main(void)
     // 2. Hard seams: two tiles of 10 a side, no overlap.
     bool edge[S];
     s_edges(10, 0, edge);
-    CHECK_MSG(sd3_vae_decode(vae, z, tiled, &(sd3_vae_tile_t){.tile = 10, .overlap = 0}, &err) ==
-                  0,
+    CHECK_MSG(sd3_vae_decode(vae, z, tiled, &(sd3_vae_tile_t){.tile = 10, .overlap = 0}, &err) == 0,
               "%s", err.msg);
     s_diff_t hard = s_compare(tiled->data, whole->data, edge);
     // Placement: with no overlap, the pixels only tile (0, 0) covers are that tile's own
@@ -132,18 +131,17 @@ main(void)
     sd3_tensor_destroy(&it);
     // 3. Blended: tiles of 8 overlapping by 4 (origins 0, 4, 8, 12).
     s_edges(8, 4, edge);
-    CHECK_MSG(sd3_vae_decode(vae, z, tiled, &(sd3_vae_tile_t){.tile = 8, .overlap = 4}, &err) ==
-                  0,
+    CHECK_MSG(sd3_vae_decode(vae, z, tiled, &(sd3_vae_tile_t){.tile = 8, .overlap = 4}, &err) == 0,
               "%s", err.msg);
     s_diff_t blend = s_compare(tiled->data, whole->data, edge);
     double range = 0;
     for (int64_t i = 0; i < sd3_tensor_numel(whole); i++)
         range = fmax(range, fabs(sd3_tensor_f32(whole)[i]));
     printf("whole decode max |x| %.3f\n", range);
-    printf("tile 10 overlap 0: max diff %.4f mean %.5f seam jump %.4f inner jump %.4f\n",
-           hard.max, hard.mean, hard.seam_jump, hard.inner_jump);
-    printf("tile 8 overlap 4: max diff %.4f mean %.5f seam jump %.4f inner jump %.4f\n",
-           blend.max, blend.mean, blend.seam_jump, blend.inner_jump);
+    printf("tile 10 overlap 0: max diff %.4f mean %.5f seam jump %.4f inner jump %.4f\n", hard.max,
+           hard.mean, hard.seam_jump, hard.inner_jump);
+    printf("tile 8 overlap 4: max diff %.4f mean %.5f seam jump %.4f inner jump %.4f\n", blend.max,
+           blend.mean, blend.seam_jump, blend.inner_jump);
     // The check sees hard seams; the blend leaves none: the difference to the whole decode
     // jumps no more across tile edges than between neighbouring pixels inside a tile.
     CHECK_MSG(hard.seam_jump > 1.5 * hard.inner_jump, "the seam check cannot see hard seams");

@@ -8,19 +8,19 @@
  *     shard indexes, folders with no model: each a clear error, never a crash.
  *  3. Resident memory: a ~300 MB random MMDiT (f16) dropped from the page cache; touching
  *     only blocks [0,2) must grow RSS (and the page cache) by about those bytes only.  */
-#include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "sd3_arch.h"
 #include "sd3_safetensors.h"
 #include "sd3_test.h"
 #include "sd3_weights.h"
 #include "sd3_weights_io.h"
 #include "sd3_weights_write.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static char s_dir[256];
 
@@ -83,15 +83,18 @@ s_test_mmdit_transforms(void)
         CHECK(!qkv->owns && !strcmp(qkv->name, "joint_blocks.0.x_block.attn.qkv.weight"));
     }
     // block 0 is not the last: same order; block 1 is: halves swapped, weight and bias
-    const sd3_tensor_t *m0 = sd3_weights_get(w, "joint_blocks.0.context_block.adaLN_modulation.1.weight");
+    const sd3_tensor_t *m0 =
+        sd3_weights_get(w, "joint_blocks.0.context_block.adaLN_modulation.1.weight");
     CHECK(m0 && ((const float *)m0->data)[0] == 0);
-    const sd3_tensor_t *m1 = sd3_weights_get(w, "joint_blocks.1.context_block.adaLN_modulation.1.weight");
+    const sd3_tensor_t *m1 =
+        sd3_weights_get(w, "joint_blocks.1.context_block.adaLN_modulation.1.weight");
     CHECK(m1 && m1->shape[0] == 4);
     if (m1) {
         const float *f = m1->data; // stored rows [a; b] = [0..3; 4..7] -> canonical [b; a]
         CHECK(f[0] == 4 && f[3] == 7 && f[4] == 0 && f[7] == 3);
     }
-    const sd3_tensor_t *b1 = sd3_weights_get(w, "joint_blocks.1.context_block.adaLN_modulation.1.bias");
+    const sd3_tensor_t *b1 =
+        sd3_weights_get(w, "joint_blocks.1.context_block.adaLN_modulation.1.bias");
     CHECK(b1 && ((const float *)b1->data)[0] == 12 && ((const float *)b1->data)[2] == 10);
     const sd3_tensor_t *fb = sd3_weights_get(w, "final_layer.adaLN_modulation.1.bias");
     CHECK(fb && ((const float *)fb->data)[0] == 52 && ((const float *)fb->data)[3] == 51);
@@ -102,12 +105,10 @@ s_test_mmdit_transforms(void)
                            &err) == 0);
     CHECK(qkv && !memcmp(buf, (const float *)qkv->data + 4, 10 * sizeof(float)));
     uint16_t h[4];
-    CHECK(sd3_weights_read(w, "final_layer.adaLN_modulation.1.bias", 1, 3, SD3_F16, h, &err) ==
-          0);
-    CHECK(sd3_f16_to_f32(h[0]) == 53 && sd3_f16_to_f32(h[1]) == 50 &&
-          sd3_f16_to_f32(h[2]) == 51);
-    CHECK(sd3_weights_read(w, "final_layer.adaLN_modulation.1.bias", 3, 2, SD3_F32, buf,
-                           &err) == SD3_EINVAL);
+    CHECK(sd3_weights_read(w, "final_layer.adaLN_modulation.1.bias", 1, 3, SD3_F16, h, &err) == 0);
+    CHECK(sd3_f16_to_f32(h[0]) == 53 && sd3_f16_to_f32(h[1]) == 50 && sd3_f16_to_f32(h[2]) == 51);
+    CHECK(sd3_weights_read(w, "final_layer.adaLN_modulation.1.bias", 3, 2, SD3_F32, buf, &err) ==
+          SD3_EINVAL);
     CHECK(sd3_weights_dtype(w, "pos_embed") == SD3_F32);
     CHECK(sd3_weights_dtype(w, "absent") == SD3_DTYPE_COUNT);
     CHECK(sd3_weights_bytes(w) == (18 + 24 + 8 + 4 + 4 + 8 + 4) * 4);
@@ -139,11 +140,14 @@ s_test_vae_t5_names(void)
     CHECK_MSG(w != NULL, "%s", err.msg);
     if (!w)
         return;
-    static const char *const want[] = {
-        "decoder.mid.attn_1.q.weight",      "decoder.mid.attn_1.proj_out.bias",
-        "decoder.up.3.block.0.nin_shortcut.weight", "decoder.up.0.upsample.conv.bias",
-        "encoder.down.1.downsample.conv.bias",     "encoder.mid.block_2.norm1.weight",
-        "encoder.norm_out.weight",                 "decoder.conv_in.bias"};
+    static const char *const want[] = {"decoder.mid.attn_1.q.weight",
+                                       "decoder.mid.attn_1.proj_out.bias",
+                                       "decoder.up.3.block.0.nin_shortcut.weight",
+                                       "decoder.up.0.upsample.conv.bias",
+                                       "encoder.down.1.downsample.conv.bias",
+                                       "encoder.mid.block_2.norm1.weight",
+                                       "encoder.norm_out.weight",
+                                       "decoder.conv_in.bias"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         CHECK_MSG(sd3_weights_has(w, want[i]), "missing %s", want[i]);
     const sd3_tensor_t *q = NULL;
@@ -198,8 +202,8 @@ s_expect_fail(const char *what, const char *path, sd3_component_t comp, int code
     sd3_err_t err = {0};
     sd3_weights_t *w = sd3_weights_open_path(path, comp, &err);
     CHECK_MSG(w == NULL, "%s: opened", what);
-    CHECK_MSG(err.code == code && strstr(err.msg, substr), "%s: %s '%s' (want %s, '%s')",
-              what, sd3_err_name(err.code), err.msg, sd3_err_name(code), substr);
+    CHECK_MSG(err.code == code && strstr(err.msg, substr), "%s: %s '%s' (want %s, '%s')", what,
+              sd3_err_name(err.code), err.msg, sd3_err_name(code), substr);
     printf("  %-26s -> %s\n", what, err.msg);
     sd3_weights_destroy(&w);
 }
@@ -389,14 +393,13 @@ s_test_resident_memory(void)
            rss0 / 1e6, (rss1 > rss0 ? rss1 - rss0 : 0) / 1e6, growth / 1e6,
            (double)growth / (double)touched, cached2 / 1e6);
     CHECK(size > 4 * touched);
-    CHECK_MSG(growth < touched * 3 / 2 + (8u << 20), "RSS grew %zu for %zu touched bytes",
-              growth, touched);
+    CHECK_MSG(growth < touched * 3 / 2 + (8u << 20), "RSS grew %zu for %zu touched bytes", growth,
+              touched);
     CHECK_MSG(growth > touched / 2, "RSS grew only %zu for %zu touched bytes (not measured?)",
               growth, touched);
     if (cached0 < size / 10) // the cache check only means something if the drop worked
         CHECK_MSG(cached2 < touched * 3 / 2 + (8u << 20),
-                  "page cache holds %zu bytes of the file after touching %zu", cached2,
-                  touched);
+                  "page cache holds %zu bytes of the file after touching %zu", cached2, touched);
     sd3_weights_destroy(&w);
     sd3_model_destroy(&m);
     unlink(path);

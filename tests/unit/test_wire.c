@@ -2,6 +2,7 @@
  *  inproc:// and tcp://127.0.0.1, then every malformed kind of sd3_wire_bad refused with
  *  SD3_EPROTO and a message naming the problem, answered with an ERROR, and the receiver
  *  still serving the next good message.  */
+#include "sd3_link.h"
 #include "sd3_test.h"
 #include "sd3_wire.h"
 #include "sd3_wire_bad.h"
@@ -372,6 +373,63 @@ test_router(void *ctx, const char *endpoint)
     zmq_close(server);
 }
 
+// sd3_link: a serve link answers a malformed message itself and keeps serving.
+static void
+test_link(void *ctx)
+{
+    sd3_err_t err = {0};
+    sd3_link_opts_t copts = {.identity = "stage-1", .send_timeout_ms = 2000};
+    sd3_link_t *srv = sd3_link_new_serve(ctx, "tcp://127.0.0.1:*", NULL, &err);
+    CHECK_MSG(srv, "%s", err.msg);
+    if (!srv)
+        return;
+    CHECK(!strncmp(sd3_link_endpoint(srv), "tcp://127.0.0.1:", 16));
+    sd3_link_t *cli = sd3_link_new_connect(ctx, sd3_link_endpoint(srv), &copts, &err);
+    CHECK_MSG(cli, "%s", err.msg);
+    sd3_link_t *dup = sd3_link_new_serve(ctx, sd3_link_endpoint(srv), NULL, &err);
+    CHECK(!dup && err.code == SD3_EIO && strstr(err.msg, "bind"));
+    sd3_err_clear(&err);
+
+    sd3_wire_peer_t from;
+    sd3_msg_t *m = NULL;
+    CHECK(sd3_link_recv(srv, 0, &from, &m, &err) == SD3_ETIMEDOUT && !m);
+    sd3_err_clear(&err);
+    sd3_wire_bad_msg_t bad;
+    int lie = 0;
+    while (lie < sd3_wire_bad_count() && strcmp(sd3_wire_bad_name(lie), "raw_bytes lie"))
+        lie++;
+    CHECK(sd3_wire_bad_build(lie, "lnk", &bad, &err) == 0);
+    CHECK(sd3_wire_bad_send(sd3_link_socket(cli), &bad, NULL, 0, &err) == 0);
+    sd3_wire_bad_fini(&bad);
+    CHECK(sd3_link_recv(srv, 5000, &from, &m, &err) == SD3_EPROTO && !m);
+    CHECK(sd3_link_rejected(srv) == 1);
+    CHECK(from.routing_id_len == 7 && !memcmp(from.routing_id, "stage-1", 7));
+    sd3_err_clear(&err);
+    CHECK_MSG(sd3_link_recv(cli, 5000, NULL, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && m->type == SD3_MSG_ERROR && m->status == SD3_EPROTO);
+    CHECK(m && !strcmp(m->request_id, "lnk") && strstr(m->message, "raw bytes"));
+    sd3_msg_destroy(&m);
+
+    m = sd3_msg_new(SD3_MSG_CANCEL, "lnk");
+    CHECK_MSG(sd3_link_send(cli, NULL, &m, &err) == 0, "%s", err.msg);
+    CHECK_MSG(sd3_link_recv(srv, 5000, &from, &m, &err) == 0, "%s", err.msg);
+    CHECK(m && m->type == SD3_MSG_CANCEL && !strcmp(m->request_id, "lnk"));
+    sd3_msg_destroy(&m);
+    m = sd3_msg_new(SD3_MSG_ACK, "lnk");
+    CHECK(sd3_link_send(srv, &from, &m, &err) == 0);
+    CHECK(sd3_link_recv(cli, 5000, NULL, &m, &err) == 0 && m && m->type == SD3_MSG_ACK);
+    sd3_msg_destroy(&m);
+    // A peer the ROUTER does not know: refused, not silently dropped.
+    sd3_wire_peer_t ghost = {.routing_id = "ghost", .routing_id_len = 5};
+    m = sd3_msg_new(SD3_MSG_ACK, "x");
+    sd3_err_clear(&err);
+    CHECK(sd3_link_send(srv, &ghost, &m, &err) == SD3_EIO && !m);
+    CHECK_MSG(strstr(err.msg, "unreachable"), "%s", err.msg);
+    sd3_link_destroy(&cli);
+    sd3_link_destroy(&srv);
+    CHECK(!srv && !cli);
+}
+
 int
 main(void)
 {
@@ -380,6 +438,7 @@ main(void)
     test_bodies_inproc(ctx);
     test_router(ctx, "inproc://router");
     test_router(ctx, "tcp://127.0.0.1:*");
+    test_link(ctx);
     printf("malformed kinds: %d, rejected with EPROTO and the expected message: %d/%d\n",
            sd3_wire_bad_count(), s_bad_rejected, s_bad_total);
     CHECK(s_bad_total == 2 * sd3_wire_bad_count() && s_bad_rejected == s_bad_total);
