@@ -19,8 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef SD3_ATT_BQ
 #define SD3_ATT_BQ 128 // queries per task
+#endif
+#ifndef SD3_ATT_BK
 #define SD3_ATT_BK 256 // keys per block
+#endif
 
 static int
 s_check(const char *op, const sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_tensor_t *k,

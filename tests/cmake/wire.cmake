@@ -22,6 +22,7 @@ if(SD3_FUZZ)
       ${CMAKE_SOURCE_DIR}/stages/core/sd3_dtype.c
       ${CMAKE_SOURCE_DIR}/daemon/base/sd3_err.c
       ${SD3_PROTO_OUT}/sd3.pb-c.c)
+    add_dependencies(fuzz_envelope_lf sd3daemon) # sd3.pb-c.c is generated for that target
     target_compile_definitions(fuzz_envelope_lf PRIVATE SD3_LIBFUZZER=1)
     target_include_directories(fuzz_envelope_lf PRIVATE ${SD3_PROTO_OUT})
     target_compile_options(fuzz_envelope_lf PRIVATE ${SD3_FUZZ_FLAGS})
