@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +36,17 @@ s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+// CPU seconds (user + system) of this process: with the 2 cores shared, wall time alone
+// mixes in other processes' load.
+static double
+s_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 static void
@@ -161,7 +173,7 @@ sd3_bench_mmdit(int argc, char **argv)
         sigmas[i] = 1.0f - (float)i / (float)steps;
     sd3_sampler_state_t st;
     sd3_sampler_state_init(&st);
-    double t_steps = 0;
+    double t_steps = 0, cpu0 = s_cpu();
     for (int s = 0; s < steps; s++) {
         float ts[2] = {sigmas[s] * 1000.0f, sigmas[s] * 1000.0f};
         double t0 = s_now();
@@ -182,7 +194,7 @@ sd3_bench_mmdit(int argc, char **argv)
     }
     sd3_sampler_state_fini(&st);
     double flops = (double)B * sd3_mmdit_flops(&cfg, (int)N, (int)L, 0, last);
-    double sec = t_steps / steps;
+    double sec = t_steps / steps, cpu_sec = (s_cpu() - cpu0) / steps;
     size_t wbytes = 0;
     for (size_t i = 0; i < sd3_weights_count(w); i++) {
         const char *name = sd3_weights_name(w, i);
@@ -201,7 +213,9 @@ sd3_bench_mmdit(int argc, char **argv)
     // sd3_mmdit_ws_t: silu_c, mods (15C), ln/u/attn_s/y/qkv/h (11 M C), ln_x (N C), q/k/v/o
     double ws_bytes =
         4.0 * B * (double)C * (16.0 + 11.0 * (double)(N > L ? N : L) + N + 4.0 * (N + L));
-    printf("seconds per step: %.2f (mean of %d; weights loaded in %.2f s)\n", sec, steps, t_load);
+    printf("seconds per step: %.2f wall, %.2f CPU over %d threads (mean of %d; weights loaded in "
+           "%.2f s)\n",
+           sec, cpu_sec, be->n_threads, steps, t_load);
     printf("model FLOPs per step: %.1f GFLOP (MODEL.md §9, batch %lld) -> %.1f GFLOP/s = %.0f%% of "
            "sgemm peak %.1f\n",
            flops * 1e-9, (long long)B, flops / sec * 1e-9, 100.0 * flops / sec * 1e-9 / peak, peak);

@@ -314,6 +314,8 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
         nodes[i].inflight = s->nodes[i].inflight;
         nodes[i].last_seen_ms = s->nodes[i].last_seen_ms;
         nodes[i].link = (Sd3__Link)s->nodes[i].link;
+        nodes[i].bytes_sent = s->nodes[i].bytes_sent;
+        nodes[i].bytes_received = s->nodes[i].bytes_received;
         node_ptrs[i] = &nodes[i];
     }
     for (int i = 0; i < np; i++) {
@@ -335,6 +337,12 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
     p->nodes = node_ptrs;
     p->n_pipelines = (size_t)np;
     p->pipelines = pipe_ptrs;
+    p->cache_hits = s->cache_hits;
+    p->cache_misses = s->cache_misses;
+    p->step_count = s->step_count;
+    p->step_seconds_sum = s->step_seconds_sum;
+    p->n_step_buckets = SD3_WIRE_STEP_BUCKETS;
+    p->step_buckets = (uint64_t *)s->step_buckets; // read only by the packer
     *mem_p = mem;
     return 0;
 }
@@ -486,6 +494,8 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         o->inflight = n->inflight;
         o->last_seen_ms = n->last_seen_ms;
         o->link = (sd3_wire_link_t)n->link;
+        o->bytes_sent = n->bytes_sent;
+        o->bytes_received = n->bytes_received;
     }
     s->n_nodes = (int)p->n_nodes;
     for (size_t i = 0; i < p->n_pipelines; i++) {
@@ -505,6 +515,15 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         o->max_inflight = q->max_inflight;
     }
     s->n_pipelines = (int)p->n_pipelines;
+    if (p->n_step_buckets > SD3_WIRE_STEP_BUCKETS)
+        return sd3_err_set(err, SD3_EPROTO, "status report: %zu step buckets, at most %d",
+                           p->n_step_buckets, SD3_WIRE_STEP_BUCKETS);
+    s->cache_hits = p->cache_hits;
+    s->cache_misses = p->cache_misses;
+    s->step_count = p->step_count;
+    s->step_seconds_sum = isfinite(p->step_seconds_sum) ? p->step_seconds_sum : 0;
+    for (size_t i = 0; i < p->n_step_buckets; i++)
+        s->step_buckets[i] = p->step_buckets[i];
     return 0;
 }
 

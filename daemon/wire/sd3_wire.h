@@ -41,6 +41,10 @@
 #define SD3_WIRE_MAX_SIDE       16384 // width/height in pixels
 #define SD3_WIRE_NCCL_ID_MAX    128
 #define SD3_WIRE_ROUTING_ID_MAX 256 // ZeroMQ's own limit on routing ids
+// Step latency histogram of the status report: upper bounds in seconds (sd3_metrics renders
+// them as Prometheus buckets; past the last bound a step counts only in step_count).
+#define SD3_WIRE_STEP_BUCKETS 12
+#define SD3_WIRE_STEP_BOUNDS  {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
 typedef enum {
     SD3_MSG_NONE = 0,
@@ -163,6 +167,7 @@ typedef struct {
     uint32_t inflight;
     uint64_t last_seen_ms;
     sd3_wire_link_t link;
+    uint64_t bytes_sent, bytes_received; // tensor bytes on the wire over its stage links
 } sd3_wire_node_info_t;
 
 typedef struct {
@@ -179,6 +184,12 @@ typedef struct {
     sd3_wire_node_info_t nodes[SD3_WIRE_MAX_NODES];
     int n_pipelines;
     sd3_wire_pipeline_info_t pipelines[SD3_WIRE_MAX_PIPELINES];
+    uint64_t cache_hits, cache_misses; // prompt-embedding cache, all encoders together
+    // Step latency (STEP_DONE to STEP_DONE of one request): step_buckets[i] counts steps
+    // that took <= SD3_WIRE_STEP_BOUNDS[i] s and more than bound [i-1] (not cumulative).
+    uint64_t step_count;
+    double step_seconds_sum;
+    uint64_t step_buckets[SD3_WIRE_STEP_BUCKETS];
 } sd3_wire_status_t;
 
 // One tensor of a message. The message owns `tensor`.

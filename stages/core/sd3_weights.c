@@ -956,6 +956,22 @@ s_prefetch(const s_tensor_t *t)
     }
 }
 
+// Drops the mapped source pages of t from this process (the page cache keeps them): only
+// pages wholly inside a source range, since neighbours may be in use.
+static void
+s_release(const s_tensor_t *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = page > 0 ? (uintptr_t)page : 4096;
+    int parts = t->kind == S_JOIN ? 3 : 1;
+    for (int p = 0; p < parts; p++) {
+        uintptr_t a = (uintptr_t)t->src[p].data, b = a + sd3_tensor_nbytes(&t->src[p]);
+        uintptr_t lo = (a + pg - 1) / pg * pg, hi = b / pg * pg;
+        if (hi > lo)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+}
+
 static int
 s_ready(sd3_weights_t *self, s_tensor_t *t, sd3_err_t *err)
 {
@@ -974,6 +990,7 @@ s_ready(sd3_weights_t *self, s_tensor_t *t, sd3_err_t *err)
             return sd3_err_set(err, SD3_ENOMEM, "%s: '%s': out of memory (%zu bytes)", t->file,
                                t->name, nbytes);
         s_copy_bytes(t, 0, nbytes, t->buf);
+        s_release(t); // the copy is what stays resident, not the copy and its source
         sd3_tensor_view_init(&t->t, t->dtype, t->ndim, t->shape, t->buf);
     }
     t->t.name = t->name;
@@ -1076,6 +1093,8 @@ sd3_weights_read(const sd3_weights_t *self, const char *name, size_t off, size_t
     if (off > numel || n > numel - off)
         return sd3_err_set(err, SD3_EINVAL, "%s: '%s' read [%zu,+%zu) past %zu elements",
                            self->label, name, off, n, numel);
+    if (off == 0)
+        s_prefetch(t); // a streaming reader starts here: read the tensor in large requests
     if (dtype == t->dtype) {
         s_copy_bytes(t, off * es, n * es, dst);
         return 0;
@@ -1102,17 +1121,6 @@ void
 sd3_weights_release(const sd3_weights_t *self, const char *name)
 {
     const s_tensor_t *t = s_find(self, name);
-    if (!t)
-        return;
-    long page = sysconf(_SC_PAGESIZE);
-    size_t pg = page > 0 ? (size_t)page : 4096;
-    int parts = t->kind == S_JOIN ? 3 : 1;
-    for (int p = 0; p < parts; p++) {
-        uintptr_t a = (uintptr_t)t->src[p].data;
-        uintptr_t b = a + sd3_tensor_nbytes(&t->src[p]);
-        // only the pages wholly inside the tensor: neighbours are not ours to drop
-        uintptr_t lo = (a + pg - 1) / pg * pg, hi = b / pg * pg;
-        if (hi > lo)
-            madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    }
+    if (t)
+        s_release(t);
 }

@@ -350,13 +350,13 @@ static bool
 s_supports(sd3_op_t op, sd3_dtype_t dtype)
 {
     switch (op) {
-    case SD3_OP_LINEAR:
+    case SD3_OP_LINEAR: // weights widened tile by tile
     case SD3_OP_CONV2D:
-    case SD3_OP_LAYERNORM:
+        return dtype == SD3_F32 || dtype == SD3_F16 || dtype == SD3_BF16 || dtype == SD3_F8_E4M3;
+    case SD3_OP_LAYERNORM: // norm weights and biases: any float, widened once per call
     case SD3_OP_RMSNORM:
     case SD3_OP_GROUPNORM:
-        return dtype == SD3_F32 || dtype == SD3_F16 || dtype == SD3_BF16 || dtype == SD3_F8_E4M3 ||
-               dtype == SD3_F64;
+        return sd3_dtype_is_float(dtype);
     case SD3_OP_COUNT:
         return false;
     default:

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #define SD3_LIN_MB       512 // rows of x per tile
-#define SD3_LIN_NB       128 // rows of W (output columns) per tile
+#define SD3_LIN_NB       256 // rows of W (output columns) per tile
 #define SD3_LIN_SMALL_M  4
 #define SD3_LIN_SMALL_NB 64
 

@@ -17,11 +17,17 @@ set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 carry="$repo/gpu-carry"
 
-# What CMakeLists.txt's pkg_check_modules / find_program ask for, by Debian package, plus the
-# pkg-config program itself (pkgconf) in case the device machine has none.
-roots="libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev libopenblas-pthread-dev
-libspng-dev libutf8proc-dev libpcre2-dev libsentencepiece-dev libmicrohttpd-dev libcjson-dev
-libxxhash-dev libsqlite3-dev pkgconf-bin"
+# The modules CMakeLists.txt asks pkg-config for (read from it, so a new dependency is carried
+# without editing this file), mapped to the Debian packages that own their .pc files here;
+# plus protoc-c's package and pkgconf (the device machine may have no pkg-config).
+modules=$(sed -n 's/^ *pkg_check_modules([A-Z0-9_]* *REQUIRED *IMPORTED_TARGET *\([^)#]*\)).*/\1/p' \
+    "$repo/CMakeLists.txt" | tr -s ' ' '\n' | grep -v '^$')
+roots="pkgconf-bin libpkgconf3"
+for m in $modules; do
+    pc=$(pkg-config --path "$m" 2>/dev/null) || { echo "prepare-carry: no .pc for $m here" >&2; exit 1; }
+    roots="$roots $(dpkg -S "$(readlink -f "$pc")" | cut -d: -f1)"
+done
+roots="$roots $(dpkg -S "$(readlink -f "$(command -v protoc-c)")" | cut -d: -f1)"
 
 # Left out of the closure: the C runtime and toolchain pieces any machine with a working
 # nvcc/gcc already has (and that must never shadow the system's own); the libraries that
@@ -32,7 +38,7 @@ libxxhash-dev libsqlite3-dev pkgconf-bin"
 exclude="libc6 libc6-dev libc-dev-bin linux-libc-dev libcrypt-dev libcrypt1 libgcc-s1
 libstdc++6 gcc-12-base libnsl-dev libnsl2 libtirpc-common libtirpc-dev libtirpc3 rpcsvc-proto
 libicu-dev libicu72 icu-devtools libxml2 libxml2-dev libunbound8 libgnutls-dane0
-libgnutls-openssl27 libgnutlsxx30 libevent-2.1-7 libssl3 liblzma5 zlib1g libkadm5clnt-mit12
+libgnutls-openssl27 libgnutlsxx30 libevent-2.1-7 libssl3 liblzma5 libkadm5clnt-mit12
 libkadm5srv-mit12 libkdb5-10 libgssrpc4 libgmpxx4ldbl debconf dpkg perl-base
 libkrb5-dev krb5-multidev comerr-dev libsodium-dev libpgm-dev libnorm-dev libbsd-dev libmd-dev
 libgnutls28-dev nettle-dev libgmp-dev libidn2-dev libp11-kit-dev libtasn1-6-dev zlib1g-dev"
@@ -40,10 +46,11 @@ libgnutls28-dev nettle-dev libgmp-dev libidn2-dev libp11-kit-dev libtasn1-6-dev 
 # GPU tests that read golden data list their files here (paths under the test-data folder).
 testdata_files=""
 
+# a root is never excluded (zlib1g-dev when CMakeLists.txt asks for zlib, say)
+skip=$(printf '%s\n' $exclude | grep -v -x -F "$(printf '%s\n' $roots)")
 list=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
            --no-replaces --no-enhances $roots 2>/dev/null |
-       grep -v '^ ' | grep -v '^<' | sort -u |
-       grep -v -x -F "$(printf '%s\n' $exclude)")
+       grep -v '^ ' | grep -v '^<' | sort -u | grep -v -x -F "$skip")
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' $list
     exit 0

@@ -108,8 +108,9 @@ unset PKG_CONFIG_PATH || true
 export CPATH="$root/usr/include:$root/usr/include/$multiarch${CPATH:+:$CPATH}"
 export LIBRARY_PATH="$libdirs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 say "pkg-config: $pkgconfig (libdir $PKG_CONFIG_LIBDIR)"
-for m in libzmq libprotobuf-c libzstd openblas spng libutf8proc libpcre2-8 sentencepiece \
-         libmicrohttpd libcjson libxxhash sqlite3; do
+modules=$(sed -n 's/^ *pkg_check_modules([A-Z0-9_]* *REQUIRED *IMPORTED_TARGET *\([^)#]*\)).*/\1/p' \
+    "$repo/CMakeLists.txt")
+for m in $modules; do
     "$pkgconfig" --exists "$m" || { echo "run.sh: pkg-config cannot find $m" >&2; exit 1; }
 done
 

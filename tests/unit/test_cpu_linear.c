@@ -166,6 +166,10 @@ main(void)
     }
     CHECK(be1->ops->supports(SD3_OP_LINEAR, SD3_F8_E4M3));
     CHECK(!be1->ops->supports(SD3_OP_LINEAR, SD3_I32));
+    CHECK(!be1->ops->supports(SD3_OP_LINEAR, SD3_F64)); // linear refuses F64 weights
+    CHECK(be1->ops->supports(SD3_OP_RMSNORM, SD3_F64));
+    CHECK(be1->ops->supports(SD3_OP_ATTENTION, SD3_F32));
+    CHECK(!be1->ops->supports(SD3_OP_ATTENTION, SD3_BF16));
     s_widen_exhaustive();
     static const int64_t shapes[][3] = {
         {1, 1, 1},      {3, 17, 5},    {77, 64, 130},      {2, 96, 257},

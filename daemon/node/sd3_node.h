@@ -1,0 +1,147 @@
+/*  sd3_node - an sd3d process hosting one stage role (encoder, mmdit range or vae)
+ *
+ *  A node binds one ROUTER for data (--listen: STEP and LATENT from its peer stages, and
+ *  anything a test throws at it), connects one DEALER to the controller's stage endpoint
+ *  (--controller; REGISTER, HEARTBEAT, ENCODED, STEP_DONE, DECODED, ERROR go up; ENCODE, JOB,
+ *  DECODE, VAE_ENCODE, CANCEL, SHUTDOWN come down), and one DEALER per peer stage the
+ *  controller names in a JOB (stage-to-stage traffic never passes through the controller).
+ *  The handlers (sd3_stage_host.c) make exactly the calls of sd3_local on the same data, so
+ *  a cluster's image is bit-identical to the one-process image: activations travel as
+ *  lossless f32 unless --wire-dtype says otherwise.
+ *
+ *  Every malformed message is answered with ERROR and the node keeps serving (sd3_link does
+ *  the wire checks; the handlers check shapes with sd3_msg_expect and the request table).
+ *  Steps are idempotent by (request id, step): a duplicate or a step of a cancelled request
+ *  is dropped. Logs: key=value, req= on every request line.
+ *  Thread: one node object runs in one thread (sd3_node_run).  */
+#pragma once
+#include "sd3_err.h"
+#include "sd3_stage.h"
+#include "sd3_wire.h"
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+    sd3_wire_role_t role;       // ENCODER, MMDIT or VAE
+    const char *node_id;        // unique in the cluster; NULL: "<role>-<pid>"
+    const char *listen;         // data ROUTER, e.g. "tcp://127.0.0.1:7721" or "...:*"
+    const char *advertise;      // address peers use; NULL: the bound endpoint
+    const char *controller;     // the controller's stage endpoint
+    const char *model_path;     // checkpoint (any layout)
+    const char *tokenizer_dir;  // encoder: NULL = the model's own
+    const char *backend;        // "cpu" (default) or "cuda"
+    int n_threads;              // 0: all cores
+    int layer_begin, layer_end; // mmdit: blocks [begin, end); end 0 = depth
+    bool load_t5;               // encoder
+    size_t cache_bytes;         // encoder: prompt-embedding cache bound (0: 256 MiB)
+    sd3_codec_opts_t codec;     // how activations and latents leave this node
+    int heartbeat_ms;           // 0: 500
+    sd3_vae_tile_t vae_tile;    // vae: tiled decode (0: whole)
+    void *zmq_ctx;              // shared context (the "all" role); NULL: own
+} sd3_node_opts_t;
+
+typedef struct sd3_node sd3_node_t;
+
+// Loads what the role needs and binds its sockets. SD3_EINVAL (options), SD3_EFORMAT
+// (model), SD3_EIO (bind).
+sd3_node_t *sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err);
+void sd3_node_destroy(sd3_node_t **self_p);
+// The data endpoint as bound (borrowed).
+const char *sd3_node_endpoint(const sd3_node_t *self);
+// Serves until *stop becomes non-zero or the controller sends SHUTDOWN. 0, or SD3_EIO when
+// a socket fails for good.
+int sd3_node_run(sd3_node_t *self, volatile sig_atomic_t *stop, sd3_err_t *err);
+
+// ---- shared by the node and the controller ------------------------------------------------
+
+// A wire request to generation parameters: 0 fields take the defaults of cfg (NULL: the
+// generic ones). Floats that the user gave as decimals come back as the same doubles
+// (shortest round-trip), so the SLG window and the PNG text match a local run.
+int sd3_gen_params_from_wire(sd3_gen_params_t *p, const sd3_wire_generate_t *w,
+                             const sd3_mmdit_config_t *cfg, sd3_err_t *err);
+// The resolved parameters back to a wire request (every field explicit).
+void sd3_gen_params_to_wire(const sd3_gen_params_t *p, sd3_wire_generate_t *w);
+// The double a user meant by float f (shortest decimal that round-trips).
+double sd3_float_to_double_decimal(float f);
+// Monotonic milliseconds.
+int64_t sd3_node_now_ms(void);
+
+// ---- internal: shared by sd3_node.c, sd3_stage_host.c and sd3_heartbeat.c ---------------
+// Not an API: the fields are the node's own.
+
+#include "sd3_link.h"
+
+#define SD3_NODE_MAX_PEERS  16
+#define SD3_NODE_MAX_REQS   256 // requests a stage holds at once
+#define SD3_NODE_RECENT     512 // ids of finished or cancelled requests remembered
+
+// Per-node counters reported in heartbeats and `sd3ctl status`.
+typedef struct {
+    uint64_t bytes_in, bytes_out; // tensor bytes received / sent (decoded size)
+    uint64_t steps, refused;
+    uint64_t cache_hits, cache_misses;
+} sd3_node_stats_t;
+
+// What an mmdit stage holds for one request between its steps.
+typedef struct {
+    bool used;
+    char id[SD3_WIRE_ID_MAX];
+    uint32_t attempt;
+    int stage_index, n_stages;
+    int next_step;      // the step index this stage expects next
+    int n_sigmas;       // steps of this request + 1 (img2img: the tail)
+    int grid_h, grid_w; // token grid (height/16, width/16)
+    int lat_h, lat_w;   // latent size (height/8, width/8)
+    uint64_t slg_layers;
+    char next[SD3_WIRE_ADDR_MAX]; // STEP (or LATENT from the last stage) goes there
+    sd3_dit_job_t *job;           // first and last stage: sampler state and conditioning
+    int64_t t_start_ms;
+} sd3_node_req_t;
+
+struct sd3_node {
+    sd3_node_opts_t o;
+    char node_id[SD3_WIRE_ID_MAX];
+    char address[SD3_WIRE_ADDR_MAX]; // what peers connect to
+    void *ctx;
+    bool own_ctx;
+    sd3_link_t *data; // ROUTER
+    sd3_link_t *ctrl; // DEALER to the controller
+    struct {
+        char addr[SD3_WIRE_ADDR_MAX];
+        sd3_link_t *link;
+    } peers[SD3_NODE_MAX_PEERS];
+    int n_peers;
+    sd3_backend_t *be;
+    sd3_model_t *model;
+    sd3_weights_t *w_mmdit, *w_vae;
+    sd3_mmdit_config_t cfg;
+    bool have_cfg;
+    sd3_enc_stage_t *enc;
+    sd3_dit_stage_t *dit;
+    sd3_vae_stage_t *vae;
+    sd3_node_req_t reqs[SD3_NODE_MAX_REQS];
+    char recent[SD3_NODE_RECENT][SD3_WIRE_ID_MAX]; // ring
+    int recent_next;
+    sd3_node_stats_t stats;
+    bool registered, shutdown;
+    int64_t start_ms, last_hb_ms, last_reg_ms;
+};
+
+// sd3_heartbeat.c: REGISTER until the controller ACKs it, then a HEARTBEAT every
+// heartbeat_ms (with the counters above).
+void sd3_heartbeat_tick(sd3_node_t *self);
+// The controller does not know us (it restarted): register again.
+void sd3_heartbeat_reset(sd3_node_t *self);
+
+// sd3_stage_host.c: one handler per message a role serves. `from` is the peer on the data
+// ROUTER (NULL: the message came from the controller). Errors about a request are answered
+// with ERROR to the controller (and to `from` when the message came on the data socket).
+void sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t **msg_p);
+// Forgets every request (shutdown).
+void sd3_stage_host_clear(sd3_node_t *self);
+// Sends *msg_p to the controller (takes it), counting its tensor bytes.
+int sd3_node_send_ctrl(sd3_node_t *self, sd3_msg_t **msg_p, sd3_err_t *err);
+// Sends *msg_p to a peer stage at addr (connecting on first use; takes it).
+int sd3_node_send_peer(sd3_node_t *self, const char *addr, sd3_msg_t **msg_p, sd3_err_t *err);
