@@ -219,6 +219,8 @@ sd3_bench_mmdit(int argc, char **argv)
     printf("model FLOPs per step: %.1f GFLOP (MODEL.md §9, batch %lld) -> %.1f GFLOP/s = %.0f%% of "
            "sgemm peak %.1f\n",
            flops * 1e-9, (long long)B, flops / sec * 1e-9, 100.0 * flops / sec * 1e-9 / peak, peak);
+    printf("  per CPU-second (the machine is shared): %.1f GFLOP per busy thread-second\n",
+           flops / cpu_sec * 1e-9);
     printf("memory: resident %.0f MiB now, %.0f MiB peak (%.0f MiB before loading); weights of "
            "the range %.0f MiB stored + activations %.1f MiB (x, ctx, c) + block scratch "
            "~%.0f MiB\n",

@@ -181,6 +181,7 @@ sd3_bench_vae(int argc, char **argv)
                width, height, tile.tile ? " (tiled)" : "", dt, fl * 1e-12, fl / dt * 1e-9,
                100.0 * fl / dt * 1e-9 / (peak > 0 ? peak : 1),
                (double)sd3_bench_rss_peak() / (1 << 20));
+        fflush(stdout); // a long run shows each figure as it comes
     }
     if (encode && cfg->has_encoder) {
         if (!(moments = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 2 * cfg->z_channels, h, w},
@@ -195,6 +196,7 @@ sd3_bench_vae(int argc, char **argv)
                width, height, dt, fl * 1e-12, fl / dt * 1e-9,
                100.0 * fl / dt * 1e-9 / (peak > 0 ? peak : 1),
                (double)sd3_bench_rss_peak() / (1 << 20));
+        fflush(stdout); // a long run shows each figure as it comes
     }
     rc = 0;
     goto done;

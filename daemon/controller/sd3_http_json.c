@@ -177,8 +177,7 @@ sd3_http_sampler_parse(const char *name, sd3_wire_sampler_t *out, sd3_err_t *err
     }
     norm[n] = 0;
     const char *s = norm;
-    if (strncmp(s, "k", 1) == 0 && strncmp(s, "kdpm", 4) != 0 && s[1] != 0 &&
-        (strncmp(s + 1, "euler", 5) == 0 || strncmp(s + 1, "dpm", 3) == 0))
+    if (s[0] == 'k' && (strncmp(s + 1, "euler", 5) == 0 || strncmp(s + 1, "dpm", 3) == 0))
         s++;
     size_t len = strlen(s);
     static const char *const suffix[] = {"karras", "sgmuniform", "simple", "normal"};

@@ -236,8 +236,13 @@ s_value(s_buf_t *b, double v)
         s_printf(b, "NaN\n");
     else if (isinf(v))
         s_printf(b, v > 0 ? "+Inf\n" : "-Inf\n");
-    else
-        s_printf(b, "%.17g\n", v);
+    else {
+        char t[40];
+        snprintf(t, sizeof t, "%.15g", v); // shortest that reads back the same, as a rule
+        if (strtod(t, NULL) != v)
+            snprintf(t, sizeof t, "%.17g", v);
+        s_printf(b, "%s\n", t);
+    }
 }
 
 // Histogram series from non-cumulative buckets; labels is "" or `key="v",`.

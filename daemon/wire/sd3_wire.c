@@ -256,6 +256,7 @@ s_register_out(const sd3_wire_register_t *r, Sd3__Register *p)
     p->device_memory = r->device_memory;
     p->free_memory = r->free_memory;
     p->model_id = (char *)r->model_id;
+    p->codec = (char *)r->codec;
     p->max_batch = r->max_batch;
     p->nccl_unique_id.len = r->nccl_id_len <= SD3_WIRE_NCCL_ID_MAX ? r->nccl_id_len : 0;
     p->nccl_unique_id.data = (uint8_t *)r->nccl_id;
@@ -409,7 +410,8 @@ s_register_in(const Sd3__Register *p, sd3_wire_register_t *r, sd3_err_t *err)
         s_str_in(r->address, sizeof r->address, p->address, "address", err) ||
         s_str_in(r->backend, sizeof r->backend, p->backend, "backend", err) ||
         s_str_in(r->device, sizeof r->device, p->device, "device", err) ||
-        s_str_in(r->model_id, sizeof r->model_id, p->model_id, "model id", err))
+        s_str_in(r->model_id, sizeof r->model_id, p->model_id, "model id", err) ||
+        s_str_in(r->codec, sizeof r->codec, p->codec, "codec", err))
         return SD3_EPROTO;
     if (p->layer_begin > p->layer_end || (p->depth && p->layer_end > p->depth))
         return sd3_err_set(err, SD3_EPROTO, "layers [%u, %u) of depth %u", p->layer_begin,
@@ -581,6 +583,10 @@ s_body_in(const Sd3__Envelope *env, sd3_msg_t *msg, sd3_err_t *err)
         msg->body.heartbeat.inflight = env->heartbeat->inflight;
         msg->body.heartbeat.free_memory = env->heartbeat->free_memory;
         msg->body.heartbeat.uptime_ms = env->heartbeat->uptime_ms;
+        msg->body.heartbeat.bytes_sent = env->heartbeat->bytes_sent;
+        msg->body.heartbeat.bytes_received = env->heartbeat->bytes_received;
+        msg->body.heartbeat.cache_hits = env->heartbeat->cache_hits;
+        msg->body.heartbeat.cache_misses = env->heartbeat->cache_misses;
         break;
     case SD3__ENVELOPE__BODY_JOB:
         msg->body_kind = SD3_WIRE_BODY_JOB;
@@ -689,6 +695,10 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
         hb.inflight = msg->body.heartbeat.inflight;
         hb.free_memory = msg->body.heartbeat.free_memory;
         hb.uptime_ms = msg->body.heartbeat.uptime_ms;
+        hb.bytes_sent = msg->body.heartbeat.bytes_sent;
+        hb.bytes_received = msg->body.heartbeat.bytes_received;
+        hb.cache_hits = msg->body.heartbeat.cache_hits;
+        hb.cache_misses = msg->body.heartbeat.cache_misses;
         env.body_case = SD3__ENVELOPE__BODY_HEARTBEAT;
         env.heartbeat = &hb;
         break;

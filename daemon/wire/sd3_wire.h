@@ -133,12 +133,15 @@ typedef struct {
     uint32_t max_batch;
     size_t nccl_id_len; // 0 when the node cannot do NCCL
     uint8_t nccl_id[SD3_WIRE_NCCL_ID_MAX];
+    char codec[32]; // how its tensors travel: "raw", "shuffle+zstd/bf16", ...
 } sd3_wire_register_t;
 
 typedef struct {
     char node_id[SD3_WIRE_ID_MAX];
     uint32_t inflight;
     uint64_t free_memory, uptime_ms;
+    uint64_t bytes_sent, bytes_received; // tensor bytes so far
+    uint64_t cache_hits, cache_misses;   // encoder: prompt-embedding cache
 } sd3_wire_heartbeat_t;
 
 // What one stage needs to run its part of a request (proto Job).

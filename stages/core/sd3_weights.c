@@ -8,7 +8,9 @@
  *  views into the mapping (an [c,c] VAE attention weight is a view with shape [c,c,1,1]);
  *  joined and swapped ones are built once and owned here. A view whose address is not a
  *  multiple of its element size (possible in files written without alignment) is copied, so
- *  every returned tensor can be read through a typed pointer.  */
+ *  every returned tensor can be read through a typed pointer. Files are mapped MADV_RANDOM;
+ *  the first request for a tensor issues MADV_WILLNEED on exactly its pages (large reads
+ *  instead of 4 KiB faults), and a built copy drops the mapped pages it was copied from.  */
 #include "sd3_weights.h"
 
 #include "sd3_safetensors.h"

@@ -2,11 +2,12 @@
  *
  *    x: [..., K] f32   W: [N, K] f32/f16/bf16/f8_e4m3   b: [N] any float or NULL   y: [..., N]
  *
- *  Fast path: the output is cut into fixed tiles of SD3_LIN_MB rows x SD3_LIN_NB columns
- *  (the cut depends on the shape only). A task widens its NB rows of W into a per-thread
- *  buffer (NB*K floats: never the whole weight) and runs one single-threaded sgemm on the
- *  tile, then adds the bias. Each element is computed by one sgemm call whose arguments
- *  depend only on the shape, so the bits do not depend on the thread count.
+ *  Fast path: the output is cut into tiles of SD3_LIN_MB rows x nb columns, nb = 256 or
+ *  narrower (down to 64) for small outputs; the cut depends on the shape only. A task
+ *  widens its nb rows of W into a per-thread buffer (nb*K floats: never the whole weight),
+ *  runs one single-threaded sgemm on the tile, then adds the bias. Each element is computed
+ *  by one sgemm call whose arguments depend only on the shape, so the bits do not depend on
+ *  the thread count.
  *  Few rows (M <= SD3_LIN_SMALL_M, the adaLN GEMMs at M = B): the op is bound by reading W,
  *  so each task takes SD3_LIN_SMALL_NB rows of W, widens them in registers and dots them
  *  with the x rows (AVX-512; 16 partial sums reduced in a fixed order). No scratch.
@@ -19,8 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SD3_LIN_MB       512 // rows of x per tile
-#define SD3_LIN_NB       256 // rows of W (output columns) per tile
+#define SD3_LIN_MB       1024 // rows of x per tile
+#define SD3_LIN_NB       512  // rows of W (output columns) per tile, at most
+#define SD3_LIN_TASKS    16   // halve the tile width (down to 64) until there are this many
 #define SD3_LIN_SMALL_M  4
 #define SD3_LIN_SMALL_NB 64
 
@@ -29,10 +31,10 @@ typedef struct {
     const float *x; // [M, K]
     const void *w;  // [N, K] in wdtype
     sd3_dtype_t wdtype;
-    const float *bias; // [N] or NULL
-    float *y;          // [M, N]
-    int64_t M, N, K, n_mb;
-    atomic_bool failed; // a scratch allocation failed
+    const float *bias;         // [N] or NULL
+    float *y;                  // [M, N]
+    int64_t M, N, K, n_mb, nb; // nb: tile width, from the shape only
+    atomic_bool failed;        // a scratch allocation failed
 } s_linear_job_t;
 
 static int
@@ -68,8 +70,8 @@ s_linear_task(void *ctx, int64_t task, int thread)
 {
     s_linear_job_t *job = ctx;
     int64_t nb = task / job->n_mb, mb = task % job->n_mb;
-    int64_t n0 = nb * SD3_LIN_NB, m0 = mb * SD3_LIN_MB;
-    int64_t nn = job->N - n0 < SD3_LIN_NB ? job->N - n0 : SD3_LIN_NB;
+    int64_t n0 = nb * job->nb, m0 = mb * SD3_LIN_MB;
+    int64_t nn = job->N - n0 < job->nb ? job->N - n0 : job->nb;
     int64_t mm = job->M - m0 < SD3_LIN_MB ? job->M - m0 : SD3_LIN_MB;
     int64_t K = job->K;
     const float *wt;
@@ -199,7 +201,12 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
         sd3_cpu_pool_run(sd3_cpu_backend_pool(be), (N + SD3_LIN_SMALL_NB - 1) / SD3_LIN_SMALL_NB,
                          s_small_task, &job);
     } else {
-        int64_t n_nb = (N + SD3_LIN_NB - 1) / SD3_LIN_NB;
+        // Narrower tiles for small outputs keep many threads busy (the ctx stream has
+        // M = 2*154); the choice depends on the shape only, never on the thread count.
+        job.nb = SD3_LIN_NB;
+        while (job.nb > 64 && job.n_mb * ((N + job.nb - 1) / job.nb) < SD3_LIN_TASKS)
+            job.nb /= 2;
+        int64_t n_nb = (N + job.nb - 1) / job.nb;
         sd3_cpu_pool_run(sd3_cpu_backend_pool(be), n_nb * job.n_mb, s_linear_task, &job);
     }
     free(bias);
@@ -207,7 +214,7 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
         return sd3_err_set(err, SD3_ENOMEM,
                            "cpu linear: out of memory for a weight tile "
                            "(%lld x %lld floats)",
-                           (long long)SD3_LIN_NB, (long long)K);
+                           (long long)job.nb, (long long)K);
     return 0;
 }
 

@@ -4,7 +4,9 @@
  *  bf16 on the device (`act_dtype` SD3_BF16), every reduction and matrix product accumulates
  *  in fp32. Weights go through `weight()` once: uploaded as bf16 (f32, f16, bf16 and f8 e4m3
  *  storage are accepted; f8 widens exactly, f16 rounds to bf16) and cached by host pointer
- *  until the backend is destroyed.
+ *  (checked against dtype and shape) until the backend is destroyed: the host tensor must
+ *  stay where it is meanwhile (weights are views into the mmap of sd3_weights_t, which
+ *  outlives the backend). The returned tensors belong to the backend: never tensor_free them.
  *
  *  Memory: tensors come from a caching allocator (freed blocks are kept and reused, so the
  *  step loop does no cudaMalloc after its first step); everything runs on one stream per

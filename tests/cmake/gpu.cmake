@@ -16,7 +16,9 @@ if(SD3_HAVE_CUDA AND TARGET sd3cuda)
 
   # not a test: prints figures (tests/gpu/run.sh runs it after ctest)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/gpu/bench_cuda_ops.c)
-    add_executable(bench_cuda_ops gpu/bench_cuda_ops.c)
+    add_executable(bench_cuda_ops gpu/bench_cuda_ops.c ${SD3_TEST_COMMON})
+    target_compile_definitions(bench_cuda_ops PRIVATE SD3_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+                               SD3_BINARY_DIR="${CMAKE_BINARY_DIR}")
     target_link_libraries(bench_cuda_ops PRIVATE sd3gputest sd3daemon)
   endif()
 endif()
