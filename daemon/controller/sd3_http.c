@@ -682,10 +682,10 @@ sd3_http_start(const sd3_http_opts_t *opts, sd3_http_t **out, sd3_err_t *err)
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     self->mhd = MHD_start_daemon(
-        flags, port, NULL, NULL, s_access, self, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_CONNECTION_LIMIT,
-        self->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self, MHD_OPTION_END);
+        flags, port, NULL, NULL, s_access, self, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self,
+        MHD_OPTION_CONNECTION_LIMIT, self->opts.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
     if (!self->mhd) {
         rc = sd3_err_set(err, SD3_EIO, "http: cannot listen on %s (port taken or address "
                          "not local?)", opts->bind ? opts->bind : "127.0.0.1:8080");

@@ -280,7 +280,7 @@ main(void)
 
     // The real clients.
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s/tests/http/clients.sh http://127.0.0.1:%u %s 64 48 --fake",
+    snprintf(cmd, sizeof cmd, "bash %s/tests/http/clients.sh http://127.0.0.1:%u %s 64 48 --fake",
              SD3_SOURCE_DIR, port, token);
     int rc = system(cmd);
     CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "clients.sh failed (%d)", rc);
