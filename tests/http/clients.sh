@@ -37,7 +37,7 @@ expect() { # expect CODE WHAT [grep-pattern in body]
 }
 body() { printf '%s' "$1" > "$tmp/body.json"; echo "$tmp/body.json"; }
 
-echo "http clients: $base (token ${token:+set}${token:-none}) ${W}x${H} ${fake}"
+echo "http clients: $base (token ${token:+set}) ${W}x${H} ${fake}"
 
 # ---- health and metrics -------------------------------------------------------------------
 req GET /healthz ''
@@ -148,7 +148,7 @@ if [ "$fake" = "--fake" ]; then
     req POST /v1/images/generations "$(body '{"prompt": "mute"}')" "${auth[@]}"
     expect 502 "controller that never answers" 'did not answer'
     req POST /v1/images/generations "$(body '{"prompt": "fail"}')" "${auth[@]}"
-    expect 500 "controller failure" 'stage exploded'
+    expect 500 "controller failure" 'mmdit-0 exploded'
 fi
 
 req GET /metrics '' "${auth[@]}"
