@@ -186,11 +186,12 @@ sd3_bench_ops(int argc, char **argv)
             if (ok != 0)
                 fprintf(stderr, "bench ops: %s\n", err.msg);
             else
-                printf("attention B=%lld L=%lld H=%lld Dh=%lld: %.3f s, %.1f GFLOP/s "
-                       "(%.0f%% of peak); process peak RSS %.0f MiB\n",
-                       (long long)B, (long long)L, (long long)H, (long long)Dh, dt,
-                       flop / dt * 1e-9, 100 * flop / dt * 1e-9 / peak,
-                       (double)sd3_bench_rss_peak() / 1048576.0);
+                printf(
+                    "attention B=%lld L=%lld H=%lld Dh=%lld: %.3f s, %.1f GFLOP/s (%.0f%% of the "
+                    "wall-clock peak above); process peak RSS %.0f MiB\n",
+                    (long long)B, (long long)L, (long long)H, (long long)Dh, dt, flop / dt * 1e-9,
+                    s_clock == CLOCK_MONOTONIC ? 100 * flop / dt * 1e-9 / peak : 0.0,
+                    (double)sd3_bench_rss_peak() / 1048576.0);
             fflush(stdout);
         }
         sd3_tensor_destroy(&q);

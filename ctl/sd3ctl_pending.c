@@ -23,13 +23,11 @@
     }
 
 SD3_PENDING_VERB(sd3ctl_mkmodel)
-SD3_PENDING_VERB(sd3ctl_generate_remote)
 SD3_PENDING_VERB(sd3ctl_convert)
 SD3_PENDING_VERB(sd3ctl_up)
 SD3_PENDING_VERB(sd3ctl_down)
 SD3_PENDING_VERB(sd3ctl_status)
 SD3_PENDING_VERB(sd3ctl_plan)
-SD3_PENDING_VERB(sd3ctl_keygen)
 
 SD3_PENDING_EVAL(sd3_eval_noise, "noise")
 SD3_PENDING_EVAL(sd3_eval_schedule, "schedule")

@@ -474,14 +474,19 @@ s_job(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     sd3_log_info("mmdit", "req=%s job stage=%d/%d blocks=[%d,%d) steps=%d next=%s attempt=%u",
                  req->id, req->stage_index, req->n_stages, self->o.layer_begin,
                  self->o.layer_end, req->n_sigmas - 1, req->next, req->attempt);
-    if (first)
+    if (first) {
         s_run_first(self, req);
+    } else { // the controller starts the first range once every later one holds the job
+        sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, req->id);
+        if (ack) {
+            ack->attempt = req->attempt;
+            if (sd3_node_send_ctrl(self, &ack, &err) != 0)
+                goto fail;
+        }
+    }
     goto done;
 fail:
-    if (req && req->used)
-        s_fail(self, from, msg->request_id, 0, &err);
-    else
-        s_fail(self, from, msg->request_id, 0, &err);
+    s_fail(self, from, msg->request_id, 0, &err);
 done:
     sd3_gen_params_fini(&p);
 }

@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SD3_CONV_PB  256 // output pixels per task
-#define SD3_CONV_COB 128 // output channels per sgemm
+#define SD3_CONV_PB  512 // output pixels per task
+#define SD3_CONV_COB 256 // output channels per sgemm
 
 typedef struct {
     int64_t B, Ci, H, W, Co, kh, kw, OH, OW, stride, pt, pl;

@@ -11,9 +11,10 @@
 #   headers/libs  from the rewritten .pc files (-I/-L into the root), CPATH/LIBRARY_PATH as
 #                 a fallback, -rpath-link for the libraries' own dependencies
 #   programs      protoc-c through a wrapper that finds its libraries
-#   run time      LD_LIBRARY_PATH = the root's library folders, for ctest and the bench only
-#                 (never for cmake, nvcc or the compiler, whose libraries must stay the
-#                 system's)
+#   run time      our binaries carry DT_RPATH to the root's library folders (RPATH, not
+#                 RUNPATH: it also serves the libraries' own dependencies, libsodium for
+#                 libzmq say), so no LD_LIBRARY_PATH is set: cmake, ctest, nvcc and the
+#                 compiler keep the system's libraries (the carried bookworm ones are older)
 # Then: cmake -DSD3_CUDA=ON (sm_80 and sm_90 as the top CMakeLists.txt sets), build,
 # `ctest -L gpu --output-on-failure`, and the GPU benchmarks, whose figures it prints.
 #
@@ -115,8 +116,10 @@ for m in $modules; do
 done
 
 # ---- 3. configure and build -------------------------------------------------------------------
-rpath_link="-Wl,-rpath-link,$root/usr/lib/$multiarch -Wl,-rpath-link,$root/lib/$multiarch"
-rpath_link="$rpath_link -Wl,-rpath-link,$root/usr/lib/$multiarch/openblas-pthread"
+rpath_link="-Wl,--disable-new-dtags"
+for d in "$root/usr/lib/$multiarch" "$root/lib/$multiarch" "$root/usr/lib/$multiarch/openblas-pthread"; do
+    rpath_link="$rpath_link -Wl,-rpath-link,$d -Wl,-rpath,$d"
+done
 cmake -S "$repo" -B "$build" -DSD3_CUDA=ON -DSD3_WERROR=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$root/usr" \
     -DPKG_CONFIG_EXECUTABLE="$pkgconfig" -DPROTOC_C="$protoc" \
@@ -132,7 +135,6 @@ say "building: $(echo $targets) bench_cuda_ops"
 cmake --build "$build" -j"$jobs" --target $targets bench_cuda_ops
 
 # ---- 4. tests and benchmarks ------------------------------------------------------------------
-export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version,memory.total \
     --format=csv,noheader || true
 status=0

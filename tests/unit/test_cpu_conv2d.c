@@ -2,7 +2,7 @@
  *
  *  The VAE's shapes in small: 3x3 pad 1, 1x1 (the direct path), the downsample's asymmetric
  *  pad (right and bottom by 1, stride 2), the patch embed (2x2 stride 2), odd sizes across
- *  the 256-pixel and 128-channel tiles, each weight dtype, bias or not; 1 vs 2 threads
+ *  the 512-pixel and 256-channel tiles, each weight dtype, bias or not; 1 vs 2 threads
  *  bit-identical; y starts NaN. A hand-computed 3x3 case pins the padding convention.
  *  Bad shapes: SD3_EINVAL.  */
 #include "sd3_backend.h"
@@ -128,6 +128,7 @@ main(void)
     for (int d = 0; d < 4; d++) {
         s_case(be1, be2, 1, 3, 17, 19, 5, 3, same, dts[d], d % 2 == 0);
         s_case(be1, be2, 2, 16, 20, 15, 130, 3, same, dts[d], true);    // 300 px, 130 channels
+        s_case(be1, be2, 1, 4, 23, 25, 260, 3, same, dts[d], d < 2);    // 575 px, 260 channels
         s_case(be1, be2, 1, 33, 17, 17, 7, 1, one, dts[d], d % 2 == 1); // direct path
         s_case(be1, be2, 1, 8, 33, 17, 9, 3, down, dts[d], true);       // VAE downsample
         s_case(be1, be2, 2, 16, 8, 6, 24, 2, patch, dts[d], true);      // patch embed

@@ -1,0 +1,1114 @@
+/*  sd3_controller - the cluster's controller (see sd3_controller.h)
+ *
+ *  Layout: nodes; requests; sending; client messages; node messages; timers; status; loop.  */
+#include "sd3_controller.h"
+
+#include "sd3_link.h"
+#include "sd3_log.h"
+#include "sd3_node.h"
+#include "sd3_queue.h"
+#include "sd3_rng.h"
+#include "sd3_sched.h"
+#include "sd3_schedule.h"
+#include "sd3_stage.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+typedef enum {
+    S_QUEUED = 0,
+    S_ENCODING,
+    S_VAE_ENCODING,
+    S_STARTING, // JOBs sent to the later ranges, waiting for their ACKs
+    S_RUNNING,
+    S_DECODING,
+} s_state_t;
+
+static const char *const s_state_names[] = {"queued",  "encoding", "vae-encoding",
+                                            "starting", "running", "decoding"};
+
+typedef struct {
+    sd3_wire_register_t reg;
+    bool alive;
+    int64_t last_seen_ms;
+    uint32_t tasks; // encoder / vae work sent and not answered
+    sd3_wire_heartbeat_t hb;
+} s_node_t;
+
+struct sd3_request {
+    char id[SD3_WIRE_ID_MAX];
+    sd3_wire_peer_t client;
+    s_state_t state;
+    sd3_gen_params_t p;
+    sd3_wire_generate_t w; // resolved: every field explicit
+    sd3_tensor_t *init_rgb; // img2img U8 [H, W, 3]
+    sd3_tensor_t *ctx2, *y2, *img_latent;
+    sd3_tensor_t *latent; // the newest latent: the checkpoint
+    int pipeline, task_node; // task_node: encoder or vae working on it, -1 none
+    bool holds_slot;
+    int pending_acks;
+    float *sigmas; // n_sigmas = steps + 1
+    int start, n_used;
+    int steps_done;
+    uint32_t attempt;
+    int64_t t_submit_ms, t_start_ms, t_last_step_ms, deadline_ms, client_seen_ms;
+};
+
+struct sd3_controller {
+    sd3_controller_opts_t o;
+    void *ctx;
+    bool own_ctx;
+    sd3_link_t *clients, *stages;
+    sd3_model_t *model;
+    sd3_weights_t *w_mmdit;
+    sd3_mmdit_config_t cfg;
+    const char *arch;
+    s_node_t nodes[SD3_WIRE_MAX_NODES];
+    int n_nodes;
+    sd3_sched_t *sched;
+    sd3_queue_t *queue;
+    sd3_request_t **reqs;
+    int n_reqs, cap_reqs;
+    uint64_t completed, failed, seed_counter;
+    uint64_t step_count, step_buckets[SD3_WIRE_STEP_BUCKETS];
+    double step_seconds_sum;
+    uint64_t overhead_steps;
+    double overhead_seconds;
+    int64_t start_ms, last_timer_ms;
+};
+
+static int64_t
+s_now_ms(void)
+{
+    return sd3_node_now_ms();
+}
+
+static double
+s_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+// ---- nodes -------------------------------------------------------------------------------
+
+static int
+s_node_by_routing(const sd3_controller_t *self, const sd3_wire_peer_t *peer)
+{
+    for (int i = 0; i < self->n_nodes; i++) {
+        size_t len = strlen(self->nodes[i].reg.node_id);
+        if (len == peer->routing_id_len && !memcmp(self->nodes[i].reg.node_id, peer->routing_id, len))
+            return i;
+    }
+    return -1;
+}
+
+static sd3_wire_peer_t
+s_node_peer(const sd3_controller_t *self, int node)
+{
+    sd3_wire_peer_t peer;
+    memset(&peer, 0, sizeof peer);
+    peer.routing_id_len = strlen(self->nodes[node].reg.node_id);
+    memcpy(peer.routing_id, self->nodes[node].reg.node_id, peer.routing_id_len);
+    return peer;
+}
+
+// The live node of `role` with the least work in hand; -1 when none.
+static int
+s_pick_node(const sd3_controller_t *self, sd3_wire_role_t role)
+{
+    int best = -1;
+    for (int i = 0; i < self->n_nodes; i++) {
+        const s_node_t *n = &self->nodes[i];
+        if (n->alive && n->reg.role == role && (best < 0 || n->tasks < self->nodes[best].tasks))
+            best = i;
+    }
+    return best;
+}
+
+static void
+s_form(sd3_controller_t *self)
+{
+    sd3_sched_range_t ranges[SD3_WIRE_MAX_NODES];
+    int n = 0;
+    for (int i = 0; i < self->n_nodes; i++)
+        if (self->nodes[i].reg.role == SD3_WIRE_ROLE_MMDIT)
+            ranges[n++] = (sd3_sched_range_t){i, (int)self->nodes[i].reg.layer_begin,
+                                              (int)self->nodes[i].reg.layer_end,
+                                              self->nodes[i].alive};
+    int before = sd3_sched_count(self->sched);
+    int formed = sd3_sched_form(self->sched, ranges, n, self->cfg.depth);
+    for (int p = before; p < before + formed; p++) {
+        sd3_pipeline_t *pl = sd3_sched_get(self->sched, p);
+        char chain[1024] = "";
+        size_t len = 0;
+        for (int s = 0; s < pl->n_stages && len < sizeof chain; s++) {
+            const sd3_wire_register_t *r = &self->nodes[pl->nodes[s]].reg;
+            len += (size_t)snprintf(chain + len, sizeof chain - len, "%s%s[%u,%u)", s ? "," : "",
+                                    r->node_id, r->layer_begin, r->layer_end);
+        }
+        sd3_log_info("controller", "pipeline=%d formed stages=%d chain=%s max_inflight=%d",
+                     pl->id, pl->n_stages, chain, pl->max_inflight);
+    }
+}
+
+// ---- requests ----------------------------------------------------------------------------
+
+static sd3_request_t *
+s_find(const sd3_controller_t *self, const char *id)
+{
+    for (int i = 0; i < self->n_reqs; i++)
+        if (!strcmp(self->reqs[i]->id, id))
+            return self->reqs[i];
+    return NULL;
+}
+
+static void
+s_req_free(sd3_request_t **req_p)
+{
+    sd3_request_t *req = *req_p;
+    if (!req)
+        return;
+    sd3_gen_params_fini(&req->p);
+    sd3_tensor_t **all[] = {&req->init_rgb, &req->ctx2, &req->y2, &req->img_latent, &req->latent};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        sd3_tensor_destroy(all[i]);
+    free(req->sigmas);
+    free(req);
+    *req_p = NULL;
+}
+
+static int
+s_send_client(sd3_controller_t *self, const sd3_request_t *req, sd3_msg_t **msg_p)
+{
+    sd3_err_t err = {0};
+    int rc = sd3_link_send(self->clients, &req->client, msg_p, &err);
+    if (rc != 0)
+        sd3_log_debug("controller", "req=%s client unreachable: %s", req->id, err.msg);
+    return rc;
+}
+
+static int
+s_send_node(sd3_controller_t *self, int node, sd3_msg_t **msg_p, sd3_err_t *err)
+{
+    sd3_wire_peer_t peer = s_node_peer(self, node);
+    return sd3_link_send(self->stages, &peer, msg_p, err);
+}
+
+// Ends a request: RESULT already sent (code 0) or ERROR to its client; frees its slot and
+// its pipeline's state.
+static void
+s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void
+s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...)
+{
+    if (code != 0) {
+        sd3_err_t cause = {0};
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cause.msg, sizeof cause.msg, fmt, ap);
+        va_end(ap);
+        cause.code = code;
+        sd3_log_info("controller", "req=%s failed state=%s step=%d error=%s %s", req->id,
+                     s_state_names[req->state], req->steps_done, sd3_err_name(code), cause.msg);
+        sd3_msg_t *msg = sd3_msg_new_error(req->id, (uint32_t)req->steps_done, &cause);
+        if (msg)
+            s_send_client(self, req, &msg);
+        self->failed++;
+    } else {
+        self->completed++;
+    }
+    sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+    if (pl && (req->state == S_STARTING || req->state == S_RUNNING) && code != 0)
+        for (int s = 0; s < pl->n_stages; s++) { // the stages drop its later steps
+            sd3_msg_t *c = sd3_msg_new(SD3_MSG_CANCEL, req->id);
+            sd3_err_t e = {0};
+            if (c && self->nodes[pl->nodes[s]].alive)
+                s_send_node(self, pl->nodes[s], &c, &e);
+            sd3_msg_destroy(&c);
+        }
+    if (pl && req->holds_slot)
+        pl->inflight--;
+    if (req->task_node >= 0 && self->nodes[req->task_node].tasks > 0)
+        self->nodes[req->task_node].tasks--;
+    sd3_queue_remove(self->queue, req);
+    for (int i = 0; i < self->n_reqs; i++)
+        if (self->reqs[i] == req) {
+            self->reqs[i] = self->reqs[--self->n_reqs];
+            break;
+        }
+    s_req_free(&req);
+}
+
+static sd3_tensor_t *
+s_clone_named(const sd3_tensor_t *t, const char *name)
+{
+    sd3_tensor_t *c = sd3_tensor_clone(t);
+    if (c)
+        c->name = name;
+    return c;
+}
+
+// Adds a clone of t named `name` to msg.
+static int
+s_add(sd3_controller_t *self, sd3_msg_t *msg, const sd3_tensor_t *t, const char *name,
+      sd3_err_t *err)
+{
+    sd3_tensor_t *c = s_clone_named(t, name);
+    if (!c)
+        return sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+    int rc = sd3_msg_add_tensor(msg, &c, t->dtype == SD3_F32 ? &self->o.codec : NULL, err);
+    sd3_tensor_destroy(&c);
+    return rc;
+}
+
+// JOB for stage s of the request's pipeline.
+static sd3_msg_t *
+s_job_msg(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
+{
+    sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
+    sd3_msg_t *msg = sd3_msg_new(SD3_MSG_JOB, req->id);
+    if (!msg) {
+        sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+        return NULL;
+    }
+    msg->attempt = req->attempt;
+    msg->body_kind = SD3_WIRE_BODY_JOB;
+    sd3_wire_job_t *j = &msg->body.job;
+    const sd3_wire_register_t *r = &self->nodes[pl->nodes[s]].reg;
+    j->request = req->w;
+    j->pipeline_id = (uint32_t)pl->id;
+    j->stage_index = (uint32_t)s;
+    j->n_stages = (uint32_t)pl->n_stages;
+    j->layer_begin = r->layer_begin;
+    j->layer_end = r->layer_end;
+    const int next = pl->nodes[s + 1 < pl->n_stages ? s + 1 : 0];
+    snprintf(j->next_address, sizeof j->next_address, "%s", self->nodes[next].reg.address);
+    snprintf(j->controller_address, sizeof j->controller_address, "%s",
+             sd3_link_endpoint(self->stages));
+    j->n_sigmas = req->n_used;
+    memcpy(j->sigmas, req->sigmas + req->start, sizeof(float) * (size_t)req->n_used);
+    j->first_step = 0;
+    j->attempt = req->attempt;
+    if (s == 0 || s == pl->n_stages - 1) {
+        if (s_add(self, msg, req->latent, "latent", err) != 0 ||
+            s_add(self, msg, req->ctx2, "context", err) != 0 ||
+            s_add(self, msg, req->y2, "pooled", err) != 0)
+            sd3_msg_destroy(&msg);
+    }
+    return msg;
+}
+
+static int
+s_send_job(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
+{
+    sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
+    sd3_msg_t *msg = s_job_msg(self, req, s, err);
+    if (!msg)
+        return err->code;
+    return s_send_node(self, pl->nodes[s], &msg, err);
+}
+
+// Noise from the seed, the schedule, the start latent; JOBs to the later ranges first.
+static void
+s_start_sampling(sd3_controller_t *self, sd3_request_t *req)
+{
+    sd3_err_t err = {0};
+    sd3_tensor_t *noise = NULL;
+    const sd3_gen_params_t *p = &req->p;
+    const int64_t lshape[4] = {1, self->cfg.in_channels, p->height / 8, p->width / 8};
+    if (!(noise = sd3_rng_noise(p->seed, 4, lshape, &err)))
+        goto fail;
+    if (!(req->sigmas = malloc(sizeof(float) * (size_t)(p->steps + 1)))) {
+        sd3_err_set(&err, SD3_ENOMEM, "controller: out of memory");
+        goto fail;
+    }
+    if (sd3_schedule_sigmas(p->steps, p->shift, req->sigmas, &err) != 0)
+        goto fail;
+    req->start = 0;
+    if (p->denoise < 1.0) {
+        if (sd3_schedule_start_index(p->steps, p->denoise, &req->start, &err) != 0)
+            goto fail;
+        if (req->start >= p->steps) {
+            sd3_err_set(&err, SD3_EINVAL, "strength %g leaves no step of %d", p->denoise,
+                        p->steps);
+            goto fail;
+        }
+    }
+    req->n_used = p->steps + 1 - req->start;
+    if (!(req->latent = sd3_tensor_new_err(SD3_F32, 4, lshape, "latent", &err)) ||
+        sd3_sampler_start(req->sigmas[req->start], noise, req->img_latent, req->latent, &err) != 0)
+        goto fail;
+    sd3_tensor_destroy(&noise);
+    sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
+    if (!pl || !pl->alive) {
+        sd3_err_set(&err, SD3_EIO, "pipeline %d is gone", req->pipeline);
+        goto fail;
+    }
+    req->state = S_STARTING;
+    req->pending_acks = pl->n_stages - 1;
+    for (int s = pl->n_stages - 1; s >= 1; s--)
+        if (s_send_job(self, req, s, &err) != 0)
+            goto fail;
+    if (req->pending_acks == 0) {
+        if (s_send_job(self, req, 0, &err) != 0)
+            goto fail;
+        req->state = S_RUNNING;
+    }
+    req->t_start_ms = req->t_last_step_ms = s_now_ms();
+    sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d",
+                 req->id, pl->id, pl->n_stages, req->n_used - 1, req->start);
+    return;
+fail:
+    sd3_tensor_destroy(&noise);
+    s_end(self, req, err.code ? err.code : SD3_EINTERNAL, "%s", err.msg);
+}
+
+// Starts queued requests while a pipeline slot and an encoder are there.
+static void
+s_dispatch(sd3_controller_t *self)
+{
+    while (sd3_queue_size(self->queue) > 0) {
+        int pipe = sd3_sched_pick(self->sched);
+        int enc = s_pick_node(self, SD3_WIRE_ROLE_ENCODER);
+        if (pipe < 0 || enc < 0 || s_pick_node(self, SD3_WIRE_ROLE_VAE) < 0)
+            return;
+        sd3_request_t *req = sd3_queue_pop(self->queue);
+        sd3_pipeline_t *pl = sd3_sched_get(self->sched, pipe);
+        req->pipeline = pipe;
+        req->holds_slot = true;
+        pl->inflight++;
+        sd3_msg_t *msg = sd3_msg_new(SD3_MSG_ENCODE, req->id);
+        sd3_err_t err = {0};
+        if (!msg) {
+            s_end(self, req, SD3_ENOMEM, "controller: out of memory");
+            continue;
+        }
+        msg->body_kind = SD3_WIRE_BODY_GENERATE;
+        msg->body.generate = req->w;
+        req->state = S_ENCODING;
+        if (s_send_node(self, enc, &msg, &err) != 0) {
+            s_end(self, req, SD3_EIO, "encoder %s unreachable: %s",
+                  self->nodes[enc].reg.node_id, err.msg);
+            continue;
+        }
+        req->task_node = enc;
+        self->nodes[enc].tasks++;
+        sd3_log_info("controller", "req=%s dispatched pipeline=%d encoder=%s queued_ms=%lld",
+                     req->id, pipe, self->nodes[enc].reg.node_id,
+                     (long long)(s_now_ms() - req->t_submit_ms));
+    }
+}
+
+// ---- client messages ---------------------------------------------------------------------
+
+static void
+s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id, int code,
+              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void
+s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id, int code,
+              const char *fmt, ...)
+{
+    sd3_err_t cause = {.code = code};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cause.msg, sizeof cause.msg, fmt, ap);
+    va_end(ap);
+    sd3_msg_t *msg = sd3_msg_new_error(id, 0, &cause);
+    sd3_err_t e = {0};
+    if (msg)
+        sd3_link_send(self->clients, to, &msg, &e);
+}
+
+static void
+s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
+{
+    sd3_err_t err = {0};
+    sd3_request_t *req = NULL;
+    if (!msg->request_id[0]) {
+        s_reply_error(self, from, "", SD3_EINVAL, "GENERATE needs a request id");
+        return;
+    }
+    if (s_find(self, msg->request_id)) {
+        s_reply_error(self, from, msg->request_id, SD3_EINVAL,
+                      "request id '%s' is already in use", msg->request_id);
+        return;
+    }
+    if (!(req = calloc(1, sizeof *req))) {
+        s_reply_error(self, from, msg->request_id, SD3_ENOMEM, "controller: out of memory");
+        return;
+    }
+    snprintf(req->id, sizeof req->id, "%s", msg->request_id);
+    req->client = *from;
+    req->pipeline = req->task_node = -1;
+    const sd3_wire_generate_t *w = &msg->body.generate;
+    if (w->model[0] && strcmp(w->model, self->arch) != 0) {
+        sd3_err_set(&err, SD3_EINVAL, "model '%s' asked for, this cluster serves '%s'", w->model,
+                    self->arch);
+        goto fail;
+    }
+    if (sd3_gen_params_from_wire(&req->p, w, &self->cfg, &err) != 0)
+        goto fail;
+    free(req->p.model_name);
+    req->p.model_name = strdup(self->arch);
+    if (w->seed_random) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t z = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ++self->seed_counter;
+        z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdull; // splitmix finaliser
+        req->p.seed = (z ^ (z >> 29)) & 0xffffffffull;
+    }
+    sd3_tensor_t *init = sd3_msg_tensor(msg, "init_image");
+    if (init) {
+        if (sd3_msg_expect(msg, "init_image", SD3_U8, 3, (int64_t[]){-1, -1, 3}, &err) != 0)
+            goto fail;
+        req->p.init_w = (int)init->shape[1];
+        req->p.init_h = (int)init->shape[0];
+        if (!w->width && !w->height) {
+            req->p.width = req->p.init_w;
+            req->p.height = req->p.init_h;
+        }
+        if (w->strength <= 0 || w->strength >= 1) {
+            sd3_err_set(&err, SD3_EINVAL, "init_image needs a strength in (0, 1)");
+            goto fail;
+        }
+        req->init_rgb = sd3_msg_take_tensor(msg, "init_image");
+        req->p.init_rgb = req->init_rgb->data; // borrowed for the check only
+    }
+    int rc = sd3_gen_params_check(&req->p, &self->cfg, &err);
+    if (rc == 0 && req->init_rgb && (req->p.init_w != req->p.width || req->p.init_h != req->p.height))
+        rc = sd3_err_set(&err, SD3_EINVAL, "init image is %dx%d, the request %dx%d: resize it "
+                         "first", req->p.init_w, req->p.init_h, req->p.width, req->p.height);
+    req->p.init_rgb = NULL;
+    if (rc != 0)
+        goto fail;
+    req->w.deadline_ms = w->deadline_ms;
+    sd3_gen_params_to_wire(&req->p, &req->w);
+    int64_t now = s_now_ms();
+    req->t_submit_ms = req->client_seen_ms = now;
+    if (w->deadline_ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t unix_now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        req->deadline_ms = now + ((int64_t)w->deadline_ms - unix_now);
+        if (req->deadline_ms <= now) {
+            sd3_err_set(&err, SD3_ETIMEDOUT, "the deadline passed before the request arrived");
+            goto fail;
+        }
+    } else if (self->o.deadline_ms > 0) {
+        req->deadline_ms = now + self->o.deadline_ms;
+    }
+    if (self->n_reqs == self->cap_reqs) {
+        int cap = self->cap_reqs ? self->cap_reqs * 2 : 64;
+        sd3_request_t **r = realloc(self->reqs, sizeof *r * (size_t)cap);
+        if (!r) {
+            sd3_err_set(&err, SD3_ENOMEM, "controller: out of memory");
+            goto fail;
+        }
+        self->reqs = r;
+        self->cap_reqs = cap;
+    }
+    if (sd3_queue_push(self->queue, req, &err) != 0) // SD3_EFULL: RESOURCE_EXHAUSTED
+        goto fail;
+    self->reqs[self->n_reqs++] = req;
+    sd3_log_info("controller", "req=%s accepted size=%dx%d steps=%d seed=%llu queued=%zu",
+                 req->id, req->p.width, req->p.height, req->p.steps,
+                 (unsigned long long)req->p.seed, sd3_queue_size(self->queue));
+    sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, req->id);
+    if (ack)
+        s_send_client(self, req, &ack);
+    s_dispatch(self);
+    // Still waiting: tell the client where it stands.
+    sd3_request_t *again = s_find(self, msg->request_id);
+    size_t pos = again ? sd3_queue_position(self->queue, again) : 0;
+    if (pos > 0) {
+        sd3_msg_t *pg = sd3_msg_new(SD3_MSG_PROGRESS, again->id);
+        if (pg) {
+            pg->body_kind = SD3_WIRE_BODY_PROGRESS;
+            pg->body.progress.steps = (uint32_t)again->p.steps;
+            pg->body.progress.queue_position = (uint32_t)pos;
+            pg->body.progress.seed = again->p.seed;
+            s_send_client(self, again, &pg);
+        }
+    }
+    return;
+fail:
+    if (err.code == SD3_EFULL)
+        self->failed++;
+    sd3_log_info("controller", "req=%s refused error=%s %s", msg->request_id,
+                 sd3_err_name(err.code), err.msg);
+    s_reply_error(self, from, msg->request_id, err.code ? err.code : SD3_EINTERNAL, "%s",
+                  err.msg);
+    s_req_free(&req);
+}
+
+static void s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st);
+
+static void
+s_client_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
+{
+    int64_t now = s_now_ms();
+    // Anything from a client tells us it is still there.
+    for (int i = 0; i < self->n_reqs; i++)
+        if (self->reqs[i]->client.routing_id_len == from->routing_id_len &&
+            !memcmp(self->reqs[i]->client.routing_id, from->routing_id, from->routing_id_len))
+            self->reqs[i]->client_seen_ms = now;
+    switch (msg->type) {
+    case SD3_MSG_GENERATE:
+        s_generate(self, from, msg);
+        return;
+    case SD3_MSG_CANCEL: {
+        sd3_request_t *req = s_find(self, msg->request_id);
+        if (!req) {
+            s_reply_error(self, from, msg->request_id, SD3_ENOTFOUND,
+                          "no live request '%s' to cancel", msg->request_id);
+            return;
+        }
+        req->client = *from;
+        s_end(self, req, SD3_ECANCELED, "request '%s' cancelled by the client", msg->request_id);
+        s_dispatch(self);
+        return;
+    }
+    case SD3_MSG_STATUS: {
+        sd3_msg_t *reply = sd3_msg_new(SD3_MSG_STATUS, NULL);
+        sd3_err_t e = {0};
+        if (!reply)
+            return;
+        reply->body_kind = SD3_WIRE_BODY_STATUS;
+        s_fill_status(self, &reply->body.status);
+        if (sd3_link_send(self->clients, from, &reply, &e) != 0)
+            sd3_log_debug("controller", "status reply not sent: %s", e.msg);
+        return;
+    }
+    case SD3_MSG_HEARTBEAT:
+        return;
+    default:
+        s_reply_error(self, from, msg->request_id, SD3_EPROTO,
+                      "the controller's client endpoint does not take %s messages",
+                      sd3_msg_type_name(msg->type));
+    }
+}
+
+// ---- node messages -----------------------------------------------------------------------
+
+static void
+s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
+{
+    const sd3_wire_register_t *r = &msg->body.reg;
+    sd3_err_t e = {0};
+    size_t idlen = strlen(r->node_id);
+    const char *why = NULL;
+    if (r->role != SD3_WIRE_ROLE_ENCODER && r->role != SD3_WIRE_ROLE_MMDIT &&
+        r->role != SD3_WIRE_ROLE_VAE)
+        why = "role must be encoder, mmdit or vae";
+    else if (!idlen || idlen != from->routing_id_len || memcmp(r->node_id, from->routing_id, idlen))
+        why = "the node id must be the connection's routing id";
+    else if (!r->address[0])
+        why = "no data address";
+    else if (r->role == SD3_WIRE_ROLE_MMDIT &&
+             (r->depth != (uint32_t)self->cfg.depth || r->layer_end <= r->layer_begin))
+        why = "its model's depth or range does not match the controller's model";
+    if (why) {
+        sd3_err_t cause = {0};
+        sd3_err_set(&cause, SD3_EINVAL, "REGISTER refused: %s", why);
+        sd3_log_warn("controller", "node=%s %s", r->node_id, cause.msg);
+        sd3_wire_reply_error(sd3_link_socket(self->stages), from, &cause, &e);
+        return;
+    }
+    int i = s_node_by_routing(self, from);
+    if (i < 0) {
+        if (self->n_nodes == SD3_WIRE_MAX_NODES) {
+            sd3_err_t cause = {0};
+            sd3_err_set(&cause, SD3_EFULL, "REGISTER refused: %d nodes already",
+                        SD3_WIRE_MAX_NODES);
+            sd3_wire_reply_error(sd3_link_socket(self->stages), from, &cause, &e);
+            return;
+        }
+        i = self->n_nodes++;
+    } else if (self->nodes[i].alive && sd3_sched_node_used(self->sched, i)) {
+        // Re-registered while in a pipeline: it restarted and lost its requests.
+        sd3_sched_node_dead(self->sched, i);
+    }
+    s_node_t *n = &self->nodes[i];
+    memset(n, 0, sizeof *n);
+    n->reg = *r;
+    n->alive = true;
+    n->last_seen_ms = s_now_ms();
+    sd3_log_info("controller", "node=%s registered role=%d address=%s range=[%u,%u) codec=%s",
+                 r->node_id, (int)r->role, r->address, r->layer_begin, r->layer_end, r->codec);
+    sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, NULL);
+    if (ack)
+        sd3_link_send(self->stages, from, &ack, &e);
+    s_form(self);
+    s_dispatch(self);
+}
+
+static int
+s_take_tensor(sd3_msg_t *msg, const char *name, sd3_tensor_t **dst)
+{
+    sd3_tensor_destroy(dst);
+    *dst = sd3_msg_take_tensor(msg, name);
+    return *dst ? 0 : -1;
+}
+
+static void
+s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
+{
+    double t0 = s_now_s();
+    sd3_err_t err = {0};
+    if (req->state != S_RUNNING || msg->attempt != req->attempt ||
+        (int)msg->step <= req->steps_done)
+        return; // late or duplicate
+    const sd3_gen_params_t *p = &req->p;
+    if (sd3_msg_expect(msg, "latent", SD3_F32, 4,
+                       (int64_t[]){1, self->cfg.in_channels, p->height / 8, p->width / 8},
+                       &err) != 0 ||
+        (int)msg->step >= req->n_used) {
+        s_end(self, req, SD3_EPROTO, "STEP_DONE: %s", err.code ? err.msg : "step past the end");
+        return;
+    }
+    s_take_tensor(msg, "latent", &req->latent); // the checkpoint
+    req->steps_done = (int)msg->step;
+    int64_t now = s_now_ms();
+    double secs = (double)(now - req->t_last_step_ms) / 1000.0;
+    static const double bounds[SD3_WIRE_STEP_BUCKETS] = SD3_WIRE_STEP_BOUNDS;
+    for (int b = 0; b < SD3_WIRE_STEP_BUCKETS; b++)
+        if (secs <= bounds[b]) {
+            self->step_buckets[b]++;
+            break;
+        }
+    self->step_count++;
+    self->step_seconds_sum += secs;
+    req->t_last_step_ms = now;
+    sd3_msg_t *pg = sd3_msg_new(SD3_MSG_PROGRESS, req->id);
+    if (pg) {
+        pg->step = msg->step;
+        pg->body_kind = SD3_WIRE_BODY_PROGRESS;
+        pg->body.progress = (sd3_wire_progress_t){
+            .step = msg->step,
+            .steps = (uint32_t)(req->n_used - 1),
+            .sigma = req->sigmas[req->start + (int)msg->step],
+            .elapsed_ms = (uint64_t)(now - req->t_submit_ms),
+            .seed = p->seed,
+        };
+        s_send_client(self, req, &pg);
+    }
+    sd3_log_debug("controller", "req=%s step=%u/%d ms=%.1f", req->id, msg->step, req->n_used - 1,
+                  secs * 1000);
+    if (req->steps_done == req->n_used - 1) { // sampled: the slot frees, the vae decodes
+        sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
+        if (pl && req->holds_slot) {
+            pl->inflight--;
+            pl->completed++;
+        }
+        req->holds_slot = false;
+        int vae = s_pick_node(self, SD3_WIRE_ROLE_VAE);
+        sd3_msg_t *dec = vae >= 0 ? sd3_msg_new(SD3_MSG_DECODE, req->id) : NULL;
+        if (!dec) {
+            s_end(self, req, SD3_EIO, "no vae node to decode with");
+        } else {
+            dec->body_kind = SD3_WIRE_BODY_GENERATE;
+            dec->body.generate = req->w;
+            if (s_add(self, dec, req->latent, "latent", &err) != 0 ||
+                s_send_node(self, vae, &dec, &err) != 0) {
+                sd3_msg_destroy(&dec);
+                s_end(self, req, err.code, "DECODE not sent: %s", err.msg);
+            } else {
+                req->state = S_DECODING;
+                req->task_node = vae;
+                self->nodes[vae].tasks++;
+            }
+        }
+        s_dispatch(self);
+    }
+    self->overhead_steps++;
+    self->overhead_seconds += s_now_s() - t0;
+}
+
+static void
+s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
+{
+    if (msg->type == SD3_MSG_REGISTER) {
+        s_register(self, from, msg);
+        return;
+    }
+    int ni = s_node_by_routing(self, from);
+    sd3_err_t e = {0};
+    if (ni < 0) {
+        sd3_err_t cause = {0};
+        sd3_err_set(&cause, SD3_ENOTFOUND, "%s from a node that has not registered",
+                    sd3_msg_type_name(msg->type));
+        sd3_wire_reply_error(sd3_link_socket(self->stages), from, &cause, &e);
+        return;
+    }
+    s_node_t *node = &self->nodes[ni];
+    node->last_seen_ms = s_now_ms();
+    if (!node->alive) { // it came back before re-registering: ask it to
+        sd3_err_t cause = {0};
+        sd3_err_set(&cause, SD3_ENOTFOUND, "node %s was declared dead: register again",
+                    node->reg.node_id);
+        sd3_wire_reply_error(sd3_link_socket(self->stages), from, &cause, &e);
+        return;
+    }
+    if (msg->type == SD3_MSG_HEARTBEAT) {
+        node->hb = msg->body.heartbeat;
+        return;
+    }
+    sd3_request_t *req = msg->request_id[0] ? s_find(self, msg->request_id) : NULL;
+    if (msg->type == SD3_MSG_ERROR) {
+        if (req && (req->task_node == ni || req->pipeline >= 0))
+            s_end(self, req, msg->status ? msg->status : SD3_EINTERNAL, "%s: %s",
+                  node->reg.node_id, msg->message);
+        else
+            sd3_log_warn("controller", "node=%s req=%s error=%s %s", node->reg.node_id,
+                         msg->request_id[0] ? msg->request_id : "-", sd3_err_name(msg->status),
+                         msg->message);
+        s_dispatch(self);
+        return;
+    }
+    if (!req) {
+        sd3_log_debug("controller", "node=%s %s for a request no longer here: req=%s",
+                      node->reg.node_id, sd3_msg_type_name(msg->type), msg->request_id);
+        return;
+    }
+    sd3_err_t err = {0};
+    switch (msg->type) {
+    case SD3_MSG_ENCODED:
+        if (req->state != S_ENCODING || req->task_node != ni)
+            return;
+        node->tasks--;
+        req->task_node = -1;
+        if (sd3_msg_expect(msg, "context", SD3_F32, 3, (int64_t[]){2, -1, self->cfg.context_in},
+                           &err) != 0 ||
+            sd3_msg_expect(msg, "pooled", SD3_F32, 2, (int64_t[]){2, self->cfg.adm_in}, &err) != 0) {
+            s_end(self, req, SD3_EPROTO, "ENCODED: %s", err.msg);
+            return;
+        }
+        s_take_tensor(msg, "context", &req->ctx2);
+        s_take_tensor(msg, "pooled", &req->y2);
+        if (req->init_rgb) { // img2img: the vae encodes the image with the seed+1 noise
+            const int64_t ls[4] = {1, self->cfg.in_channels, req->p.height / 8,
+                                   req->p.width / 8};
+            int vae = s_pick_node(self, SD3_WIRE_ROLE_VAE);
+            sd3_tensor_t *noise = sd3_rng_noise(req->p.seed + 1, 4, ls, &err);
+            sd3_msg_t *m = vae >= 0 && noise ? sd3_msg_new(SD3_MSG_VAE_ENCODE, req->id) : NULL;
+            if (!m || s_add(self, m, req->init_rgb, "image", &err) != 0 ||
+                s_add(self, m, noise, "noise", &err) != 0 || s_send_node(self, vae, &m, &err) != 0) {
+                sd3_msg_destroy(&m);
+                sd3_tensor_destroy(&noise);
+                s_end(self, req, err.code ? err.code : SD3_EIO, "VAE_ENCODE not sent: %s",
+                      vae < 0 ? "no vae node" : err.msg);
+                return;
+            }
+            sd3_tensor_destroy(&noise);
+            req->state = S_VAE_ENCODING;
+            req->task_node = vae;
+            self->nodes[vae].tasks++;
+            return;
+        }
+        s_start_sampling(self, req);
+        return;
+    case SD3_MSG_VAE_ENCODED:
+        if (req->state != S_VAE_ENCODING || req->task_node != ni)
+            return;
+        node->tasks--;
+        req->task_node = -1;
+        if (sd3_msg_expect(msg, "latent", SD3_F32, 4,
+                           (int64_t[]){1, self->cfg.in_channels, req->p.height / 8,
+                                       req->p.width / 8},
+                           &err) != 0) {
+            s_end(self, req, SD3_EPROTO, "VAE_ENCODED: %s", err.msg);
+            return;
+        }
+        s_take_tensor(msg, "latent", &req->img_latent);
+        s_start_sampling(self, req);
+        return;
+    case SD3_MSG_ACK:
+        if (req->state == S_STARTING && msg->attempt == req->attempt && --req->pending_acks == 0) {
+            if (s_send_job(self, req, 0, &err) != 0) {
+                s_end(self, req, err.code, "JOB not sent: %s", err.msg);
+                return;
+            }
+            req->state = S_RUNNING;
+        }
+        return;
+    case SD3_MSG_STEP_DONE:
+        s_step_done(self, req, msg);
+        return;
+    case SD3_MSG_DECODED: {
+        if (req->state != S_DECODING || req->task_node != ni)
+            return;
+        if (sd3_msg_expect(msg, "png", SD3_U8, 1, (int64_t[]){-1}, &err) != 0) {
+            s_end(self, req, SD3_EPROTO, "DECODED: %s", err.msg);
+            return;
+        }
+        sd3_msg_t *res = sd3_msg_new(SD3_MSG_RESULT, req->id);
+        sd3_tensor_t *png = sd3_msg_take_tensor(msg, "png");
+        if (!res || !png || sd3_msg_add_tensor(res, &png, NULL, &err) != 0) {
+            sd3_msg_destroy(&res);
+            sd3_tensor_destroy(&png);
+            s_end(self, req, SD3_ENOMEM, "controller: out of memory");
+            return;
+        }
+        res->step = (uint32_t)req->steps_done;
+        res->body_kind = SD3_WIRE_BODY_GENERATE;
+        res->body.generate = req->w;
+        sd3_log_info("controller", "req=%s done pipeline=%d steps=%d total_ms=%lld", req->id,
+                     req->pipeline, req->steps_done, (long long)(s_now_ms() - req->t_submit_ms));
+        s_send_client(self, req, &res);
+        s_end(self, req, 0, "done");
+        s_dispatch(self);
+        return;
+    }
+    default:
+        break;
+    }
+    sd3_err_t cause = {0};
+    sd3_err_set(&cause, SD3_EPROTO, "the controller's stage endpoint does not take %s messages",
+                sd3_msg_type_name(msg->type));
+    sd3_wire_reply_error(sd3_link_socket(self->stages), from, &cause, &e);
+}
+
+// ---- timers ------------------------------------------------------------------------------
+
+static void
+s_timers(sd3_controller_t *self)
+{
+    int64_t now = s_now_ms();
+    if (now - self->last_timer_ms < 50)
+        return;
+    self->last_timer_ms = now;
+    int node_to = self->o.node_timeout_ms > 0 ? self->o.node_timeout_ms : 5000;
+    int client_to = self->o.client_timeout_ms > 0 ? self->o.client_timeout_ms : 10000;
+    for (int i = 0; i < self->n_nodes; i++) {
+        s_node_t *n = &self->nodes[i];
+        if (!n->alive || now - n->last_seen_ms <= node_to)
+            continue;
+        n->alive = false;
+        sd3_log_warn("controller", "node=%s dead: no heartbeat for %lld ms", n->reg.node_id,
+                     (long long)(now - n->last_seen_ms));
+        sd3_sched_node_dead(self->sched, i);
+        for (int r = self->n_reqs - 1; r >= 0; r--) {
+            sd3_request_t *req = self->reqs[r];
+            sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline)
+                                                    : NULL;
+            bool hit = req->task_node == i ||
+                       (pl && !pl->alive && req->state != S_DECODING && req->state != S_QUEUED);
+            if (hit)
+                s_end(self, req, SD3_EIO, "node %s stopped responding", n->reg.node_id);
+        }
+        s_form(self);
+    }
+    for (int r = self->n_reqs - 1; r >= 0; r--) {
+        sd3_request_t *req = self->reqs[r];
+        if (req->deadline_ms && now > req->deadline_ms)
+            s_end(self, req, SD3_ETIMEDOUT, "deadline passed (%s, step %d of %d)",
+                  s_state_names[req->state], req->steps_done, req->p.steps);
+        else if (now - req->client_seen_ms > client_to)
+            s_end(self, req, SD3_ECANCELED, "the client went away (no keep-alive for %d ms)",
+                  client_to);
+    }
+    s_dispatch(self);
+}
+
+// ---- status ------------------------------------------------------------------------------
+
+static void
+s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
+{
+    int64_t now = s_now_ms();
+    memset(st, 0, sizeof *st);
+    st->queue_depth = (uint32_t)sd3_queue_size(self->queue);
+    st->queue_capacity = (uint32_t)sd3_queue_capacity(self->queue);
+    st->completed = self->completed;
+    st->failed = self->failed;
+    st->uptime_ms = (uint64_t)(now - self->start_ms);
+    for (int i = 0; i < self->n_nodes; i++) {
+        const s_node_t *n = &self->nodes[i];
+        sd3_wire_node_info_t *o = &st->nodes[st->n_nodes++];
+        o->node = n->reg;
+        o->alive = n->alive;
+        o->inflight = n->reg.role == SD3_WIRE_ROLE_MMDIT ? n->hb.inflight : n->tasks;
+        o->last_seen_ms = (uint64_t)(now - n->last_seen_ms);
+        o->link = SD3_WIRE_LINK_ZMQ;
+        o->bytes_sent = n->hb.bytes_sent;
+        o->bytes_received = n->hb.bytes_received;
+        st->cache_hits += n->hb.cache_hits;
+        st->cache_misses += n->hb.cache_misses;
+    }
+    for (int p = 0; p < sd3_sched_count(self->sched) && st->n_pipelines < SD3_WIRE_MAX_PIPELINES;
+         p++) {
+        const sd3_pipeline_t *pl = sd3_sched_get(self->sched, p);
+        if (!pl->alive)
+            continue;
+        sd3_wire_pipeline_info_t *o = &st->pipelines[st->n_pipelines++];
+        o->id = (uint32_t)pl->id;
+        o->n_stages = pl->n_stages;
+        for (int s = 0; s < pl->n_stages; s++)
+            snprintf(o->node_ids[s], sizeof o->node_ids[s], "%s",
+                     self->nodes[pl->nodes[s]].reg.node_id);
+        o->inflight = (uint32_t)pl->inflight;
+        o->max_inflight = (uint32_t)pl->max_inflight;
+    }
+    for (int r = 0; r < self->n_reqs; r++)
+        st->inflight += self->reqs[r]->state != S_QUEUED;
+    st->step_count = self->step_count;
+    st->step_seconds_sum = self->step_seconds_sum;
+    memcpy(st->step_buckets, self->step_buckets, sizeof st->step_buckets);
+}
+
+// ---- object and loop ---------------------------------------------------------------------
+
+sd3_controller_t *
+sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
+{
+    sd3_controller_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+        return NULL;
+    }
+    self->o = *opts;
+    if (!opts->listen || !opts->stage_listen || !opts->model_path) {
+        sd3_err_set(err, SD3_EINVAL, "controller: needs --listen, --stage-listen and --model");
+        goto fail;
+    }
+    if (!(self->model = sd3_model_open(opts->model_path, err)) ||
+        !(self->w_mmdit = sd3_weights_open(self->model, SD3_COMP_MMDIT, err)) ||
+        sd3_mmdit_config_detect(self->w_mmdit, &self->cfg, err) != 0)
+        goto fail;
+    self->arch = sd3_mmdit_config_name(&self->cfg);
+    if (!(self->sched = sd3_sched_new(opts->max_inflight)) ||
+        !(self->queue = sd3_queue_new(opts->queue_capacity > 0 ? (size_t)opts->queue_capacity
+                                                               : 64))) {
+        sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+        goto fail;
+    }
+    self->ctx = opts->zmq_ctx;
+    if (!self->ctx) {
+        if (!(self->ctx = zmq_ctx_new())) {
+            sd3_err_set(err, SD3_EIO, "controller: zmq context: %s", zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+        self->own_ctx = true;
+    }
+    sd3_link_opts_t lo = {.hwm = 1000, .send_timeout_ms = 100};
+    if (!(self->clients = sd3_link_new_serve(self->ctx, opts->listen, &lo, err)) ||
+        !(self->stages = sd3_link_new_serve(self->ctx, opts->stage_listen, &lo, err)))
+        goto fail;
+    if (opts->addr_file) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", opts->addr_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "client=%s\nstages=%s\n", sd3_link_endpoint(self->clients),
+                          sd3_link_endpoint(self->stages)) < 0 ||
+            fclose(f) != 0 || rename(tmp, opts->addr_file) != 0) {
+            sd3_err_set(err, SD3_EIO, "%s: cannot write the address file", opts->addr_file);
+            goto fail;
+        }
+    }
+    self->start_ms = s_now_ms();
+    sd3_log_info("controller", "client=%s stages=%s model=%s arch=%s depth=%d queue=%zu",
+                 sd3_link_endpoint(self->clients), sd3_link_endpoint(self->stages),
+                 opts->model_path, self->arch, self->cfg.depth, sd3_queue_capacity(self->queue));
+    return self;
+fail:
+    sd3_controller_destroy(&self);
+    return NULL;
+}
+
+void
+sd3_controller_destroy(sd3_controller_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    sd3_controller_t *self = *self_p;
+    for (int i = 0; i < self->n_reqs; i++)
+        s_req_free(&self->reqs[i]);
+    free(self->reqs);
+    sd3_queue_destroy(&self->queue);
+    sd3_sched_destroy(&self->sched);
+    sd3_link_destroy(&self->clients);
+    sd3_link_destroy(&self->stages);
+    if (self->own_ctx && self->ctx)
+        zmq_ctx_term(self->ctx);
+    sd3_weights_destroy(&self->w_mmdit);
+    sd3_model_destroy(&self->model);
+    free(self);
+    *self_p = NULL;
+}
+
+const char *
+sd3_controller_client_endpoint(const sd3_controller_t *self)
+{
+    return sd3_link_endpoint(self->clients);
+}
+
+const char *
+sd3_controller_stage_endpoint(const sd3_controller_t *self)
+{
+    return sd3_link_endpoint(self->stages);
+}
+
+void
+sd3_controller_overhead(const sd3_controller_t *self, uint64_t *steps, double *seconds)
+{
+    *steps = self->overhead_steps;
+    *seconds = self->overhead_seconds;
+}
+
+int
+sd3_controller_run(sd3_controller_t *self, volatile sig_atomic_t *stop, sd3_err_t *err)
+{
+    while (!(stop && *stop)) {
+        zmq_pollitem_t items[2] = {
+            {sd3_link_socket(self->stages), 0, ZMQ_POLLIN, 0},
+            {sd3_link_socket(self->clients), 0, ZMQ_POLLIN, 0},
+        };
+        int rc = zmq_poll(items, 2, 50);
+        if (rc < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            return sd3_err_set(err, SD3_EIO, "controller: poll: %s", zmq_strerror(zmq_errno()));
+        }
+        // Stage traffic first: it frees slots and finishes requests.
+        for (int burst = 0; burst < 64 && (items[0].revents & ZMQ_POLLIN); burst++) {
+            sd3_msg_t *msg = NULL;
+            sd3_wire_peer_t from;
+            sd3_err_t e = {0};
+            int r = sd3_link_recv(self->stages, 0, &from, &msg, &e);
+            if (r == SD3_ETIMEDOUT)
+                break;
+            if (r == 0)
+                s_node_msg(self, &from, msg);
+            sd3_msg_destroy(&msg);
+        }
+        for (int burst = 0; burst < 64 && (items[1].revents & ZMQ_POLLIN); burst++) {
+            sd3_msg_t *msg = NULL;
+            sd3_wire_peer_t from;
+            sd3_err_t e = {0};
+            int r = sd3_link_recv(self->clients, 0, &from, &msg, &e);
+            if (r == SD3_ETIMEDOUT)
+                break;
+            if (r == 0)
+                s_client_msg(self, &from, msg);
+            sd3_msg_destroy(&msg);
+        }
+        s_timers(self);
+    }
+    sd3_log_info("controller", "stopping completed=%llu failed=%llu steps=%llu "
+                               "overhead_us_per_step=%.1f",
+                 (unsigned long long)self->completed, (unsigned long long)self->failed,
+                 (unsigned long long)self->overhead_steps,
+                 self->overhead_steps ? self->overhead_seconds * 1e6 / (double)self->overhead_steps
+                                      : 0.0);
+    return 0;
+}

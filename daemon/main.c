@@ -1,0 +1,398 @@
+/*  sd3d - the daemon: one binary, one role per process (or all of them in one)
+ *
+ *    sd3d --role controller --listen tcp://127.0.0.1:7710 --stage-listen tcp://127.0.0.1:7711
+ *         --model PATH [--queue N --inflight N --http ADDR --addr-file F ...]
+ *    sd3d --role encoder|mmdit|vae --listen tcp://127.0.0.1:7721
+ *         --controller tcp://127.0.0.1:7711 --model PATH [--range A:B --node-id ID ...]
+ *    sd3d --role all --listen tcp://127.0.0.1:7710 --model PATH
+ *         (controller, encoder, one mmdit range over every block and vae as threads of one
+ *         process, talking over inproc://)
+ *
+ *  Parses the flags, builds the controller or node object, and runs its loop until SIGINT
+ *  or SIGTERM. Logs go to stderr (sd3_log, key=value). Exit status: 0 after a clean stop,
+ *  2 on bad flags, 1 when the role cannot start.  */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "sd3_controller.h"
+#include "sd3_http.h"
+#include "sd3_log.h"
+#include "sd3_node.h"
+
+static volatile sig_atomic_t s_stop = 0;
+
+static void
+s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: sd3d --role controller|encoder|mmdit|vae|all [options]\n"
+            "  --listen ADDR          controller: client endpoint; nodes: data endpoint\n"
+            "                         (tcp://127.0.0.1:7710; port * = any free port)\n"
+            "  --stage-listen ADDR    controller: the endpoint nodes register at\n"
+            "  --controller ADDR      nodes: the controller's stage endpoint\n"
+            "  --advertise ADDR       nodes: the address peers use (default: as bound)\n"
+            "  --model PATH           checkpoint: file, SD3.5 folder or diffusers folder\n"
+            "  --tokenizers DIR       encoder: tokenizer files when the checkpoint has none\n"
+            "  --range A:B            mmdit: joint blocks [A, B) (default: all)\n"
+            "  --backend cpu|cuda --threads N\n"
+            "  --node-id ID           unique name of the node (default ROLE-PID)\n"
+            "  --codec raw|zstd|shuffle+zstd --wire-dtype f32|bf16|f16\n"
+            "                         how this process's tensors travel (default raw f32)\n"
+            "  --no-t5 --cache-mb N   encoder: skip T5; prompt-cache size\n"
+            "  --vae-tile N[:OVERLAP] vae: tiled decode\n"
+            "  --queue N --inflight N controller: queue bound (64); requests per pipeline\n"
+            "                         (default stages + 1)\n"
+            "  --deadline-ms N --node-timeout-ms N --client-timeout-ms N\n"
+            "  --addr-file PATH       controller: write the bound endpoints there\n"
+            "  --http ADDR            controller: serve the HTTP API at ADDR (127.0.0.1:8080)\n"
+            "  --heartbeat-ms N       nodes: heartbeat period (500)\n");
+}
+
+static int
+s_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    if (!s)
+        return -1;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+typedef struct {
+    const char *role, *listen, *stage_listen, *controller, *advertise, *model, *tokenizers;
+    const char *backend, *node_id, *http, *addr_file;
+    long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
+    long cache_mb, range_a, range_b, tile, overlap;
+    bool no_t5;
+    sd3_codec_opts_t codec;
+} s_args_t;
+
+static int
+s_parse(int argc, char **argv, s_args_t *a)
+{
+    memset(a, 0, sizeof *a);
+    a->backend = "cpu";
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool bad = false, takes = true;
+        if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
+            s_usage(stdout);
+            exit(0);
+        } else if (!strcmp(k, "--role")) {
+            a->role = v;
+        } else if (!strcmp(k, "--listen")) {
+            a->listen = v;
+        } else if (!strcmp(k, "--stage-listen")) {
+            a->stage_listen = v;
+        } else if (!strcmp(k, "--controller")) {
+            a->controller = v;
+        } else if (!strcmp(k, "--advertise")) {
+            a->advertise = v;
+        } else if (!strcmp(k, "--model")) {
+            a->model = v;
+        } else if (!strcmp(k, "--tokenizers")) {
+            a->tokenizers = v;
+        } else if (!strcmp(k, "--backend")) {
+            a->backend = v;
+        } else if (!strcmp(k, "--node-id")) {
+            a->node_id = v;
+        } else if (!strcmp(k, "--http")) {
+            a->http = v;
+        } else if (!strcmp(k, "--addr-file")) {
+            a->addr_file = v;
+        } else if (!strcmp(k, "--threads")) {
+            bad = s_long(v, 0, 1024, &a->threads);
+        } else if (!strcmp(k, "--queue")) {
+            bad = s_long(v, 1, 1000000, &a->queue);
+        } else if (!strcmp(k, "--inflight")) {
+            bad = s_long(v, 1, 10000, &a->inflight);
+        } else if (!strcmp(k, "--deadline-ms")) {
+            bad = s_long(v, 1, 86400000L, &a->deadline_ms);
+        } else if (!strcmp(k, "--node-timeout-ms")) {
+            bad = s_long(v, 100, 3600000L, &a->node_timeout_ms);
+        } else if (!strcmp(k, "--client-timeout-ms")) {
+            bad = s_long(v, 100, 3600000L, &a->client_timeout_ms);
+        } else if (!strcmp(k, "--heartbeat-ms")) {
+            bad = s_long(v, 10, 600000L, &a->heartbeat_ms);
+        } else if (!strcmp(k, "--cache-mb")) {
+            bad = s_long(v, 1, 1 << 20, &a->cache_mb);
+        } else if (!strcmp(k, "--range")) {
+            char *end;
+            a->range_a = v ? strtol(v, &end, 10) : -1;
+            bad = !v || end == v || *end != ':';
+            if (!bad) {
+                const char *b = end + 1;
+                a->range_b = strtol(b, &end, 10);
+                bad = end == b || *end || a->range_a < 0 || a->range_b <= a->range_a;
+            }
+        } else if (!strcmp(k, "--codec")) {
+            bad = !v || sd3_codec_from_name(v, &a->codec.codec) != 0;
+        } else if (!strcmp(k, "--wire-dtype")) {
+            if (v && !strcmp(v, "f32"))
+                a->codec.wire_dtype = SD3_F32;
+            else if (v && !strcmp(v, "bf16"))
+                a->codec.wire_dtype = SD3_BF16;
+            else if (v && !strcmp(v, "f16"))
+                a->codec.wire_dtype = SD3_F16;
+            else
+                bad = true;
+        } else if (!strcmp(k, "--vae-tile")) {
+            char *end;
+            a->tile = v ? strtol(v, &end, 10) : 0;
+            bad = !v || end == v;
+            if (!bad && *end == ':')
+                a->overlap = strtol(end + 1, &end, 10);
+            bad = bad || *end || a->tile < 8 || a->overlap < 0 || a->overlap >= a->tile;
+        } else if (!strcmp(k, "--no-t5")) {
+            a->no_t5 = true;
+            takes = false;
+        } else {
+            fprintf(stderr, "sd3d: unknown option '%s' (see sd3d --help)\n", k);
+            return 2;
+        }
+        if (takes && (!v || bad)) {
+            fprintf(stderr, "sd3d: %s: bad or missing value%s%s\n", k, v ? " " : "", v ? v : "");
+            return 2;
+        }
+        i += takes;
+    }
+    if (!a->role) {
+        fprintf(stderr, "sd3d: --role is required (controller, encoder, mmdit, vae or all)\n");
+        return 2;
+    }
+    if (!a->model) {
+        fprintf(stderr, "sd3d: --model PATH is required\n");
+        return 2;
+    }
+    return 0;
+}
+
+static void
+s_node_opts(const s_args_t *a, sd3_wire_role_t role, sd3_node_opts_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->role = role;
+    o->node_id = a->node_id;
+    o->listen = a->listen;
+    o->advertise = a->advertise;
+    o->controller = a->controller;
+    o->model_path = a->model;
+    o->tokenizer_dir = a->tokenizers;
+    o->backend = a->backend;
+    o->n_threads = (int)a->threads;
+    o->layer_begin = (int)a->range_a;
+    o->layer_end = (int)a->range_b;
+    o->load_t5 = !a->no_t5;
+    o->cache_bytes = (size_t)a->cache_mb << 20;
+    o->codec = a->codec;
+    o->heartbeat_ms = (int)a->heartbeat_ms;
+    o->vae_tile = (sd3_vae_tile_t){.tile = (int)a->tile, .overlap = (int)a->overlap};
+}
+
+static void
+s_controller_opts(const s_args_t *a, sd3_controller_opts_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->listen = a->listen;
+    o->stage_listen = a->stage_listen;
+    o->model_path = a->model;
+    o->queue_capacity = (int)a->queue;
+    o->max_inflight = (int)a->inflight;
+    o->node_timeout_ms = (int)a->node_timeout_ms;
+    o->client_timeout_ms = (int)a->client_timeout_ms;
+    o->deadline_ms = (int)a->deadline_ms;
+    o->addr_file = a->addr_file;
+    o->codec = a->codec;
+}
+
+// Starts the HTTP API (a client of the controller's client endpoint) when asked.
+static int
+s_http(const char *bind, const char *client_endpoint, sd3_http_t **out)
+{
+    *out = NULL;
+    if (!bind)
+        return 0;
+    sd3_http_opts_t ho = {.bind = bind, .controller = client_endpoint};
+    sd3_err_t err = {0};
+    if (sd3_http_start(&ho, out, &err) != 0) {
+        fprintf(stderr, "sd3d: --http %s: %s\n", bind, err.msg);
+        return 1;
+    }
+    sd3_log_info("sd3d", "http=%s port=%u", bind, (unsigned)sd3_http_port(*out));
+    return 0;
+}
+
+static int
+s_run_controller(const s_args_t *a)
+{
+    sd3_controller_opts_t o;
+    sd3_err_t err = {0};
+    sd3_http_t *http = NULL;
+    s_controller_opts(a, &o);
+    sd3_controller_t *c = sd3_controller_new(&o, &err);
+    if (!c) {
+        fprintf(stderr, "sd3d: controller: %s\n", err.msg);
+        return 1;
+    }
+    int rc = s_http(a->http, sd3_controller_client_endpoint(c), &http);
+    if (rc == 0 && sd3_controller_run(c, &s_stop, &err) != 0) {
+        fprintf(stderr, "sd3d: controller: %s\n", err.msg);
+        rc = 1;
+    }
+    sd3_http_stop(&http);
+    sd3_controller_destroy(&c);
+    return rc;
+}
+
+static int
+s_run_node(const s_args_t *a, sd3_wire_role_t role)
+{
+    sd3_node_opts_t o;
+    sd3_err_t err = {0};
+    s_node_opts(a, role, &o);
+    sd3_node_t *n = sd3_node_new(&o, &err);
+    if (!n) {
+        fprintf(stderr, "sd3d: %s: %s\n", a->role, err.msg);
+        return 1;
+    }
+    int rc = 0;
+    if (sd3_node_run(n, &s_stop, &err) != 0) {
+        fprintf(stderr, "sd3d: %s: %s\n", a->role, err.msg);
+        rc = 1;
+    }
+    sd3_node_destroy(&n);
+    return rc;
+}
+
+// ---- the "all" role: every role as a thread of this process --------------------------------
+
+static void *
+s_node_thread(void *arg)
+{
+    sd3_node_t *n = arg;
+    sd3_err_t err = {0};
+    if (sd3_node_run(n, &s_stop, &err) != 0)
+        sd3_log_error("sd3d", "node stopped: %s", err.msg);
+    return NULL;
+}
+
+static int
+s_run_all(const s_args_t *a)
+{
+    void *ctx = zmq_ctx_new();
+    sd3_controller_t *c = NULL;
+    sd3_node_t *nodes[3] = {NULL, NULL, NULL};
+    pthread_t threads[3];
+    int n_threads = 0, rc = 1;
+    sd3_err_t err = {0};
+    sd3_http_t *http = NULL;
+    sd3_controller_opts_t co;
+    s_controller_opts(a, &co);
+    co.listen = a->listen ? a->listen : "tcp://127.0.0.1:7710";
+    co.stage_listen = "inproc://sd3d-stages";
+    co.zmq_ctx = ctx;
+    if (!ctx || !(c = sd3_controller_new(&co, &err))) {
+        fprintf(stderr, "sd3d: all: %s\n", ctx ? err.msg : "no zmq context");
+        goto done;
+    }
+    static const sd3_wire_role_t roles[3] = {SD3_WIRE_ROLE_ENCODER, SD3_WIRE_ROLE_MMDIT,
+                                             SD3_WIRE_ROLE_VAE};
+    static const char *const names[3] = {"encoder", "mmdit", "vae"};
+    for (int i = 0; i < 3; i++) {
+        sd3_node_opts_t o;
+        char listen[64];
+        snprintf(listen, sizeof listen, "inproc://sd3d-%s", names[i]);
+        s_node_opts(a, roles[i], &o);
+        o.listen = listen;
+        o.controller = co.stage_listen;
+        o.node_id = names[i];
+        o.zmq_ctx = ctx;
+        if (!(nodes[i] = sd3_node_new(&o, &err))) {
+            fprintf(stderr, "sd3d: all: %s: %s\n", names[i], err.msg);
+            goto done;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        if (pthread_create(&threads[i], NULL, s_node_thread, nodes[i]) != 0) {
+            fprintf(stderr, "sd3d: all: cannot start a thread\n");
+            s_stop = 1;
+            goto done;
+        }
+        n_threads++;
+    }
+    rc = s_http(a->http, sd3_controller_client_endpoint(c), &http);
+    if (rc == 0 && sd3_controller_run(c, &s_stop, &err) != 0) {
+        fprintf(stderr, "sd3d: all: %s\n", err.msg);
+        rc = 1;
+    }
+done:
+    s_stop = 1;
+    for (int i = 0; i < n_threads; i++)
+        pthread_join(threads[i], NULL);
+    sd3_http_stop(&http);
+    for (int i = 0; i < 3; i++)
+        sd3_node_destroy(&nodes[i]);
+    sd3_controller_destroy(&c);
+    if (ctx)
+        zmq_ctx_term(ctx);
+    return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+    s_args_t a;
+    sd3_log_init_from_env();
+    int rc = s_parse(argc, argv, &a);
+    if (rc != 0)
+        return rc;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (!strcmp(a.role, "controller")) {
+        if (!a.listen || !a.stage_listen) {
+            fprintf(stderr, "sd3d: the controller needs --listen and --stage-listen\n");
+            return 2;
+        }
+        return s_run_controller(&a);
+    }
+    if (!strcmp(a.role, "all"))
+        return s_run_all(&a);
+    sd3_wire_role_t role = !strcmp(a.role, "encoder") ? SD3_WIRE_ROLE_ENCODER
+                           : !strcmp(a.role, "mmdit") ? SD3_WIRE_ROLE_MMDIT
+                           : !strcmp(a.role, "vae")   ? SD3_WIRE_ROLE_VAE
+                                                      : SD3_WIRE_ROLE_NONE;
+    if (role == SD3_WIRE_ROLE_NONE) {
+        fprintf(stderr, "sd3d: unknown role '%s' (controller, encoder, mmdit, vae or all)\n",
+                a.role);
+        return 2;
+    }
+    if (!a.listen || !a.controller) {
+        fprintf(stderr, "sd3d: a %s node needs --listen and --controller\n", a.role);
+        return 2;
+    }
+    if (a.http) {
+        fprintf(stderr, "sd3d: --http is a controller option\n");
+        return 2;
+    }
+    return s_run_node(&a, role);
+}
