@@ -24,9 +24,6 @@
 
 SD3_PENDING_VERB(sd3ctl_mkmodel)
 SD3_PENDING_VERB(sd3ctl_convert)
-SD3_PENDING_VERB(sd3ctl_up)
-SD3_PENDING_VERB(sd3ctl_down)
-SD3_PENDING_VERB(sd3ctl_status)
 SD3_PENDING_VERB(sd3ctl_plan)
 
 SD3_PENDING_EVAL(sd3_eval_noise, "noise")
@@ -46,5 +43,5 @@ SD3_PENDING_VERB(sd3_bench_ops)
 SD3_PENDING_VERB(sd3_bench_mmdit)
 SD3_PENDING_VERB(sd3_bench_encode)
 SD3_PENDING_VERB(sd3_bench_vae)
-SD3_PENDING_VERB(sd3_bench_generate)
+
 SD3_PENDING_VERB(sd3_bench_cluster)

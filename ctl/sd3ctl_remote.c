@@ -90,7 +90,7 @@ sd3ctl_generate_remote(int argc, char **argv)
     const char *out = NULL, *controller = NULL, *init = NULL, *prompt = NULL, *req_id = NULL;
     const char *slg_layers = NULL;
     bool quiet = false, have_strength = false;
-    double d;
+    double d = 0;
     long timeout_s = 600;
     sd3_err_t err = {0};
     sd3_client_t *client = NULL;

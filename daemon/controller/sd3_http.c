@@ -39,6 +39,7 @@ struct sd3_http {
     sd3_metrics_t *metrics;
     atomic_uint_fast64_t next_id;
     atomic_bool stopping; // set by sd3_http_stop: waiting requests cancel and end
+    bool send_deadline;   // opts.timeout_ms was given: it goes to the controller too
     uint16_t port;
 };
 
@@ -241,7 +242,8 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
                  (unsigned long long)base, i);
         sd3_wire_generate_t g = job->gen;
         g.seed = job->gen.seed + (uint64_t)i;
-        g.deadline_ms = unix_ms + (uint64_t)self->opts.timeout_ms;
+        // Only a limit given to us travels; else the controller's own default applies.
+        g.deadline_ms = self->send_deadline ? unix_ms + (uint64_t)self->opts.timeout_ms : 0;
         if ((rc = sd3_client_submit(client, im[i].id, &g, NULL, err)) != 0) {
             s_cancel_all(client, im, i);
             goto done;
@@ -640,6 +642,7 @@ sd3_http_start(const sd3_http_opts_t *opts, sd3_http_t **out, sd3_err_t *err)
     self->opts = *opts;
     if (!self->opts.max_body)
         self->opts.max_body = 1u << 20;
+    self->send_deadline = self->opts.timeout_ms > 0;
     if (self->opts.timeout_ms <= 0)
         self->opts.timeout_ms = 600000;
     if (self->opts.ack_timeout_ms <= 0)
@@ -650,11 +653,12 @@ sd3_http_start(const sd3_http_opts_t *opts, sd3_http_t **out, sd3_err_t *err)
         self->opts.max_connections = 64;
     self->controller = strdup(opts->controller);
     self->model = strdup(opts->model ? opts->model : "");
-    self->token = opts->token && opts->token[0] ? strdup(opts->token) : NULL;
+    const char *token = opts->token ? opts->token : getenv("SD3_HTTP_TOKEN");
+    self->token = token && token[0] ? strdup(token) : NULL;
     self->metrics = sd3_metrics_new();
     atomic_init(&self->next_id, s_random64() & 0xFFFFFF);
     atomic_init(&self->stopping, false);
-    if (!self->controller || !self->model || (opts->token && opts->token[0] && !self->token) ||
+    if (!self->controller || !self->model || (token && token[0] && !self->token) ||
         !self->metrics) {
         rc = sd3_err_set(err, SD3_ENOMEM, "http: out of memory");
         goto fail;

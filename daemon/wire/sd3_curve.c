@@ -119,9 +119,14 @@ fail:
 static int
 s_line_tokens(char *line, char **key, char **rest)
 {
-    char *hash = strchr(line, '#');
-    if (hash)
-        *hash = '\0';
+    // '#' is a Z85 character too: a comment starts only at a '#' that begins the line or
+    // follows a blank.
+    for (char *h = line; *h; h++) {
+        if (*h == '#' && (h == line || h[-1] == ' ' || h[-1] == '\t')) {
+            *h = '\0';
+            break;
+        }
+    }
     char *p = line + strspn(line, " \t\r");
     if (!*p)
         return 0;

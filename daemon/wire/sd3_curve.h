@@ -6,7 +6,8 @@
  *  never gets a message through. Without keys nothing changes (local clusters, tests).
  *  inproc:// and ipc:// endpoints never use keys: they do not leave the machine.
  *
- *  Files (all Z85 text, one key per line, '#' starts a comment):
+ *  Files (all Z85 text, one key per line; a comment starts with a # at the start of a line
+ *  or after a blank, since # is also a Z85 character):
  *    NAME.key   the secret key (40 Z85 chars); mode 0600 or stricter, else refused
  *    NAME.pub   the public key; an allow file is any number of these: cat *.pub > allow
  *    server-pub one line "KEY" (the key every server of the cluster presents) and/or lines

@@ -5,7 +5,8 @@
 // Generates two images with images.generate (response_format b64_json, seed extension),
 // decodes each b64_json and checks the PNG signature and the IHDR size; with --errors also
 // checks that the SDK raises BadRequestError (400, response_format "url") and
-// AuthenticationError (401, wrong key) with our messages. Exit 0 pass, 1 fail.
+// AuthenticationError (401, wrong key) with our messages. $HTTP_MODEL, when set, is sent as
+// the model name. Exit 0 pass, 1 fail.
 import OpenAI from "openai";
 
 const [base, key, w, h, ...flags] = process.argv.slice(2);
@@ -19,8 +20,9 @@ function check(cond, what) {
 }
 
 const client = new OpenAI({ baseURL: base, apiKey: key, maxRetries: 0, timeout: 120000 });
+const model = process.env.HTTP_MODEL || undefined; // the cluster's model name, or the default
 const res = await client.images.generate({
-  model: "sd3-tiny",
+  model,
   prompt: "a photo of a cat",
   n: 2,
   size: `${width}x${height}`,

@@ -1,0 +1,101 @@
+/*  sd3ctl_status - `sd3ctl status --controller ADDR`: what a cluster is doing
+ *
+ *  One STATUS round trip (sd3_client) and a plain report: queue, in-flight, completed and
+ *  failed requests, the prompt cache's hit rate, step latency, every node (role, range,
+ *  alive, in flight, last heartbeat, link and codec, bytes moved) and every pipeline.  */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd3_client.h"
+#include "sd3ctl.h"
+
+static const char *
+s_role(sd3_wire_role_t r)
+{
+    switch (r) {
+    case SD3_WIRE_ROLE_ENCODER:
+        return "encoder";
+    case SD3_WIRE_ROLE_MMDIT:
+        return "mmdit";
+    case SD3_WIRE_ROLE_VAE:
+        return "vae";
+    default:
+        return "?";
+    }
+}
+
+static void
+s_bytes(char *out, size_t cap, uint64_t b)
+{
+    if (b >= (1ull << 30))
+        snprintf(out, cap, "%.2f GiB", (double)b / (double)(1ull << 30));
+    else if (b >= (1ull << 20))
+        snprintf(out, cap, "%.2f MiB", (double)b / (double)(1ull << 20));
+    else
+        snprintf(out, cap, "%.1f KiB", (double)b / 1024.0);
+}
+
+int
+sd3ctl_status(int argc, char **argv)
+{
+    const char *controller = "tcp://127.0.0.1:7710";
+    long timeout_ms = 3000;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--controller") && i + 1 < argc)
+            controller = argv[++i];
+        else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc)
+            timeout_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: sd3ctl status [--controller ADDR] [--timeout-ms N]\n");
+            return 0;
+        } else {
+            fprintf(stderr, "sd3ctl status: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    sd3_err_t err = {0};
+    sd3_client_t *cl = sd3_client_new(controller, NULL, &err);
+    static sd3_wire_status_t st;
+    if (!cl || sd3_client_status(cl, (int)timeout_ms, &st, &err) != 0) {
+        fprintf(stderr, "sd3ctl status: %s\n", err.msg);
+        sd3_client_destroy(&cl);
+        return 1;
+    }
+    sd3_client_destroy(&cl);
+    uint64_t lookups = st.cache_hits + st.cache_misses;
+    printf("controller %s  up %.1f s\n", controller, (double)st.uptime_ms / 1000.0);
+    printf("queue %u/%u  in flight %u  completed %llu  failed %llu\n", st.queue_depth,
+           st.queue_capacity, st.inflight, (unsigned long long)st.completed,
+           (unsigned long long)st.failed);
+    printf("prompt cache: %llu hits, %llu misses (hit rate %.1f%%)\n",
+           (unsigned long long)st.cache_hits, (unsigned long long)st.cache_misses,
+           lookups ? 100.0 * (double)st.cache_hits / (double)lookups : 0.0);
+    printf("steps: %llu, mean %.1f ms between steps of a request\n",
+           (unsigned long long)st.step_count,
+           st.step_count ? 1000.0 * st.step_seconds_sum / (double)st.step_count : 0.0);
+    printf("\nnodes (%d):\n  %-12s %-8s %-9s %-5s %-8s %-9s %-6s %-16s %-12s %s\n", st.n_nodes,
+           "id", "role", "blocks", "alive", "inflight", "last seen", "link", "codec", "sent",
+           "received");
+    for (int i = 0; i < st.n_nodes; i++) {
+        const sd3_wire_node_info_t *n = &st.nodes[i];
+        char range[32] = "-", sent[32], recv[32];
+        if (n->node.role == SD3_WIRE_ROLE_MMDIT)
+            snprintf(range, sizeof range, "[%u,%u)", n->node.layer_begin, n->node.layer_end);
+        s_bytes(sent, sizeof sent, n->bytes_sent);
+        s_bytes(recv, sizeof recv, n->bytes_received);
+        printf("  %-12s %-8s %-9s %-5s %-8u %-9.1f %-6s %-16s %-12s %s\n", n->node.node_id,
+               s_role(n->node.role), range, n->alive ? "yes" : "NO", n->inflight,
+               (double)n->last_seen_ms / 1000.0, n->link == SD3_WIRE_LINK_NCCL ? "nccl" : "zmq",
+               n->node.codec[0] ? n->node.codec : "raw", sent, recv);
+    }
+    printf("\npipelines (%d):\n", st.n_pipelines);
+    for (int p = 0; p < st.n_pipelines; p++) {
+        const sd3_wire_pipeline_info_t *pi = &st.pipelines[p];
+        printf("  %u: ", pi->id);
+        for (int s = 0; s < pi->n_stages; s++)
+            printf("%s%s", s ? " -> " : "", pi->node_ids[s]);
+        printf("  (in flight %u/%u)\n", pi->inflight, pi->max_inflight);
+    }
+    return 0;
+}
