@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sd3ctl.h"
 
@@ -21,6 +22,11 @@ sd3_bench_sgemm_peak(int size)
     size_t n = (size_t)size * (size_t)size;
     float *a = malloc(n * 4), *b = malloc(n * 4), *c = malloc(n * 4);
     double best = 0;
+    // The CPU backend pins OpenBLAS to one thread (it runs its own pool); the peak is that of
+    // plain OpenBLAS on every core, so widen it for the measurement and restore it after.
+    int saved_threads = openblas_get_num_threads();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    openblas_set_num_threads(cores > 0 ? (int)cores : 1);
     if (!a || !b || !c)
         goto done;
     for (size_t i = 0; i < n; i++) {
@@ -37,6 +43,7 @@ sd3_bench_sgemm_peak(int size)
             best = gflops;
     }
 done:
+    openblas_set_num_threads(saved_threads);
     free(a);
     free(b);
     free(c);

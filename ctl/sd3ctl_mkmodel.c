@@ -76,6 +76,7 @@ sd3ctl_mkmodel(int argc, char **argv)
     unsigned long long seed = 0;
     bool no_t5 = false, no_enc = false, no_vae = false, have_layout = false;
     unsigned long shard_mb = 0;
+    int depth = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -109,6 +110,13 @@ sd3ctl_mkmodel(int argc, char **argv)
             no_enc = true;
         } else if (!strcmp(a, "--no-vae")) {
             no_vae = true;
+        } else if (!strcmp(a, "--depth") && v) { // tiny models deeper than 2 (cluster tests)
+            depth = atoi(v);
+            i++;
+            if (depth < 1 || depth > 64) {
+                fprintf(stderr, "sd3ctl mkmodel: --depth %s: want 1..64\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "-o") && v) {
             out = v;
             i++;
@@ -119,6 +127,16 @@ sd3ctl_mkmodel(int argc, char **argv)
         }
     }
     const sd3_arch_t *arch = arch_name ? sd3_arch_find(arch_name) : NULL;
+    static sd3_arch_t deeper; // --depth N: hidden 64*N, N heads, attn2 blocks kept inside
+    if (arch && depth) {
+        deeper = *arch;
+        deeper.mmdit.depth = depth;
+        deeper.mmdit.hidden = 64 * depth;
+        deeper.mmdit.heads = depth;
+        if (deeper.mmdit.n_attn2 > depth)
+            deeper.mmdit.n_attn2 = depth;
+        arch = &deeper;
+    }
     if (!arch || !out || !have_layout) {
         if (arch_name && !arch)
             fprintf(stderr, "sd3ctl mkmodel: unknown arch '%s'\n", arch_name);

@@ -1,6 +1,6 @@
 /*  sd3ctl_up - `sd3ctl up CLUSTER_FILE` / `sd3ctl down [CLUSTER_FILE]`: a local cluster
  *
- *  A cluster file (deploy/local/*.cluster) is INI: one [cluster] section, one [controller]
+ *  A cluster file (deploy/local/NAME.cluster) is INI: one [cluster] section, one [controller]
  *  section, then one section per node named "[ROLE NAME]" (ROLE = encoder, mmdit or vae).
  *  INI rather than JSON because people write these by hand, a line comment (#) explains a
  *  choice, and there is no nesting to express. Keys:
@@ -421,7 +421,7 @@ sd3ctl_up(int argc, char **argv)
     all[n_all] = pid;
     names[n_all++] = "controller";
     fprintf(pids, "controller %d\n", (int)pid);
-    char client_ep[S_STR] = "", stage_ep[S_STR] = "";
+    char client_ep[S_STR + 16] = "", stage_ep[S_STR + 16] = "";
     for (int t = 0; t < 200 && !stage_ep[0]; t++) {
         FILE *af = fopen(addr_file, "r");
         if (af) {

@@ -15,17 +15,25 @@
  *  sd3_wire_decode, the same checks as a message off the network.  */
 #include "sd3_journal.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define S_APP_ID      0x53443344 // 'SD3D'
 #define S_VERSION     1
 #define S_REQ_MAGIC   "SD3JREQ1"
 #define S_MAX_DIM_LEN (1 << 24) // one latent dimension read back
+// The background thread folds the WAL into the database once it holds this many pages
+// (4 KiB each): about two 1024 px DPM++ checkpoints.
+#define S_WAL_PAGES 1024
 
 enum {
     S_BEGIN,
@@ -115,7 +123,16 @@ static const char s_schema[] =
 struct sd3_journal {
     sqlite3 *db;
     sqlite3_stmt *st[S_N_STMT];
-    int sync; // S_SYNC_FULL or S_SYNC_NORMAL: what the connection runs with now
+    int sync;    // S_SYNC_FULL or S_SYNC_NORMAL: what the connection runs with now
+    int lock_fd; // holds flock(LOCK_EX) on the file: one controller per journal; -1 none
+    // WAL checkpointer: its own connection and thread, so the copy into the database file
+    // and its fsyncs never run inside a call of the controller's loop.
+    sqlite3 *ckpt_db;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool wal_full, stop; // under mu
 };
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -445,6 +462,47 @@ s_integrity(sd3_journal_t *self, const char *path, sd3_err_t *err)
     return out;
 }
 
+// sqlite3_wal_hook: after every commit of the main connection, with the WAL's page count.
+static int
+s_wal_hook(void *user, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    sd3_journal_t *self = user;
+    if (pages >= S_WAL_PAGES) {
+        pthread_mutex_lock(&self->mu);
+        self->wal_full = true;
+        pthread_cond_signal(&self->cv);
+        pthread_mutex_unlock(&self->mu);
+    }
+    return SQLITE_OK;
+}
+
+// The checkpointer thread: a PASSIVE checkpoint whenever the WAL filled up (and once a
+// second). PASSIVE never waits for the writer, and the writer never waits for it.
+static void *
+s_checkpointer(void *arg)
+{
+    sd3_journal_t *self = arg;
+    pthread_mutex_lock(&self->mu);
+    while (!self->stop) {
+        if (!self->wal_full) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&self->cv, &self->mu, &ts);
+            if (self->stop)
+                break;
+        }
+        self->wal_full = false;
+        pthread_mutex_unlock(&self->mu);
+        sqlite3_wal_checkpoint_v2(self->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&self->mu);
+    }
+    pthread_mutex_unlock(&self->mu);
+    return NULL;
+}
+
 sd3_journal_t *
 sd3_journal_open(const char *path, sd3_err_t *err)
 {
@@ -453,6 +511,25 @@ sd3_journal_open(const char *path, sd3_err_t *err)
         sd3_err_set(err, SD3_ENOMEM, "journal: out of memory");
         return NULL;
     }
+    self->lock_fd = -1;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, NULL);
+    if (!sqlite3_threadsafe()) {
+        sd3_err_set(err, SD3_ENOTSUP, "journal: libsqlite3 was built without thread support");
+        goto fail;
+    }
+    // One controller per journal: an flock on the file itself, held until destroy and
+    // released by the kernel when the process dies. Taken before SQLite opens the file
+    // (closing another descriptor of a file drops SQLite's POSIX locks on it).
+    if ((self->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+        sd3_err_set(err, SD3_EIO, "journal %s: cannot open: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (flock(self->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        sd3_err_set(err, SD3_EIO, "journal %s: in use by another process (%s)", path,
+                    strerror(errno));
+        goto fail;
+    }
     int rc = sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc != SQLITE_OK) {
         sd3_err_set(err, SD3_EIO, "journal %s: cannot open: %s", path,
@@ -460,11 +537,8 @@ sd3_journal_open(const char *path, sd3_err_t *err)
         goto fail;
     }
     sqlite3_extended_result_codes(self->db, 1);
-    // Exclusive lock for the life of the connection: one controller per journal. Taken by
-    // the first write below; a holder elsewhere makes it fail with SQLITE_BUSY.
+    sqlite3_busy_timeout(self->db, 2000);
     sqlite3_int64 app_id = 0, version = 0, n_tables = 0;
-    if (s_run(self, "PRAGMA locking_mode=EXCLUSIVE", err))
-        goto fail;
     // Reading the header finds a file that is not SQLite at all (SQLITE_NOTADB).
     if (s_pragma_int(self, "PRAGMA application_id", &app_id, err) ||
         s_pragma_int(self, "PRAGMA user_version", &version, err) ||
@@ -484,18 +558,12 @@ sd3_journal_open(const char *path, sd3_err_t *err)
     // WAL: a commit appends to the -wal file and never rewrites the database in place, so a
     // crash at any moment leaves the last committed transaction. auto_vacuum must be set
     // before the first table exists; prune gives the space back with incremental_vacuum.
-    if (n_tables == 0 && s_run(self, "PRAGMA auto_vacuum=INCREMENTAL", err))
-        goto fail;
-    sqlite3_busy_timeout(self->db, 0);
-    rc = sqlite3_exec(self->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
-            sd3_err_set(err, SD3_EIO, "journal %s: in use by another process", path);
-        else
-            s_db_err(self, rc, path, err);
-        goto fail;
-    }
-    if (s_run(self, "PRAGMA synchronous=FULL", err))
+    // The WAL is folded back by our thread, not by the committing call (autocheckpoint 0).
+    if ((n_tables == 0 && s_run(self, "PRAGMA auto_vacuum=INCREMENTAL", err)) ||
+        s_run(self, "PRAGMA journal_mode=WAL", err) ||
+        s_run(self, "PRAGMA wal_autocheckpoint=0", err) ||
+        s_run(self, "PRAGMA journal_size_limit=16777216", err) ||
+        s_run(self, "PRAGMA synchronous=FULL", err))
         goto fail;
     self->sync = S_SYNC_FULL;
     if (n_tables == 0) {
@@ -504,16 +572,6 @@ sd3_journal_open(const char *path, sd3_err_t *err)
                  "PRAGMA user_version=%d; COMMIT;", s_schema, S_APP_ID, S_VERSION);
         if (s_run(self, sql, err)) {
             sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
-            goto fail;
-        }
-    } else {
-        // Take the exclusive lock now (another controller: busy).
-        rc = sqlite3_exec(self->db, "BEGIN EXCLUSIVE; COMMIT;", NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
-            if ((rc & 0xff) == SQLITE_BUSY)
-                sd3_err_set(err, SD3_EIO, "journal %s: in use by another process", path);
-            else
-                s_db_err(self, rc, path, err);
             goto fail;
         }
     }
@@ -526,6 +584,20 @@ sd3_journal_open(const char *path, sd3_err_t *err)
             goto fail;
         }
     }
+    rc = sqlite3_open_v2(path, &self->ckpt_db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(self->ckpt_db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        sd3_err_set(err, SD3_EIO, "journal %s: checkpointer: %s", path,
+                    self->ckpt_db ? sqlite3_errmsg(self->ckpt_db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    if ((rc = pthread_create(&self->thread, NULL, s_checkpointer, self)) != 0) {
+        sd3_err_set(err, SD3_EIO, "journal %s: checkpointer thread: %s", path, strerror(rc));
+        goto fail;
+    }
+    self->thread_started = true;
+    sqlite3_wal_hook(self->db, s_wal_hook, self);
     return self;
 fail:
     sd3_journal_destroy(&self);
@@ -538,9 +610,23 @@ sd3_journal_destroy(sd3_journal_t **self_p)
     sd3_journal_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;
+    if (self->thread_started) {
+        pthread_mutex_lock(&self->mu);
+        self->stop = true;
+        pthread_cond_signal(&self->cv);
+        pthread_mutex_unlock(&self->mu);
+        pthread_join(self->thread, NULL);
+    }
+    if (self->db)
+        sqlite3_wal_hook(self->db, NULL, NULL);
+    sqlite3_close(self->ckpt_db);
     for (int i = 0; i < S_N_STMT; i++)
         sqlite3_finalize(self->st[i]);
-    sqlite3_close(self->db);
+    sqlite3_close(self->db); // the last connection folds the WAL in and removes it
+    if (self->lock_fd >= 0)
+        close(self->lock_fd); // after SQLite let go of the file: see sd3_journal_open
+    pthread_cond_destroy(&self->cv);
+    pthread_mutex_destroy(&self->mu);
     free(self);
     *self_p = NULL;
 }

@@ -97,7 +97,7 @@ sd3_f32_to_bf16(float x)
 {
     uint32_t u = s_bits(x);
     if ((u & 0x7fffffff) > 0x7f800000)
-        return (uint16_t)((u >> 16) | 0x0040); // quiet NaN, sign kept
+        return 0x7fc0; // every NaN becomes the canonical quiet NaN, as c10::BFloat16 does
     u += 0x7fff + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
 }

@@ -3,9 +3,10 @@
  *  f32 <-> f16 / bf16 / f8 e4m3fn conversions round to nearest, ties to even, the way IEEE
  *  754 (f16), PyTorch's bf16 convention and PyTorch's Float8_e4m3fn do:
  *  - f16: overflow to +-inf, NaN stays NaN (quiet), subnormals kept.
- *  - bf16: NaN becomes a quiet NaN with its sign; otherwise RNE on the top 16 bits.
- *  - f8 e4m3fn (no inf; S.1111.111 is NaN; largest finite 448): |x| >= 480, inf and NaN
- *    become NaN (0x7f | sign), (448, 480) rounds to 448, subnormals kept (2^-9 steps).
+ *  - bf16: every NaN becomes 0x7fc0 (as c10::BFloat16); otherwise RNE on the top 16 bits.
+ *  - f8 e4m3fn (no inf; S.1111.111 is NaN; largest finite 448): RNE, so (448, 464] rounds
+ *    to 448 and (464, 480) rounds up to the NaN pattern; |x| >= 480, inf and NaN become
+ *    NaN (0x7f | sign); subnormals kept (2^-9 steps). As PyTorch's Float8_e4m3fn.
  *  Pure functions, thread-safe, no allocation.  */
 #pragma once
 #include <stdbool.h>

@@ -1,6 +1,6 @@
 #!/bin/bash
-# run.sh - the HTTP API against a real controller: `sd3d --role all` on a tiny random model
-# (sd3ctl mkmodel), HTTP on a free loopback port with a bearer token, then the real clients
+# run.sh - the HTTP API against a real controller: `sd3d --role all` on the embedded default
+# tiny random model, HTTP on a free loopback port with a bearer token, then the real clients
 # of clients.sh (curl, python3, the openai npm package, promtool), then 429 from a full
 # queue (--queue 1 --inflight 1 and three requests at once) and 504 from --deadline-ms.
 #
@@ -26,8 +26,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 token=tok-$RANDOM$RANDOM
 export SD3_HOME=$tmp/home SD3_HTTP_TOKEN=$token
-"$sd3ctl" mkmodel --arch tiny-sd3-medium --layout single --dtype f16 -o "$tmp/tiny.safetensors" \
-    > "$tmp/mkmodel.log" 2>&1 || { echo "http_api: mkmodel failed:"; cat "$tmp/mkmodel.log"; exit 1; }
+# The embedded default model (tiny random SD3-medium with its tiny tokenizers): one local
+# sd3ctl generate writes it into $SD3_HOME.
+model=$SD3_HOME/tiny-sd3-medium
+"$sd3ctl" generate "warm up" --size 64x64 --steps 1 -o "$tmp/warm.png" > "$tmp/warm.log" 2>&1 &&
+    [ -f "$model/model_index.json" ] ||
+    { echo "http_api: could not write the default model:"; tail -5 "$tmp/warm.log"; exit 1; }
 
 # start NAME EXTRA-ARGS...: sd3d --role all with HTTP; sets $hport; waits for /healthz
 start() {
@@ -35,7 +39,7 @@ start() {
     shift
     local cport
     cport=$(free_port) hport=$(free_port)
-    "$sd3d" --role all --model "$tmp/tiny.safetensors" --listen "tcp://127.0.0.1:$cport" \
+    "$sd3d" --role all --model "$model" --listen "tcp://127.0.0.1:$cport" \
         --http "127.0.0.1:$hport" --threads 1 "$@" > "$tmp/$name.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 300); do
@@ -55,7 +59,28 @@ stop_last() {
 
 fail=0
 start main
-HTTP_MODEL=tiny-sd3-medium bash "$here/clients.sh" "http://127.0.0.1:$hport" "$token" 64 48 || fail=1
+HTTP_MODEL=sd3-medium bash "$here/clients.sh" "http://127.0.0.1:$hport" "$token" 64 48 || fail=1
+
+# A client that hangs up mid-request: the server cancels it, the controller stops its work
+# (in flight back to 0 well before 600 steps could have run).
+curl -s -o /dev/null --max-time 1 -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    --data '{"prompt":"long cat","size":"128x128","steps":600}' "http://127.0.0.1:$hport/v1/images/generations"
+t0=$(date +%s.%N)
+canceled=0
+for _ in $(seq 1 50); do
+    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$hport/metrics" > "$tmp/m.txt"
+    if grep -q '^sd3_http_requests_total{endpoint="openai",outcome="canceled"} 1$' "$tmp/m.txt" &&
+       grep -q '^sd3_inflight_requests 0$' "$tmp/m.txt"; then
+        canceled=1
+        break
+    fi
+    sleep 0.1
+done
+if [ $canceled = 1 ]; then
+    echo "  ok   hang-up cancelled: in flight 0 after $(python3 -c "print('%.1f' % ($(date +%s.%N) - $t0))") s"
+else
+    echo "  FAIL hang-up: $(grep -E 'outcome="canceled"|^sd3_inflight' "$tmp/m.txt" | head -3)"; fail=1
+fi
 stop_last
 
 # A full queue: one in flight, one waiting; the third request at once is refused with 429.
@@ -63,16 +88,16 @@ start full --queue 1 --inflight 1
 for i in 1 2 3; do
     curl -s -o "$tmp/full$i.out" -D "$tmp/full$i.hdr" -w '%{http_code}' --max-time 120 \
         -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        --data "{\"prompt\":\"cat $i\",\"size\":\"64x64\",\"steps\":8}" \
+        --data "{\"prompt\":\"cat $i\",\"size\":\"128x128\",\"steps\":300}" \
         "http://127.0.0.1:$hport/v1/images/generations" > "$tmp/full$i.code" &
-    sleep 0.3
+    sleep 0.2
 done
 wait_ok=0
 for _ in $(seq 1 600); do
     [ -s "$tmp/full1.code" ] && [ -s "$tmp/full2.code" ] && [ -s "$tmp/full3.code" ] && { wait_ok=1; break; }
     sleep 0.2
 done
-codes="$(cat "$tmp"/full*.code 2>/dev/null | tr '\n' ' ')"
+codes=$(for f in "$tmp"/full*.code; do printf '%s ' "$(cat "$f")"; done)
 if [ $wait_ok = 1 ] && echo "$codes" | grep -q 429 && echo "$codes" | grep -q 200 &&
    grep -l '^HTTP/1.1 429' "$tmp"/full*.hdr | xargs grep -qi '^retry-after:'; then
     echo "  ok   full queue -> codes $codes (429 with Retry-After)"
@@ -85,7 +110,7 @@ stop_last
 # A deadline shorter than one request: 504.
 start deadline --deadline-ms 1
 code=$(curl -s -o "$tmp/dl.out" -w '%{http_code}' --max-time 120 -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' --data '{"prompt":"slow cat","size":"64x64","steps":50}' \
+    -H 'Content-Type: application/json' --data '{"prompt":"slow cat","width":64,"height":64,"steps":50}' \
     "http://127.0.0.1:$hport/sdapi/v1/txt2img")
 if [ "$code" = 504 ]; then
     echo "  ok   deadline -> 504: $(head -c 200 "$tmp/dl.out")"
@@ -94,5 +119,5 @@ else
 fi
 stop_last
 
-[ $fail = 0 ] && echo "http_api: 3 passed, 0 failed" || echo "http_api: FAILED (logs in the output above)"
+[ $fail = 0 ] && echo "http_api: 4 passed, 0 failed" || echo "http_api: FAILED (logs in the output above)"
 exit $fail

@@ -118,7 +118,7 @@ s_bf16(void)
         {0xff800000, 0xff80, "-inf"},
         {0x7fc00000, 0x7fc0, "NaN"},
         {0x7f800001, 0x7fc0, "signalling NaN made quiet (not inf)"},
-        {0xffc00000, 0xffc0, "-NaN keeps its sign (c10 would give 0x7fc0)"},
+        {0xffc00000, 0x7fc0, "-NaN becomes the canonical 0x7fc0, as c10::BFloat16 does"},
         {0x00010000, 0x0001, "smallest bf16 subnormal"},
         {0x00008000, 0x0000, "tie below it: even = 0"},
         {0x00018000, 0x0002, "tie 1.5 ulp: even = 2"},
