@@ -251,12 +251,13 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
     }
     sd3_log_info("http", "req=%s images=%d seed=%llu", im[0].id, n,
                  (unsigned long long)job->gen.seed);
+    int64_t last_check = t0;
     while (left > 0) {
-        sd3_msg_t *msg = NULL;
-        sd3_err_t rerr = {0};
-        rc = sd3_client_recv(client, S_WAIT_SLICE_MS, &msg, &rerr);
-        if (rc == SD3_ETIMEDOUT || rc == SD3_EPROTO) {
-            int64_t t = s_mono_ms();
+        // Every slice, whatever the controller sends meanwhile (PROGRESS can come every few
+        // ms): is the client still there, is the server stopping, is the time up?
+        int64_t t = s_mono_ms();
+        if (t - last_check >= S_WAIT_SLICE_MS) {
+            last_check = t;
             if (atomic_load(&self->stopping)) {
                 s_cancel_all(client, im, n);
                 rc = sd3_err_set(err, SD3_EIO, "the HTTP server is stopping");
@@ -283,6 +284,11 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
                                  self->opts.timeout_ms);
                 goto done;
             }
+        }
+        sd3_msg_t *msg = NULL;
+        sd3_err_t rerr = {0};
+        rc = sd3_client_recv(client, S_WAIT_SLICE_MS, &msg, &rerr);
+        if (rc == SD3_ETIMEDOUT || rc == SD3_EPROTO) {
             rc = 0;
             continue;
         }
