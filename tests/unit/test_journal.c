@@ -614,6 +614,8 @@ s_bench(int px, int steps)
         double t = s_now_s();
         CHECK(sd3_journal_checkpoint(j, "b", 1, (uint32_t)s, lat, old, &err) == 0);
         t = s_now_s() - t;
+        if (getenv("SD3_JOURNAL_VERBOSE"))
+            printf("  step %d: %.3f ms\n", s, t * 1e3);
         sum += t;
         worst = t > worst ? t : worst;
     }
