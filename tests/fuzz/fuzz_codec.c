@@ -118,6 +118,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sd3_codec_decode(&d, frame, frame_len, S_CAP, &t, &err) != 0) {
         if (err.code == SD3_OK || !err.msg[0] || t)
             abort();
+        SD3_FUZZ_NOTE("refused %s: %s\n", sd3_err_name(err.code), err.msg);
         return 0;
     }
     if (!t || t->dtype != d.dtype || t->ndim != d.ndim || strcmp(t->name, "t") != 0)
@@ -142,6 +143,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (!s_same_bits(t, again))
         abort();
+    SD3_FUZZ_NOTE("accepted: %s -> %s via %s, %zu bytes\n", sd3_dtype_name(d.wire_dtype),
+                  sd3_dtype_name(d.dtype), sd3_codec_name(d.codec), sd3_tensor_nbytes(t));
     free(f2);
     sd3_tensor_destroy(&again);
     sd3_tensor_destroy(&t);
@@ -219,7 +222,9 @@ s_write_seeds(const char *dir)
                     *p = '_';
             rc |= s_seed(dir, name, &d, 3, frame, len); // exactly as sent
             if (k == 1 && c == SD3_CODEC_SHUFFLE_ZSTD) {
-                rc |= s_seed(dir, "bad-sum", &d, 2 | 1, frame, len);
+                sd3_codec_desc_t wrong = d;
+                wrong.checksum ^= 1;
+                rc |= s_seed(dir, "bad-sum", &wrong, 2 | 1, frame, len);
                 rc |= s_seed(dir, "trunc-zstd", &d, 0, frame, len - 3);
                 uint8_t *more = malloc(len + 4);
                 memcpy(more, frame, len);

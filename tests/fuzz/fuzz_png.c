@@ -32,6 +32,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sd3_png_decode(data, size, &rgb, &w, &h, &params, &err) != 0) {
         if (err.code == SD3_OK || !err.msg[0] || rgb || params)
             abort(); // a refusal says why and hands back nothing
+        SD3_FUZZ_NOTE("refused %s: %s\n", sd3_err_name(err.code), err.msg);
         return 0;
     }
     if (!rgb || w < 1 || h < 1 || w > SD3_PNG_MAX_DIM || h > SD3_PNG_MAX_DIM)
@@ -56,6 +57,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if ((params == NULL) != (params2 == NULL) || (params && strcmp(params, params2) != 0))
             abort();
     }
+    SD3_FUZZ_NOTE("accepted: %dx%d parameters=%s\n", w, h, params ? params : "(none)");
     free(rgb);
     free(rgb2);
     free(png);

@@ -42,6 +42,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!st) {
         if (err.code == SD3_OK || !err.msg[0])
             abort(); // a refusal must say why
+        SD3_FUZZ_NOTE("refused %s: %s\n", sd3_err_name(err.code), err.msg);
         return 0;
     }
     uint64_t hlen = 0;
@@ -70,6 +71,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!key || !sd3_st_metadata(st, key))
             abort();
     }
+    SD3_FUZZ_NOTE("accepted: %zu tensors, %zu metadata\n", sd3_st_count(st),
+                  sd3_st_metadata_count(st));
     sd3_st_destroy(&st);
     return 0;
 }

@@ -5,7 +5,8 @@
  *    fuzz_<name> DIR|FILE...         runs every file once through the target
  *    fuzz_<name> --write-seeds DIR   writes the seed corpus (made with the project's writers)
  *  With -DSD3_LIBFUZZER (tests/cmake/fuzz.cmake, -DSD3_FUZZ=ON) libFuzzer brings its own
- *  main and this file adds nothing.  */
+ *  main and this file adds nothing. SD3_FUZZ_NOTE(fmt, ...) prints what a target made of an
+ *  input when SD3_FUZZ_VERBOSE is set (replayer only).  */
 #pragma once
 #ifndef SD3_LIBFUZZER
 #include <dirent.h>
@@ -16,6 +17,16 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static int s_write_seeds(const char *dir);
+
+// SD3_FUZZ_VERBOSE=1 in the environment: the target says what it made of each input.
+static int s_fuzz_verbose = -1;
+#define SD3_FUZZ_NOTE(...)                                                                    \
+    do {                                                                                      \
+        if (s_fuzz_verbose < 0)                                                               \
+            s_fuzz_verbose = getenv("SD3_FUZZ_VERBOSE") != NULL;                              \
+        if (s_fuzz_verbose)                                                                   \
+            fprintf(stderr, __VA_ARGS__);                                                     \
+    } while (0)
 
 // Writes one seed file DIR/NAME.
 static int
@@ -99,4 +110,5 @@ s_replay_main(const char *name, int argc, char **argv)
     }
 #else
 #define SD3_FUZZ_REPLAY_MAIN(name)
+#define SD3_FUZZ_NOTE(...) ((void)0)
 #endif

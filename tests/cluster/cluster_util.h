@@ -1,0 +1,214 @@
+/*  cluster_util - what the cluster tests share: tiny models, a local reference image,
+ *  starting and always stopping a cluster of real sd3d processes, driving requests.
+ *
+ *  Each test writes its cluster file into its own temporary folder with OS-chosen ports
+ *  (tcp://127.0.0.1:*), so tests never collide; `sd3ctl up` starts it and the controller's
+ *  address comes from RUN_DIR/controller.addr. The cluster is stopped (`sd3ctl down`) at
+ *  exit, on SIGINT/SIGTERM, and when the test's own alarm fires (set below the ctest
+ *  TIMEOUT), so no process outlives a failed test.  */
+#pragma once
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sd3_client.h"
+#include "sd3_test.h"
+
+static char cu_cluster_file[1024];
+
+static void
+cu_down(void)
+{
+    if (!cu_cluster_file[0])
+        return;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' down '%s' >/dev/null 2>&1", SD3_BINARY_DIR,
+             cu_cluster_file);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cluster: sd3ctl down failed\n");
+    cu_cluster_file[0] = '\0';
+}
+
+static void
+cu_on_signal(int sig)
+{
+    fprintf(stderr, "cluster test: signal %d (timeout?): stopping the cluster\n", sig);
+    cu_down();
+    _exit(1);
+}
+
+// Bounds the test's time and makes sure the cluster goes away whatever happens.
+static void
+cu_setup(int seconds)
+{
+    setenv("SD3_LOG", "info", 0);
+    atexit(cu_down);
+    signal(SIGALRM, cu_on_signal);
+    signal(SIGINT, cu_on_signal);
+    signal(SIGTERM, cu_on_signal);
+    alarm((unsigned)seconds);
+}
+
+static double
+cu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+// `sd3ctl mkmodel` of a tiny arch (diffusers layout, with tokenizers) into tmp/name.
+static int
+cu_mkmodel(const char *arch, int depth, const char *out)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "rm -rf '%s' && '%s/sd3ctl' mkmodel --arch %s --depth %d --layout diffusers "
+             "--dtype f16 -o '%s' >/dev/null",
+             out, SD3_BINARY_DIR, arch, depth, out);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static unsigned char *
+cu_read(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc(len > 0 ? (size_t)len : 1);
+    *n = buf ? fread(buf, 1, (size_t)len, f) : 0;
+    fclose(f);
+    return buf;
+}
+
+// The one-process image (`sd3ctl generate` without --controller) of PROMPT + args.
+static unsigned char *
+cu_local_png(const char *model, const char *prompt, const char *args, size_t *n)
+{
+    char out[1024], cmd[4096];
+    static int k;
+    snprintf(out, sizeof out, "%s/local-%d.png", sd3_test_tmpdir(), k++);
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' generate '%s' --model '%s' --threads 1 %s -q -o '%s'",
+             SD3_BINARY_DIR, prompt, model, args, out);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "cluster: local run failed: %s\n", cmd);
+        return NULL;
+    }
+    return cu_read(out, n);
+}
+
+// Writes a cluster file (header + nodes text) and starts it; *client gets the client endpoint.
+static int
+cu_up(const char *name, const char *model, const char *controller_extra, const char *nodes,
+      char *client, size_t cap)
+{
+    const char *tmp = sd3_test_tmpdir();
+    char run[1024], cmd[4096], addr[1200];
+    snprintf(cu_cluster_file, sizeof cu_cluster_file, "%s/%s.cluster", tmp, name);
+    snprintf(run, sizeof run, "%s/run-%s", tmp, name);
+    FILE *f = fopen(cu_cluster_file, "w");
+    if (!f)
+        return -1;
+    fprintf(f,
+            "[cluster]\nmodel = %s\nrun_dir = %s\nthreads = 1\n\n[controller]\n"
+            "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\n%s\n\n%s",
+            model, run, controller_extra ? controller_extra : "", nodes);
+    fclose(f);
+    double t0 = cu_now();
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --timeout 60", SD3_BINARY_DIR,
+             cu_cluster_file);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "cluster: sd3ctl up %s failed\n", cu_cluster_file);
+        return -1;
+    }
+    snprintf(addr, sizeof addr, "%s/controller.addr", run);
+    f = fopen(addr, "r");
+    char line[1100];
+    client[0] = '\0';
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "client=", 7)) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(client, cap, "%s", line + 7);
+        }
+    if (f)
+        fclose(f);
+    printf("cluster %s up in %.1f s at %s\n", name, cu_now() - t0, client);
+    return client[0] ? 0 : -1;
+}
+
+// Outcome of one request driven by cu_run.
+typedef struct {
+    char id[64];
+    int results, errors, last_status;
+    char message[512];
+    unsigned char *png;
+    size_t png_size;
+    int progress;
+} cu_req_t;
+
+static cu_req_t *
+cu_find(cu_req_t *reqs, int n, const char *id)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(reqs[i].id, id))
+            return &reqs[i];
+    return NULL;
+}
+
+// Receives until every request got a RESULT or an ERROR (or timeout_s passes).
+// Returns how many are still open.
+static int
+cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
+{
+    double t_end = cu_now() + timeout_s;
+    int open = n;
+    for (int i = 0; i < n; i++)
+        open -= reqs[i].results + reqs[i].errors > 0;
+    while (open > 0 && cu_now() < t_end) {
+        sd3_msg_t *msg = NULL;
+        sd3_err_t err = {0};
+        if (sd3_client_recv(cl, 200, &msg, &err) != 0)
+            continue;
+        cu_req_t *r = cu_find(reqs, n, msg->request_id);
+        if (r) {
+            bool was_open = r->results + r->errors == 0;
+            if (msg->type == SD3_MSG_RESULT) {
+                r->results++;
+                const sd3_tensor_t *png = sd3_msg_tensor(msg, "png");
+                if (png && !r->png) {
+                    r->png_size = (size_t)png->shape[0];
+                    r->png = malloc(r->png_size);
+                    memcpy(r->png, png->data, r->png_size);
+                }
+            } else if (msg->type == SD3_MSG_ERROR) {
+                r->errors++;
+                r->last_status = msg->status;
+                snprintf(r->message, sizeof r->message, "%s", msg->message);
+            } else if (msg->type == SD3_MSG_PROGRESS) {
+                r->progress++;
+            }
+            if (was_open && r->results + r->errors > 0)
+                open--;
+        }
+        sd3_msg_destroy(&msg);
+    }
+    return open;
+}
+
+// A small request: 64x64, `steps` steps.
+static void
+cu_request(sd3_wire_generate_t *w, const char *prompt, uint64_t seed, int steps)
+{
+    memset(w, 0, sizeof *w);
+    snprintf(w->prompt, sizeof w->prompt, "%s", prompt);
+    w->width = w->height = 64;
+    w->steps = (uint32_t)steps;
+    w->seed = seed;
+}

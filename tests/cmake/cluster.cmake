@@ -1,0 +1,15 @@
+# Cluster tests: real sd3d processes on loopback (OS-chosen ports), started with
+# `sd3ctl up` and always stopped; each bounds its own time below the TIMEOUT.
+set(_cl ${CMAKE_CURRENT_SOURCE_DIR}/cluster)
+sd3_test(test_cluster_split      ${_cl}/test_cluster_split.c      LABELS cluster TIMEOUT 180)
+foreach(t test_cluster_concurrent test_cluster_queue test_cluster_cancel test_cluster_bad)
+  if(EXISTS ${_cl}/${t}.c)
+    sd3_test(${t} ${_cl}/${t}.c LABELS cluster TIMEOUT 120)
+  endif()
+endforeach()
+foreach(t test_cluster_split test_cluster_concurrent test_cluster_queue test_cluster_cancel
+          test_cluster_bad)
+  if(TARGET ${t})
+    add_dependencies(${t} sd3d sd3ctl)
+  endif()
+endforeach()
