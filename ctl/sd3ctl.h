@@ -29,6 +29,9 @@ int sd3_bench_encode(int argc, char **argv);   // ctl/sd3ctl_bench_encode.c
 int sd3_bench_vae(int argc, char **argv);      // ctl/sd3ctl_bench_vae.c
 int sd3_bench_generate(int argc, char **argv); // ctl/sd3ctl_bench_generate.c
 int sd3_bench_cluster(int argc, char **argv);  // ctl/sd3ctl_bench_cluster.c
+// Local cluster throughput for 1, 2, 4 stages and the controller's time per step; called by
+// sd3_bench_cluster (ctl/sd3ctl_bench_pipeline.c).
+int sd3_bench_pipeline(void);
 // GFLOP/s of a plain OpenBLAS sgemm at M=N=K=`size` (best of a few runs), measured now: the
 // peak every benchmark prints its figures against.
 double sd3_bench_sgemm_peak(int size);

@@ -145,5 +145,6 @@ sd3_bench_cluster(int argc, char **argv)
         rc |= s_bench_shape(1024, level, reps);
     if (!strcmp(size, "1024") || !strcmp(size, "all"))
         rc |= s_bench_shape(4096, level, reps);
+    rc |= sd3_bench_pipeline(); // ctl/sd3ctl_bench_pipeline.c: a real local cluster
     return rc;
 }

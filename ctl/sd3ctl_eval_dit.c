@@ -84,13 +84,15 @@ s_noise_check_metadata(sd3_eval_t *ev)
         cJSON_ArrayForEach(shape, js)
         {
             char name[256];
-            int len = snprintf(name, sizeof name, "noise.seed%llu.", seed);
+            size_t len = (size_t)snprintf(name, sizeof name, "noise.seed%llu.", seed);
             const cJSON *d;
             int k = 0;
             cJSON_ArrayForEach(d, shape)
             {
-                len += snprintf(name + len, sizeof name - (size_t)len, k++ ? "x%d" : "%d",
-                                d->valueint);
+                if (len >= sizeof name)
+                    break; // too long for any tensor name: reported as missing below
+                len += (size_t)snprintf(name + len, sizeof name - len, k++ ? "x%d" : "%d",
+                                        d->valueint);
             }
             listed++;
             if (!sd3_st_has(st, name)) {
@@ -197,12 +199,18 @@ sd3_eval_schedule(sd3_eval_t *ev, sd3_err_t *err)
                              sd3_eval_vectors_path(ev));
             goto done;
         }
+        if (!(js_n->valuedouble >= 1 && js_n->valuedouble <= SD3_SCHEDULE_MAX_STEPS)) {
+            rc = sd3_err_set(err, SD3_EFORMAT, "%s: a 'schedules' entry has %g steps, want 1..%d",
+                             sd3_eval_vectors_path(ev), js_n->valuedouble,
+                             SD3_SCHEDULE_MAX_STEPS);
+            goto done;
+        }
         int steps = js_n->valueint;
         float shift = (float)js_s->valuedouble;
         char stem[64], name[96];
         s_schedule_stem(stem, sizeof stem, steps, js_s->valuedouble);
         free(sig);
-        sig = malloc(sizeof *sig * (size_t)(steps > 0 ? steps + 1 : 1));
+        sig = malloc(sizeof *sig * (size_t)(steps + 1));
         if (!sig) {
             rc = sd3_err_set(err, SD3_ENOMEM, "schedule %s", stem);
             goto done;
@@ -494,11 +502,11 @@ sd3_eval_sampler(sd3_eval_t *ev, sd3_err_t *err)
         return sd3_err_set(err, SD3_EFORMAT, "%s: sampler vectors must be safetensors",
                            sd3_eval_vectors_path(ev));
     bool ok = true;
-    int steps = (int)s_meta_num(st, "steps", 0, &ok);
+    double steps_d = s_meta_num(st, "steps", 0, &ok); // range-checked before the int cast
     double shift = s_meta_num(st, "shift", 0, &ok), cfg = s_meta_num(st, "cfg_scale", 0, &ok);
     const char *runs_s = sd3_st_metadata(st, "runs"), *slg_s = sd3_st_metadata(st, "slg_config");
     runs = runs_s ? cJSON_Parse(runs_s) : NULL;
-    if (!ok || !cJSON_IsArray(runs) || steps < 1 || steps > SD3_SCHEDULE_MAX_STEPS) {
+    if (!ok || !cJSON_IsArray(runs) || !(steps_d >= 1 && steps_d <= SD3_SCHEDULE_MAX_STEPS)) {
         cJSON_Delete(runs);
         return sd3_err_set(err, SD3_EFORMAT,
                            "%s: metadata steps/shift/cfg_scale/runs missing "
@@ -509,6 +517,7 @@ sd3_eval_sampler(sd3_eval_t *ev, sd3_err_t *err)
         cJSON_Delete(runs);
         return err->code;
     }
+    const int steps = (int)steps_d;
     double atol = sd3_eval_atol(ev, 1e-3), rtol = sd3_eval_rtol(ev, 0.0);
     if (!(noise = sd3_eval_input(ev, "in.noise", err)) ||
         !(cc = sd3_eval_input(ev, "in.cond.context", err)) ||

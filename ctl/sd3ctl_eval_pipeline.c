@@ -5,6 +5,7 @@
  *  on at most 0.2 % of the bytes.  */
 #include <cjson/cJSON.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,6 +155,14 @@ sd3_eval_pipeline(sd3_eval_t *ev, sd3_err_t *err)
         s_meta_num(st, "width", &width, err) || s_meta_num(st, "height", &height, err) ||
         s_meta_num(st, "denoise", &denoise, err) || !(sampler = s_meta(st, "sampler", err))) {
         rc = err->code;
+        goto done;
+    }
+    // Range first (the int casts below): a double outside the target type makes the conversion undefined.
+    if (!(seed >= 0 && seed < 18446744073709551616.0) || !(steps >= 1 && steps <= INT_MAX) ||
+        !(width >= 1 && width <= INT_MAX) || !(height >= 1 && height <= INT_MAX)) {
+        rc = sd3_err_set(err, SD3_EFORMAT,
+                         "vectors: metadata seed %g / steps %g / width %g / height %g out of range",
+                         seed, steps, width, height);
         goto done;
     }
     // A checkpoint without tokenizer files: the golden set keeps them in ../tokenizers.

@@ -3,11 +3,11 @@
  *  Writes NAME.key (the secret, mode 0600) and NAME.pub, and prints the public key. A
  *  node's allow file is the .pub files of the peers it admits: `cat a.pub b.pub > allow`.
  *  Refuses to overwrite an existing NAME.key without --force.  */
-#include <stdio.h>
-#include <string.h>
-
 #include "sd3_curve.h"
 #include "sd3ctl.h"
+
+#include <stdio.h>
+#include <string.h>
 
 static void
 s_usage(FILE *out)

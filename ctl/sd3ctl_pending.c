@@ -24,7 +24,6 @@
 
 SD3_PENDING_VERB(sd3ctl_mkmodel)
 SD3_PENDING_VERB(sd3ctl_convert)
-SD3_PENDING_VERB(sd3ctl_plan)
 
 SD3_PENDING_EVAL(sd3_eval_noise, "noise")
 SD3_PENDING_EVAL(sd3_eval_schedule, "schedule")

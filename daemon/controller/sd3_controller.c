@@ -80,6 +80,7 @@ struct sd3_controller {
     uint64_t overhead_steps;
     double overhead_seconds;
     int64_t start_ms, last_timer_ms;
+    int64_t form_due_ms; // pipelines are formed once registrations settle
 };
 
 static int64_t
@@ -142,6 +143,16 @@ s_form(sd3_controller_t *self)
             ranges[n++] = (sd3_sched_range_t){i, (int)self->nodes[i].reg.layer_begin,
                                               (int)self->nodes[i].reg.layer_end,
                                               self->nodes[i].alive};
+    // By node id, so that a cluster file's chains come out as written (p2a, p2b before
+    // p3a...) whatever order the nodes registered in.
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && strcmp(self->nodes[ranges[k].node].reg.node_id,
+                                         self->nodes[ranges[k - 1].node].reg.node_id) < 0;
+             k--) {
+            sd3_sched_range_t t = ranges[k];
+            ranges[k] = ranges[k - 1];
+            ranges[k - 1] = t;
+        }
     int before = sd3_sched_count(self->sched);
     int formed = sd3_sched_form(self->sched, ranges, n, self->cfg.depth);
     for (int p = before; p < before + formed; p++) {
@@ -648,8 +659,9 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
     sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, NULL);
     if (ack)
         sd3_link_send(self->stages, from, &ack, &e);
-    s_form(self);
-    s_dispatch(self);
+    // Nodes of one cluster register within moments of each other: form the pipelines
+    // when no registration came for 250 ms, over all of them at once.
+    self->form_due_ms = s_now_ms() + 250;
 }
 
 static int
@@ -887,6 +899,10 @@ s_timers(sd3_controller_t *self)
     if (now - self->last_timer_ms < 50)
         return;
     self->last_timer_ms = now;
+    if (self->form_due_ms && now >= self->form_due_ms) {
+        self->form_due_ms = 0;
+        s_form(self);
+    }
     int node_to = self->o.node_timeout_ms > 0 ? self->o.node_timeout_ms : 5000;
     int client_to = self->o.client_timeout_ms > 0 ? self->o.client_timeout_ms : 10000;
     for (int i = 0; i < self->n_nodes; i++) {

@@ -88,9 +88,8 @@ static enum MHD_Result
 s_answer(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req, int status,
          const char *content_type, char *body, size_t len, int retry_after)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body ? body : (void *)"", body ? MHD_RESPMEM_MUST_FREE
-                                                                           : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, body ? body : (void *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(body);
         return MHD_NO;
@@ -126,8 +125,7 @@ s_answer_error(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req, int 
         sd3_log_warn("http", "status=%d msg=\"%s\"", status, message);
     else
         sd3_log_debug("http", "status=%d msg=\"%s\"", status, message);
-    return s_answer(self, conn, req, status, "application/json", body, len,
-                    status == 429 ? 2 : 0);
+    return s_answer(self, conn, req, status, "application/json", body, len, status == 429 ? 2 : 0);
 }
 
 // ---- the controller side ------------------------------------------------------------------
@@ -223,8 +221,8 @@ s_cancel_all(sd3_client_t *client, s_image_t *im, int n)
 // Runs the job's images on the controller. 0 with every image done; else the SD3_E* code in
 // err, and *gone set when the HTTP client went away.
 static int
-s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *job,
-          s_image_t *im, bool *gone, sd3_err_t *err)
+s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *job, s_image_t *im,
+          bool *gone, sd3_err_t *err)
 {
     int n = job->n_images, rc = 0, left = n;
     *gone = false;
@@ -280,8 +278,8 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
             }
             if (t > deadline) {
                 s_cancel_all(client, im, n);
-                rc = sd3_err_set(err, SD3_ETIMEDOUT, "no image within %d ms",
-                                 self->opts.timeout_ms);
+                rc =
+                    sd3_err_set(err, SD3_ETIMEDOUT, "no image within %d ms", self->opts.timeout_ms);
                 goto done;
             }
         }
@@ -349,10 +347,9 @@ s_generate(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req)
     if (!job)
         return s_answer_error(self, conn, req, 500, "out of memory");
     bool a1111 = req->ep == SD3_METRICS_EP_A1111;
-    int rc = a1111 ? sd3_http_parse_a1111(req->body, req->len, self->model, s_random64(), job,
-                                          &err)
-                   : sd3_http_parse_openai(req->body, req->len, self->model, s_random64(), job,
-                                           &err);
+    int rc = a1111
+                 ? sd3_http_parse_a1111(req->body, req->len, self->model, s_random64(), job, &err)
+                 : sd3_http_parse_openai(req->body, req->len, self->model, s_random64(), job, &err);
     enum MHD_Result mr;
     if (rc != 0) {
         mr = s_answer_error(self, conn, req, 400, err.msg);
@@ -391,8 +388,8 @@ s_generate(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req)
         goto done;
     }
     sd3_metrics_images_add(self->metrics, (uint64_t)job->n_images);
-    sd3_log_info("http", "req=%s status=200 images=%d bytes=%zu s=%.2f", im[0].id,
-                 job->n_images, len, s_since(&req->start));
+    sd3_log_info("http", "req=%s status=200 images=%d bytes=%zu s=%.2f", im[0].id, job->n_images,
+                 len, s_since(&req->start));
     mr = s_answer(self, conn, req, 200, "application/json", body, len, 0);
 done:
     s_images_fini(im, SD3_HTTP_MAX_IMAGES);
@@ -426,8 +423,7 @@ s_metrics(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req)
     free(st);
     if (!body)
         return s_answer_error(self, conn, req, 500, "out of memory rendering the metrics");
-    return s_answer(self, conn, req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len,
-                    0);
+    return s_answer(self, conn, req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, 0);
 }
 
 static enum MHD_Result
@@ -604,8 +600,7 @@ sd3_http_parse_bind(const char *text, char *host, size_t cap, uint16_t *port, sd
     if (text[0] == '[') {
         const char *close = strchr(text, ']');
         if (!close || close[1] != ':')
-            return sd3_err_set(err, SD3_EINVAL, "http: bind address '%.80s': want [V6]:PORT",
-                               text);
+            return sd3_err_set(err, SD3_EINVAL, "http: bind address '%.80s': want [V6]:PORT", text);
         h = text + 1;
         hlen = (size_t)(close - h);
         colon = close + 1;
@@ -679,7 +674,8 @@ sd3_http_start(const sd3_http_opts_t *opts, sd3_http_t **out, sd3_err_t *err)
     }
     char service[8];
     snprintf(service, sizeof service, "%u", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     int gai = getaddrinfo(host[0] ? host : NULL, service, &hints, &ai);
     if (gai != 0 || !ai) {
@@ -691,14 +687,16 @@ sd3_http_start(const sd3_http_opts_t *opts, sd3_http_t **out, sd3_err_t *err)
                      MHD_USE_ERROR_LOG | MHD_USE_POLL;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    self->mhd = MHD_start_daemon(
-        flags, port, NULL, NULL, s_access, self, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self,
-        MHD_OPTION_CONNECTION_LIMIT, self->opts.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+    self->mhd = MHD_start_daemon(flags, port, NULL, NULL, s_access, self,
+                                 MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self, MHD_OPTION_SOCK_ADDR,
+                                 ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self,
+                                 MHD_OPTION_CONNECTION_LIMIT, self->opts.max_connections,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
     if (!self->mhd) {
-        rc = sd3_err_set(err, SD3_EIO, "http: cannot listen on %s (port taken or address "
-                         "not local?)", opts->bind ? opts->bind : "127.0.0.1:8080");
+        rc = sd3_err_set(err, SD3_EIO,
+                         "http: cannot listen on %s (port taken or address "
+                         "not local?)",
+                         opts->bind ? opts->bind : "127.0.0.1:8080");
         goto fail;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(self->mhd, MHD_DAEMON_INFO_LISTEN_FD);

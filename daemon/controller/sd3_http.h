@@ -29,18 +29,18 @@
 typedef struct sd3_http sd3_http_t;
 
 typedef struct {
-    const char *bind;       // "127.0.0.1:8080", "0.0.0.0:8080", ":8080" (all), "[::1]:8080";
-                            // port 0 = any free port (sd3_http_port tells which)
-    const char *controller; // the controller's client endpoint ("tcp://127.0.0.1:7710")
-    size_t max_body;        // request body cap, bytes; 0: 1 MiB
-    const char *token;      // bearer token; NULL: $SD3_HTTP_TOKEN if set; "": no authentication
-    const char *model;      // model name used when a request names none; NULL: ""
-    int timeout_ms;         // per-request limit (sent as the deadline; 504 past it); 0: the
-                            // controller's default deadline, and 504 after 600 s here
-    int ack_timeout_ms;     // a controller that does not ACK within this is 502; 0: 10 s
-    int status_timeout_ms;  // STATUS round trip of /healthz and /metrics; 0: 2 s
+    const char *bind;         // "127.0.0.1:8080", "0.0.0.0:8080", ":8080" (all), "[::1]:8080";
+                              // port 0 = any free port (sd3_http_port tells which)
+    const char *controller;   // the controller's client endpoint ("tcp://127.0.0.1:7710")
+    size_t max_body;          // request body cap, bytes; 0: 1 MiB
+    const char *token;        // bearer token; NULL: $SD3_HTTP_TOKEN if set; "": no authentication
+    const char *model;        // model name used when a request names none; NULL: ""
+    int timeout_ms;           // per-request limit (sent as the deadline; 504 past it); 0: the
+                              // controller's default deadline, and 504 after 600 s here
+    int ack_timeout_ms;       // a controller that does not ACK within this is 502; 0: 10 s
+    int status_timeout_ms;    // STATUS round trip of /healthz and /metrics; 0: 2 s
     unsigned max_connections; // 0: 64
-    void *zmq_ctx;          // shared ZeroMQ context; NULL: the server makes its own
+    void *zmq_ctx;            // shared ZeroMQ context; NULL: the server makes its own
 } sd3_http_opts_t;
 
 // Binds and starts serving. SD3_EINVAL (bind address, options), SD3_EIO (bind failed, e.g.

@@ -200,8 +200,10 @@ sd3_http_sampler_parse(const char *name, sd3_wire_sampler_t *out, sd3_err_t *err
         *out = SD3_WIRE_SAMPLER_DPMPP_2M;
         return 0;
     }
-    return sd3_err_set(err, SD3_EINVAL, "sampler '%.60s' is not supported; want \"Euler\" or "
-                       "\"DPM++ 2M\"", name);
+    return sd3_err_set(err, SD3_EINVAL,
+                       "sampler '%.60s' is not supported; want \"Euler\" or "
+                       "\"DPM++ 2M\"",
+                       name);
 }
 
 int
@@ -232,14 +234,16 @@ sd3_http_parse_size(const char *text, uint32_t *width, uint32_t *height, sd3_err
     for (int k = 0; k < 2; k++)
         if (v[k] < 16 || v[k] > SD3_HTTP_MAX_SIDE || v[k] % 16 != 0)
             return sd3_err_set(err, SD3_EINVAL,
-                               "size '%.40s': each side must be a multiple of 16 in 16..%d",
-                               text, SD3_HTTP_MAX_SIDE);
+                               "size '%.40s': each side must be a multiple of 16 in 16..%d", text,
+                               SD3_HTTP_MAX_SIDE);
     *width = (uint32_t)v[0];
     *height = (uint32_t)v[1];
     return 0;
 bad:
-    return sd3_err_set(err, SD3_EINVAL, "size '%.40s' is malformed; want \"WIDTHxHEIGHT\" such "
-                       "as \"1024x1024\", or \"auto\"", text);
+    return sd3_err_set(err, SD3_EINVAL,
+                       "size '%.40s' is malformed; want \"WIDTHxHEIGHT\" such "
+                       "as \"1024x1024\", or \"auto\"",
+                       text);
 }
 
 // ---- typed field access -------------------------------------------------------------------
@@ -353,8 +357,10 @@ s_parse_object(const char *body, size_t len, sd3_err_t *err)
     size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : len;
     for (size_t i = at; i < len; i++) {
         if (!isspace((unsigned char)body[i])) {
-            sd3_err_set(err, SD3_EINVAL, "malformed JSON: unexpected data after the value at "
-                        "byte %zu", i);
+            sd3_err_set(err, SD3_EINVAL,
+                        "malformed JSON: unexpected data after the value at "
+                        "byte %zu",
+                        i);
             cJSON_Delete(root);
             return NULL;
         }
@@ -382,8 +388,8 @@ s_job_init(sd3_http_job_t *job, sd3_http_api_t api, const char *default_model)
 // Fields both APIs share: negative_prompt, steps, cfg_scale, seed, and the sampler field
 // under its name in this API.
 static int
-s_common(const cJSON *root, sd3_http_job_t *job, const char *sampler_field,
-         uint64_t random_seed, sd3_err_t *err)
+s_common(const cJSON *root, sd3_http_job_t *job, const char *sampler_field, uint64_t random_seed,
+         sd3_err_t *err)
 {
     sd3_wire_generate_t *g = &job->gen;
     int64_t iv = 0;
@@ -419,8 +425,8 @@ s_common(const cJSON *root, sd3_http_job_t *job, const char *sampler_field,
 }
 
 int
-sd3_http_parse_openai(const char *body, size_t len, const char *default_model,
-                      uint64_t random_seed, sd3_http_job_t *job, sd3_err_t *err)
+sd3_http_parse_openai(const char *body, size_t len, const char *default_model, uint64_t random_seed,
+                      sd3_http_job_t *job, sd3_err_t *err)
 {
     s_job_init(job, SD3_HTTP_API_OPENAI, default_model);
     cJSON *root = s_parse_object(body, len, err);
@@ -474,8 +480,8 @@ fail:
 }
 
 int
-sd3_http_parse_a1111(const char *body, size_t len, const char *default_model,
-                     uint64_t random_seed, sd3_http_job_t *job, sd3_err_t *err)
+sd3_http_parse_a1111(const char *body, size_t len, const char *default_model, uint64_t random_seed,
+                     sd3_http_job_t *job, sd3_err_t *err)
 {
     s_job_init(job, SD3_HTTP_API_A1111, default_model);
     cJSON *root = s_parse_object(body, len, err);
@@ -510,13 +516,13 @@ sd3_http_parse_a1111(const char *body, size_t len, const char *default_model,
         job->n_iter = (int)iv;
     job->n_images = job->batch_size * job->n_iter;
     if (job->n_images > SD3_HTTP_MAX_IMAGES) {
-        rc = sd3_err_set(err, SD3_EINVAL, "batch_size * n_iter is %d, at most %d",
-                         job->n_images, SD3_HTTP_MAX_IMAGES);
+        rc = sd3_err_set(err, SD3_EINVAL, "batch_size * n_iter is %d, at most %d", job->n_images,
+                         SD3_HTTP_MAX_IMAGES);
         goto fail;
     }
-    const char *sampler_field =
-        s_field(root, "sampler_name") || !s_field(root, "sampler_index") ? "sampler_name"
-                                                                        : "sampler_index";
+    const char *sampler_field = s_field(root, "sampler_name") || !s_field(root, "sampler_index")
+                                    ? "sampler_name"
+                                    : "sampler_index";
     if ((rc = s_common(root, job, sampler_field, random_seed, err)) < 0)
         goto fail;
     cJSON_Delete(root);
@@ -628,8 +634,7 @@ s_infotext(const sd3_http_job_t *job, const sd3_http_image_t *im)
         .prompt = g->prompt,
         .negative_prompt = g->negative,
         .steps = (int)g->steps,
-        .sampler = sd3_http_sampler_name(g->sampler)[0] ? sd3_http_sampler_name(g->sampler)
-                                                        : NULL,
+        .sampler = sd3_http_sampler_name(g->sampler)[0] ? sd3_http_sampler_name(g->sampler) : NULL,
         .cfg_scale = g->cfg,
         .seed = im->seed,
         .width = (int)g->width,

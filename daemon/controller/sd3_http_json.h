@@ -22,9 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SD3_HTTP_MAX_IMAGES 4        // images per request (OpenAI n; A1111 batch_size*n_iter)
+#define SD3_HTTP_MAX_IMAGES 4 // images per request (OpenAI n; A1111 batch_size*n_iter)
 #define SD3_HTTP_MAX_SEED   ((1ull << 53) - 1) // seeds travel as JSON numbers (doubles)
-#define SD3_HTTP_MAX_SIDE   8192     // pixels per side (sd3_stage.h SD3_GEN_MAX_SIDE)
+#define SD3_HTTP_MAX_SIDE   8192               // pixels per side (sd3_stage.h SD3_GEN_MAX_SIDE)
 #define SD3_HTTP_MAX_STEPS  1000
 
 typedef enum { SD3_HTTP_API_OPENAI = 0, SD3_HTTP_API_A1111 } sd3_http_api_t;
@@ -66,7 +66,7 @@ typedef struct {
     const uint8_t *png;
     size_t png_size;
     uint64_t seed;
-    const char *infotext;           // the PNG's `parameters` text; NULL: built from used/job
+    const char *infotext;            // the PNG's `parameters` text; NULL: built from used/job
     const sd3_wire_generate_t *used; // the request as the controller ran it (defaults
                                      // resolved), NULL: the job's own values
 } sd3_http_image_t;

@@ -1,7 +1,14 @@
 /*  sd3_journal - the controller's crash-safe journal (see sd3_journal.h)
  *
  *  Layout: helpers; the stored request (wire frames); open/destroy; transitions;
- *  checkpoint; reading back (get, recover); prune, count.
+ *  checkpoint (the hand-over slots and the writer thread); reading back (get, recover);
+ *  prune, count.
+ *
+ *  Two connections to the file: the controller's (every call but the checkpoint write)
+ *  and the writer thread's (checkpoint rows, their deletion after an end, and the WAL
+ *  fold-back). A checkpoint call copies the tensors into its request's slot under mu and
+ *  signals; the writer swaps the slot's buffers for its spare ones and writes without the
+ *  lock. One slot per request: a newer step replaces a pending older one.
  *
  *  Schema (application_id 'SD3J', user_version 1):
  *    requests(seq INTEGER PRIMARY KEY AUTOINCREMENT: acceptance order, id TEXT UNIQUE,
@@ -31,9 +38,11 @@
 #define S_VERSION     1
 #define S_REQ_MAGIC   "SD3JREQ1"
 #define S_MAX_DIM_LEN (1 << 24) // one latent dimension read back
-// The background thread folds the WAL into the database once it holds this many pages
-// (4 KiB each): about two 1024 px DPM++ checkpoints.
+// The writer thread folds the WAL into the database once it holds this many pages (4 KiB
+// each): about two 1024 px DPM++ checkpoints.
 #define S_WAL_PAGES 1024
+#define S_STR2(x)   #x
+#define S_STR(x)    S_STR2(x)
 
 enum {
     S_BEGIN,
@@ -80,7 +89,8 @@ static const char *const s_sql[S_N_STMT] = {
         "latent = excluded.latent, old = excluded.old, checksum = excluded.checksum "
         "WHERE excluded.attempt > checkpoints.attempt OR "
         "(excluded.attempt = checkpoints.attempt AND excluded.step > checkpoints.step)",
-    [S_CKPT_DELETE] = "DELETE FROM checkpoints WHERE id = ?1",
+    [S_CKPT_DELETE] = "DELETE FROM checkpoints WHERE id = ?1 AND "
+                      "(SELECT state FROM requests WHERE requests.id = ?1) >= 2",
     [S_END] = "UPDATE requests SET state = ?2, updated_ms = ?3, result = ?4, error_code = ?5, "
               "error_msg = ?6 WHERE id = ?1 AND state IN (0, 1)",
     [S_GET] = "SELECT id, client, request, state, created_ms, updated_ms, attempt, result, "
@@ -89,8 +99,8 @@ static const char *const s_sql[S_N_STMT] = {
                    "FROM checkpoints WHERE id = ?1",
     [S_CKPT_STEP] = "SELECT step FROM checkpoints WHERE id = ?1",
     [S_LIST_LIVE] = "SELECT id FROM requests WHERE state IN (0, 1) ORDER BY seq",
-    [S_PRUNE_CKPT] = "DELETE FROM checkpoints WHERE id IN (SELECT id FROM requests "
-                     "WHERE state >= 2 AND updated_ms < ?1)",
+    [S_PRUNE_CKPT] = "DELETE FROM checkpoints WHERE id NOT IN (SELECT id FROM requests "
+                     "WHERE state < 2)",
     [S_PRUNE] = "DELETE FROM requests WHERE state >= 2 AND updated_ms < ?1",
     [S_COUNT_STATE] = "SELECT count(*) FROM requests WHERE state = ?1",
     [S_COUNT_ALL] = "SELECT count(*) FROM requests",
@@ -120,19 +130,39 @@ static const char s_schema[] =
     " old BLOB,"
     " checksum INTEGER NOT NULL);";
 
+// A checkpoint waiting for the writer thread: the newest one per request.
+typedef struct {
+    char id[SD3_WIRE_ID_MAX];
+    uint32_t attempt, step;
+    int ndim;
+    int64_t shape[4];
+    size_t nbytes;
+    float *latent, *old; // owned; old NULL when the request has none
+    size_t cap;          // bytes allocated in latent and old each
+    bool has_old, full;
+    bool del;     // not a checkpoint: delete the request's checkpoint (it ended)
+    uint64_t seq; // enqueue order: the writer takes the oldest first
+} s_slot_t;
+
 struct sd3_journal {
     sqlite3 *db;
     sqlite3_stmt *st[S_N_STMT];
     int sync;    // S_SYNC_FULL or S_SYNC_NORMAL: what the connection runs with now
     int lock_fd; // holds flock(LOCK_EX) on the file: one controller per journal; -1 none
-    // WAL checkpointer: its own connection and thread, so the copy into the database file
-    // and its fsyncs never run inside a call of the controller's loop.
-    sqlite3 *ckpt_db;
+    // The checkpoint writer: its own connection (an inner sd3_journal_t with no thread)
+    // and thread, so neither the 1..2 MiB write nor a WAL fold-back with its fsyncs runs
+    // inside a call of the controller's loop. Everything below is under mu.
+    sd3_journal_t *writer;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool wal_full, stop; // under mu
+    pthread_cond_t cv;   // the writer waits for work
+    pthread_cond_t idle; // flush waits for the writer
+    s_slot_t *slots;
+    int n_slots;
+    uint64_t seq;
+    bool writing, stop;
+    sd3_err_t async_err; // the first failure of a background write, until reported
 };
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -237,8 +267,8 @@ s_check_id(const char *request_id, sd3_err_t *err)
 
 // State of request_id: SD3_ENOTFOUND when absent, SD3_EFORMAT when out of range.
 static int
-s_state_of(sd3_journal_t *self, const char *request_id, sd3_journal_state_t *state,
-           bool *needs_old, sd3_err_t *err)
+s_state_of(sd3_journal_t *self, const char *request_id, sd3_journal_state_t *state, bool *needs_old,
+           sd3_err_t *err)
 {
     sqlite3_stmt *s = self->st[S_STATE_OF];
     sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
@@ -269,8 +299,8 @@ s_not_live(sd3_journal_t *self, const char *request_id, const char *verb, sd3_er
     int rc = s_state_of(self, request_id, &state, NULL, &e);
     if (rc)
         return sd3_err_set(err, rc, "%s", e.msg);
-    return sd3_err_set(err, SD3_EINVAL, "journal: cannot %s request '%s': it is %s already",
-                       verb, request_id, sd3_journal_state_name(state));
+    return sd3_err_set(err, SD3_EINVAL, "journal: cannot %s request '%s': it is %s already", verb,
+                       request_id, sd3_journal_state_name(state));
 }
 
 static void
@@ -361,16 +391,18 @@ out:
 // The blob back to a request and its init image (fresh or NULL). SD3_EFORMAT on anything
 // that is not what s_pack_request wrote for this id.
 static int
-s_unpack_request(const char *request_id, const uint8_t *blob, size_t len,
-                 sd3_wire_generate_t *req, sd3_tensor_t **init_p, sd3_err_t *err)
+s_unpack_request(const char *request_id, const uint8_t *blob, size_t len, sd3_wire_generate_t *req,
+                 sd3_tensor_t **init_p, sd3_err_t *err)
 {
     const size_t head = sizeof S_REQ_MAGIC - 1 + 4;
     sd3_wire_frame_t frames[1 + SD3_WIRE_MAX_TENSORS];
     sd3_msg_t *msg = NULL;
     *init_p = NULL;
     if (!blob || len < head || memcmp(blob, S_REQ_MAGIC, head - 4) != 0)
-        return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': stored request has no "
-                           "%s header (%zu bytes)", request_id, S_REQ_MAGIC, len);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "journal: request '%s': stored request has no "
+                           "%s header (%zu bytes)",
+                           request_id, S_REQ_MAGIC, len);
     uint64_t n = s_get_u64(blob + head - 4, 4);
     if (n < 1 || n > 1 + SD3_WIRE_MAX_TENSORS)
         return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': %llu frames, want 1..%d",
@@ -383,10 +415,9 @@ s_unpack_request(const char *request_id, const uint8_t *blob, size_t len,
         uint64_t flen = s_get_u64(blob + off, 8);
         off += 8;
         if (flen > len - off)
-            return sd3_err_set(err, SD3_EFORMAT,
-                               "journal: request '%s': frame %llu claims %llu bytes, %zu left",
-                               request_id, (unsigned long long)i, (unsigned long long)flen,
-                               len - off);
+            return sd3_err_set(
+                err, SD3_EFORMAT, "journal: request '%s': frame %llu claims %llu bytes, %zu left",
+                request_id, (unsigned long long)i, (unsigned long long)flen, len - off);
         frames[i] = (sd3_wire_frame_t){(void *)(blob + off), (size_t)flen, NULL, NULL};
         off += (size_t)flen;
     }
@@ -462,58 +493,116 @@ s_integrity(sd3_journal_t *self, const char *path, sd3_err_t *err)
     return out;
 }
 
-// sqlite3_wal_hook: after every commit of the main connection, with the WAL's page count.
-static int
-s_wal_hook(void *user, sqlite3 *db, const char *name, int pages)
+// A journal object with nothing open yet (the controller's, or the writer's inner one).
+static sd3_journal_t *
+s_alloc(void)
 {
-    (void)db;
-    (void)name;
-    sd3_journal_t *self = user;
-    if (pages >= S_WAL_PAGES) {
-        pthread_mutex_lock(&self->mu);
-        self->wal_full = true;
-        pthread_cond_signal(&self->cv);
-        pthread_mutex_unlock(&self->mu);
-    }
-    return SQLITE_OK;
+    sd3_journal_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->lock_fd = -1;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, NULL);
+    pthread_cond_init(&self->idle, NULL);
+    return self;
 }
 
-// The checkpointer thread: a PASSIVE checkpoint whenever the WAL filled up (and once a
-// second). PASSIVE never waits for the writer, and the writer never waits for it.
-static void *
-s_checkpointer(void *arg)
+// sqlite3_busy_handler of the controller's connection: wait for the writer's commit in
+// short polls, for at most 10 s.
+static int
+s_busy(void *user, int count)
 {
-    sd3_journal_t *self = arg;
-    pthread_mutex_lock(&self->mu);
-    while (!self->stop) {
-        if (!self->wal_full) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
-            pthread_cond_timedwait(&self->cv, &self->mu, &ts);
-            if (self->stop)
-                break;
-        }
-        self->wal_full = false;
-        pthread_mutex_unlock(&self->mu);
-        sqlite3_wal_checkpoint_v2(self->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&self->mu);
-    }
-    pthread_mutex_unlock(&self->mu);
-    return NULL;
+    (void)user;
+    if (count >= 50000)
+        return 0;
+    usleep(200);
+    return 1;
 }
+
+// Opens one connection. The controller's (writer false) checks and sets up the file; the
+// writer's joins it: synchronous=NORMAL and the WAL autocheckpoint, so the fold-back of the
+// WAL into the database runs on the writer thread after its commits.
+static int
+s_open_conn(sd3_journal_t *self, const char *path, bool writer, sd3_err_t *err)
+{
+    int flags = SQLITE_OPEN_READWRITE | (writer ? 0 : SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &self->db, flags, NULL);
+    if (rc != SQLITE_OK)
+        return sd3_err_set(err, SD3_EIO, "journal %s: cannot open: %s", path,
+                           self->db ? sqlite3_errmsg(self->db) : sqlite3_errstr(rc));
+    sqlite3_extended_result_codes(self->db, 1);
+    // The two connections take turns on the write lock; a turn lasts one commit. The
+    // controller's side polls every 0.2 ms (SQLite's own handler sleeps up to 100 ms).
+    if (writer)
+        sqlite3_busy_timeout(self->db, 10000);
+    else
+        sqlite3_busy_handler(self->db, s_busy, NULL);
+    if (writer) {
+        if (s_run(self, "PRAGMA synchronous=NORMAL", err) ||
+            s_run(self, "PRAGMA wal_autocheckpoint=" S_STR(S_WAL_PAGES), err) ||
+            s_run(self, "PRAGMA journal_size_limit=16777216", err))
+            return err ? err->code : SD3_EIO;
+        self->sync = S_SYNC_NORMAL;
+    } else {
+        sqlite3_int64 app_id = 0, version = 0, n_tables = 0;
+        // Reading the header finds a file that is not SQLite at all (SQLITE_NOTADB).
+        if (s_pragma_int(self, "PRAGMA application_id", &app_id, err) ||
+            s_pragma_int(self, "PRAGMA user_version", &version, err) ||
+            s_pragma_int(self, "SELECT count(*) FROM sqlite_schema", &n_tables, err))
+            return sd3_err_prefix(err, "%s", path);
+        if (n_tables > 0 && (app_id != S_APP_ID || version != S_VERSION))
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "journal %s: not an sd3d journal (application_id 0x%llx, "
+                               "version %lld; want 0x%x, %d)",
+                               path, (unsigned long long)app_id, (long long)version, S_APP_ID,
+                               S_VERSION);
+        if (n_tables > 0 && (rc = s_integrity(self, path, err)) != 0)
+            return rc;
+        // WAL: a commit appends to the -wal file and never rewrites the database in place,
+        // so a crash at any moment leaves the last committed transaction. auto_vacuum must
+        // be set before the first table exists; prune gives space back (incremental_vacuum).
+        if ((n_tables == 0 && s_run(self, "PRAGMA auto_vacuum=INCREMENTAL", err)) ||
+            s_run(self, "PRAGMA journal_mode=WAL", err) ||
+            s_run(self, "PRAGMA wal_autocheckpoint=0", err) ||
+            s_run(self, "PRAGMA journal_size_limit=16777216", err) ||
+            s_run(self, "PRAGMA synchronous=FULL", err))
+            return err ? err->code : SD3_EIO;
+        self->sync = S_SYNC_FULL;
+        if (n_tables == 0) {
+            char sql[sizeof s_schema + 128];
+            snprintf(sql, sizeof sql,
+                     "BEGIN IMMEDIATE; %s PRAGMA application_id=%d; "
+                     "PRAGMA user_version=%d; COMMIT;",
+                     s_schema, S_APP_ID, S_VERSION);
+            if ((rc = s_run(self, sql, err)) != 0) {
+                sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+                return rc;
+            }
+        }
+    }
+    for (int i = 0; i < S_N_STMT; i++) {
+        rc = sqlite3_prepare_v3(self->db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->st[i],
+                                NULL);
+        if (rc != SQLITE_OK) // a file whose tables lack our columns
+            return sd3_err_set(err, s_code(rc) == SD3_EIO ? SD3_EFORMAT : s_code(rc),
+                               "journal %s: schema does not match: %s", path,
+                               sqlite3_errmsg(self->db));
+    }
+    return 0;
+}
+
+static void s_writer_stop(sd3_journal_t *self);
+static void *s_writer(void *arg);
 
 sd3_journal_t *
 sd3_journal_open(const char *path, sd3_err_t *err)
 {
-    sd3_journal_t *self = calloc(1, sizeof *self);
+    sd3_journal_t *self = s_alloc();
+    int rc;
     if (!self) {
         sd3_err_set(err, SD3_ENOMEM, "journal: out of memory");
         return NULL;
     }
-    self->lock_fd = -1;
-    pthread_mutex_init(&self->mu, NULL);
-    pthread_cond_init(&self->cv, NULL);
     if (!sqlite3_threadsafe()) {
         sd3_err_set(err, SD3_ENOTSUP, "journal: libsqlite3 was built without thread support");
         goto fail;
@@ -530,74 +619,19 @@ sd3_journal_open(const char *path, sd3_err_t *err)
                     strerror(errno));
         goto fail;
     }
-    int rc = sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    if (rc != SQLITE_OK) {
-        sd3_err_set(err, SD3_EIO, "journal %s: cannot open: %s", path,
-                    self->db ? sqlite3_errmsg(self->db) : sqlite3_errstr(rc));
+    if (s_open_conn(self, path, false, err) != 0)
+        goto fail;
+    if (!(self->writer = s_alloc())) {
+        sd3_err_set(err, SD3_ENOMEM, "journal: out of memory");
         goto fail;
     }
-    sqlite3_extended_result_codes(self->db, 1);
-    sqlite3_busy_timeout(self->db, 2000);
-    sqlite3_int64 app_id = 0, version = 0, n_tables = 0;
-    // Reading the header finds a file that is not SQLite at all (SQLITE_NOTADB).
-    if (s_pragma_int(self, "PRAGMA application_id", &app_id, err) ||
-        s_pragma_int(self, "PRAGMA user_version", &version, err) ||
-        s_pragma_int(self, "SELECT count(*) FROM sqlite_schema", &n_tables, err)) {
-        sd3_err_prefix(err, "%s", path);
+    if (s_open_conn(self->writer, path, true, err) != 0)
         goto fail;
-    }
-    if (n_tables > 0 && (app_id != S_APP_ID || version != S_VERSION)) {
-        sd3_err_set(err, SD3_EFORMAT,
-                    "journal %s: not an sd3d journal (application_id 0x%llx, version %lld; "
-                    "want 0x%x, %d)",
-                    path, (unsigned long long)app_id, (long long)version, S_APP_ID, S_VERSION);
-        goto fail;
-    }
-    if (n_tables > 0 && s_integrity(self, path, err))
-        goto fail;
-    // WAL: a commit appends to the -wal file and never rewrites the database in place, so a
-    // crash at any moment leaves the last committed transaction. auto_vacuum must be set
-    // before the first table exists; prune gives the space back with incremental_vacuum.
-    // The WAL is folded back by our thread, not by the committing call (autocheckpoint 0).
-    if ((n_tables == 0 && s_run(self, "PRAGMA auto_vacuum=INCREMENTAL", err)) ||
-        s_run(self, "PRAGMA journal_mode=WAL", err) ||
-        s_run(self, "PRAGMA wal_autocheckpoint=0", err) ||
-        s_run(self, "PRAGMA journal_size_limit=16777216", err) ||
-        s_run(self, "PRAGMA synchronous=FULL", err))
-        goto fail;
-    self->sync = S_SYNC_FULL;
-    if (n_tables == 0) {
-        char sql[sizeof s_schema + 128];
-        snprintf(sql, sizeof sql, "BEGIN IMMEDIATE; %s PRAGMA application_id=%d; "
-                 "PRAGMA user_version=%d; COMMIT;", s_schema, S_APP_ID, S_VERSION);
-        if (s_run(self, sql, err)) {
-            sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
-            goto fail;
-        }
-    }
-    for (int i = 0; i < S_N_STMT; i++) {
-        rc = sqlite3_prepare_v3(self->db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->st[i],
-                                NULL);
-        if (rc != SQLITE_OK) { // a file whose tables lack our columns
-            sd3_err_set(err, s_code(rc) == SD3_EIO ? SD3_EFORMAT : s_code(rc),
-                        "journal %s: schema does not match: %s", path, sqlite3_errmsg(self->db));
-            goto fail;
-        }
-    }
-    rc = sqlite3_open_v2(path, &self->ckpt_db, SQLITE_OPEN_READWRITE, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(self->ckpt_db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        sd3_err_set(err, SD3_EIO, "journal %s: checkpointer: %s", path,
-                    self->ckpt_db ? sqlite3_errmsg(self->ckpt_db) : sqlite3_errstr(rc));
-        goto fail;
-    }
-    if ((rc = pthread_create(&self->thread, NULL, s_checkpointer, self)) != 0) {
-        sd3_err_set(err, SD3_EIO, "journal %s: checkpointer thread: %s", path, strerror(rc));
+    if ((rc = pthread_create(&self->thread, NULL, s_writer, self)) != 0) {
+        sd3_err_set(err, SD3_EIO, "journal %s: writer thread: %s", path, strerror(rc));
         goto fail;
     }
     self->thread_started = true;
-    sqlite3_wal_hook(self->db, s_wal_hook, self);
     return self;
 fail:
     sd3_journal_destroy(&self);
@@ -610,21 +644,19 @@ sd3_journal_destroy(sd3_journal_t **self_p)
     sd3_journal_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;
-    if (self->thread_started) {
-        pthread_mutex_lock(&self->mu);
-        self->stop = true;
-        pthread_cond_signal(&self->cv);
-        pthread_mutex_unlock(&self->mu);
-        pthread_join(self->thread, NULL);
-    }
-    if (self->db)
-        sqlite3_wal_hook(self->db, NULL, NULL);
-    sqlite3_close(self->ckpt_db);
+    s_writer_stop(self); // writes what is pending first
+    sd3_journal_destroy(&self->writer);
     for (int i = 0; i < S_N_STMT; i++)
         sqlite3_finalize(self->st[i]);
     sqlite3_close(self->db); // the last connection folds the WAL in and removes it
     if (self->lock_fd >= 0)
         close(self->lock_fd); // after SQLite let go of the file: see sd3_journal_open
+    for (int i = 0; i < self->n_slots; i++) {
+        free(self->slots[i].latent);
+        free(self->slots[i].old);
+    }
+    free(self->slots);
+    pthread_cond_destroy(&self->idle);
     pthread_cond_destroy(&self->cv);
     pthread_mutex_destroy(&self->mu);
     free(self);
@@ -644,18 +676,23 @@ sd3_journal_accept(sd3_journal_t *self, const char *request_id, const uint8_t *c
     if ((rc = s_check_id(request_id, err)) != 0)
         return rc;
     if (!req || client_id_len > SD3_WIRE_ROUTING_ID_MAX || (client_id_len && !client_id))
-        return sd3_err_set(err, SD3_EINVAL, "journal: request '%s': no request, or a client "
-                           "id of %zu bytes (at most %d)", request_id, client_id_len,
-                           SD3_WIRE_ROUTING_ID_MAX);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s': no request, or a client "
+                           "id of %zu bytes (at most %d)",
+                           request_id, client_id_len, SD3_WIRE_ROUTING_ID_MAX);
     // A replay must make the same image: nothing left for the controller to choose.
     if (req->seed_random || req->sampler == SD3_WIRE_SAMPLER_DEFAULT ||
         (unsigned)req->sampler >= SD3_WIRE_SAMPLER_COUNT)
-        return sd3_err_set(err, SD3_EINVAL, "journal: request '%s': seed and sampler must be "
-                           "resolved before it is journalled", request_id);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s': seed and sampler must be "
+                           "resolved before it is journalled",
+                           request_id);
     if (init_image && (init_image->dtype != SD3_U8 || init_image->ndim != 3 ||
                        init_image->shape[2] != 3 || init_image->where != SD3_HOST))
-        return sd3_err_set(err, SD3_EINVAL, "journal: request '%s': init image must be a host "
-                           "U8 [H, W, 3] tensor", request_id);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s': init image must be a host "
+                           "U8 [H, W, 3] tensor",
+                           request_id);
     if ((rc = s_pack_request(request_id, req, init_image, &blob, &len, err)) != 0)
         return rc;
     if ((rc = s_begin(self, S_SYNC_FULL, err)) != 0)
@@ -714,6 +751,8 @@ sd3_journal_start(sd3_journal_t *self, const char *request_id, uint32_t attempt,
     return s_commit(self, err);
 }
 
+static void s_enqueue_delete(sd3_journal_t *self, const char *request_id);
+
 // Moves a live request to an end state and drops its checkpoint, in one transaction.
 static int
 s_end(sd3_journal_t *self, const char *request_id, sd3_journal_state_t state, const uint8_t *png,
@@ -722,7 +761,10 @@ s_end(sd3_journal_t *self, const char *request_id, sd3_journal_state_t state, co
     int rc;
     if ((rc = s_check_id(request_id, err)) != 0)
         return rc;
-    if ((rc = s_begin(self, S_SYNC_FULL, err)) != 0)
+    // NORMAL: an end lost to a power cut (never to a crash) takes the deletion of the
+    // checkpoint with it, so the request resumes from that checkpoint and makes the same
+    // PNG again; FULL would cost an fsync of the WAL in the controller's loop per request.
+    if ((rc = s_begin(self, S_SYNC_NORMAL, err)) != 0)
         return rc;
     sqlite3_stmt *s = self->st[S_END];
     sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
@@ -739,29 +781,28 @@ s_end(sd3_journal_t *self, const char *request_id, sd3_journal_state_t state, co
         rc = s_db_err(self, src, verb, err);
     else if (sqlite3_changes(self->db) == 0)
         rc = s_not_live(self, request_id, verb, err);
-    if (rc == 0) {
-        s = self->st[S_CKPT_DELETE];
-        sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
-        src = sqlite3_step(s);
-        s_done(s);
-        if (src != SQLITE_DONE)
-            rc = s_db_err(self, src, verb, err);
-    }
     if (rc) {
         s_rollback(self);
         return rc;
     }
-    return s_commit(self, err);
+    if ((rc = s_commit(self, err)) != 0)
+        return rc;
+    // Deleting a 2 MiB row walks its 512 overflow pages (tens of ms on a busy disk): the
+    // writer does it. A checkpoint row of an ended request is never read; prune removes
+    // any a crash left behind.
+    s_enqueue_delete(self, request_id);
+    return 0;
 }
 
 int
-sd3_journal_finish(sd3_journal_t *self, const char *request_id, const uint8_t *png,
-                   size_t png_size, sd3_err_t *err)
+sd3_journal_finish(sd3_journal_t *self, const char *request_id, const uint8_t *png, size_t png_size,
+                   sd3_err_t *err)
 {
     if ((png_size && !png) || png_size > SD3_JOURNAL_MAX_RESULT)
-        return sd3_err_set(err, SD3_EINVAL, "journal: request '%s': result of %zu bytes "
-                           "(at most %u)", request_id ? request_id : "", png_size,
-                           SD3_JOURNAL_MAX_RESULT);
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s': result of %zu bytes "
+                           "(at most %u)",
+                           request_id ? request_id : "", png_size, SD3_JOURNAL_MAX_RESULT);
     return s_end(self, request_id, SD3_JOURNAL_DONE, png ? png : (const uint8_t *)"", png_size,
                  SD3_OK, NULL, "finish", err);
 }
@@ -772,8 +813,7 @@ sd3_journal_fail(sd3_journal_t *self, const char *request_id, int code, const ch
 {
     if (code >= 0)
         code = SD3_EINTERNAL;
-    return s_end(self, request_id, SD3_JOURNAL_FAILED, NULL, 0, code, msg ? msg : "", "fail",
-                 err);
+    return s_end(self, request_id, SD3_JOURNAL_FAILED, NULL, 0, code, msg ? msg : "", "fail", err);
 }
 
 int
@@ -792,10 +832,145 @@ s_checksum(const void *latent, size_t n, const void *old, size_t n_old)
     return old ? XXH3_64bits_withSeed(old, n_old, h) : h;
 }
 
+// One checkpoint in one transaction on connection c (the writer's): only while the request
+// is live, and only when newer by (attempt, step) than the stored one.
+static int
+s_ckpt_write(sd3_journal_t *c, const s_slot_t *w, sd3_err_t *err)
+{
+    int rc;
+    if ((rc = s_begin(c, S_SYNC_NORMAL, err)) != 0)
+        return rc;
+    sd3_journal_state_t state;
+    if ((rc = s_state_of(c, w->id, &state, NULL, err)) != 0) {
+        s_rollback(c);
+        return rc == SD3_ENOTFOUND ? 0 : rc; // pruned meanwhile: nothing to keep
+    }
+    if (state != SD3_JOURNAL_QUEUED && state != SD3_JOURNAL_RUNNING) {
+        s_rollback(c); // ended while this waited: the end wins
+        return 0;
+    }
+    sqlite3_stmt *s = c->st[S_LIVE_TOUCH];
+    sqlite3_bind_text(s, 1, w->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, sd3_journal_now_ms());
+    sqlite3_bind_int64(s, 3, w->attempt);
+    int src = sqlite3_step(s);
+    s_done(s);
+    if (src == SQLITE_DONE) {
+        int64_t d[4] = {1, 1, 1, 1};
+        for (int i = 0; i < w->ndim; i++)
+            d[i] = w->shape[i];
+        s = c->st[S_CKPT_UPSERT];
+        sqlite3_bind_text(s, 1, w->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, w->attempt);
+        sqlite3_bind_int64(s, 3, w->step);
+        sqlite3_bind_int(s, 4, w->ndim);
+        for (int i = 0; i < 4; i++)
+            sqlite3_bind_int64(s, 5 + i, d[i]);
+        sqlite3_bind_blob64(s, 9, w->latent, w->nbytes, SQLITE_STATIC);
+        if (w->has_old)
+            sqlite3_bind_blob64(s, 10, w->old, w->nbytes, SQLITE_STATIC);
+        uint64_t sum = s_checksum(w->latent, w->nbytes, w->has_old ? w->old : NULL, w->nbytes);
+        sqlite3_bind_int64(s, 11, (sqlite3_int64)sum);
+        src = sqlite3_step(s);
+        s_done(s);
+    }
+    if (src != SQLITE_DONE) {
+        rc = s_db_err(c, src, "checkpoint", err);
+        s_rollback(c);
+        return sd3_err_prefix(err, "request '%s' step %u", w->id, w->step);
+    }
+    return s_commit(c, err);
+}
+
+// Deletes the checkpoint row of an ended request (on the writer's connection c).
+static int
+s_ckpt_delete(sd3_journal_t *c, const char *request_id, sd3_err_t *err)
+{
+    int rc;
+    if ((rc = s_begin(c, S_SYNC_NORMAL, err)) != 0)
+        return rc;
+    sqlite3_stmt *s = c->st[S_CKPT_DELETE];
+    sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
+    int src = sqlite3_step(s);
+    s_done(s);
+    if (src != SQLITE_DONE) {
+        rc = s_db_err(c, src, "delete checkpoint", err);
+        s_rollback(c);
+        return rc;
+    }
+    return s_commit(c, err);
+}
+
+// The writer thread: takes the oldest pending checkpoint, writes it, again; drains the
+// queue before it stops. The WAL is folded back by its connection's autocheckpoint, here.
+static void *
+s_writer(void *arg)
+{
+    sd3_journal_t *self = arg;
+    s_slot_t w = {0}; // the one being written: buffers swapped in from its slot
+    pthread_mutex_lock(&self->mu);
+    for (;;) {
+        int pick = -1;
+        for (int i = 0; i < self->n_slots; i++)
+            if (self->slots[i].full && (pick < 0 || self->slots[i].seq < self->slots[pick].seq))
+                pick = i;
+        if (pick < 0) {
+            if (self->stop)
+                break;
+            pthread_cond_wait(&self->cv, &self->mu);
+            continue;
+        }
+        s_slot_t *sl = &self->slots[pick];
+        s_slot_t tmp = w; // swap: the slot gets our spare buffers back
+        w = *sl;
+        sl->latent = tmp.latent;
+        sl->old = tmp.old;
+        sl->cap = tmp.cap;
+        sl->full = false;
+        self->writing = true;
+        pthread_mutex_unlock(&self->mu);
+        sd3_err_t e = {0};
+        int rc = w.del ? s_ckpt_delete(self->writer, w.id, &e) : s_ckpt_write(self->writer, &w, &e);
+        pthread_mutex_lock(&self->mu);
+        self->writing = false;
+        if (rc != 0 && self->async_err.code == SD3_OK)
+            self->async_err = e;
+        pthread_cond_broadcast(&self->idle);
+    }
+    pthread_mutex_unlock(&self->mu);
+    free(w.latent);
+    free(w.old);
+    return NULL;
+}
+
+static void
+s_writer_stop(sd3_journal_t *self)
+{
+    if (!self->thread_started)
+        return;
+    pthread_mutex_lock(&self->mu);
+    self->stop = true;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+    pthread_join(self->thread, NULL);
+    self->thread_started = false;
+}
+
+// Hands the first background failure over (once) to err.
+static int
+s_take_async_err(sd3_journal_t *self, sd3_err_t *err)
+{
+    int rc = self->async_err.code;
+    if (rc != SD3_OK) {
+        sd3_err_set(err, rc, "journal: an earlier checkpoint failed: %s", self->async_err.msg);
+        sd3_err_clear(&self->async_err);
+    }
+    return rc;
+}
+
 int
-sd3_journal_checkpoint(sd3_journal_t *self, const char *request_id, uint32_t attempt,
-                       uint32_t step, const sd3_tensor_t *latent,
-                       const sd3_tensor_t *old_denoised, sd3_err_t *err)
+sd3_journal_checkpoint(sd3_journal_t *self, const char *request_id, uint32_t attempt, uint32_t step,
+                       const sd3_tensor_t *latent, const sd3_tensor_t *old_denoised, sd3_err_t *err)
 {
     int rc;
     if ((rc = s_check_id(request_id, err)) != 0)
@@ -806,7 +981,8 @@ sd3_journal_checkpoint(sd3_journal_t *self, const char *request_id, uint32_t att
         sd3_shape_numel(latent->ndim, latent->shape, &nbytes) != 0 ||
         sd3_size_mul(nbytes, sizeof(float), &nbytes) != 0 || nbytes == 0 ||
         nbytes > SD3_JOURNAL_MAX_LATENT)
-        return sd3_err_set(err, SD3_EINVAL, "journal: request '%s' step %u: latent must be a "
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s' step %u: latent must be a "
                            "host F32 tensor of 1..4 dims and at most %u bytes",
                            request_id, step, SD3_JOURNAL_MAX_LATENT);
     if (old_denoised) {
@@ -815,61 +991,128 @@ sd3_journal_checkpoint(sd3_journal_t *self, const char *request_id, uint32_t att
         for (int i = 0; same && i < latent->ndim; i++)
             same = old_denoised->shape[i] == latent->shape[i];
         if (!same)
-            return sd3_err_set(err, SD3_EINVAL, "journal: request '%s' step %u: old_denoised "
-                               "must be host F32 of the latent's shape", request_id, step);
+            return sd3_err_set(err, SD3_EINVAL,
+                               "journal: request '%s' step %u: old_denoised "
+                               "must be host F32 of the latent's shape",
+                               request_id, step);
     }
-    if ((rc = s_begin(self, S_SYNC_NORMAL, err)) != 0)
-        return rc;
+    // The checks a caller must hear about now (a read, no transaction: microseconds).
     sd3_journal_state_t state;
     bool needs_old = false;
     if ((rc = s_state_of(self, request_id, &state, &needs_old, err)) != 0)
-        goto fail;
-    if (state != SD3_JOURNAL_QUEUED && state != SD3_JOURNAL_RUNNING) {
-        rc = sd3_err_set(err, SD3_EINVAL, "journal: no checkpoint for request '%s': it is %s",
-                         request_id, sd3_journal_state_name(state));
-        goto fail;
+        return rc;
+    if (state != SD3_JOURNAL_QUEUED && state != SD3_JOURNAL_RUNNING)
+        return sd3_err_set(err, SD3_EINVAL, "journal: no checkpoint for request '%s': it is %s",
+                           request_id, sd3_journal_state_name(state));
+    if (needs_old && step > 0 && !old_denoised)
+        return sd3_err_set(err, SD3_EINVAL,
+                           "journal: request '%s' step %u: DPM++ 2M needs the "
+                           "previous denoised tensor to resume",
+                           request_id, step);
+    // Into the request's slot (replacing an older pending one) for the writer thread.
+    pthread_mutex_lock(&self->mu);
+    rc = s_take_async_err(self, err);
+    s_slot_t *sl = NULL;
+    int free_slot = -1;
+    for (int i = 0; i < self->n_slots && !sl; i++) {
+        if (self->slots[i].full && !strcmp(self->slots[i].id, request_id))
+            sl = &self->slots[i];
+        else if (!self->slots[i].full && free_slot < 0)
+            free_slot = i;
     }
-    if (needs_old && step > 0 && !old_denoised) {
-        rc = sd3_err_set(err, SD3_EINVAL, "journal: request '%s' step %u: DPM++ 2M needs the "
-                         "previous denoised tensor to resume", request_id, step);
-        goto fail;
+    if (sl && (sl->del || attempt < sl->attempt || (attempt == sl->attempt && step <= sl->step)))
+        goto out; // older than the pending one: steps are idempotent
+    if (!sl && free_slot >= 0)
+        sl = &self->slots[free_slot];
+    if (!sl) {
+        s_slot_t *more = realloc(self->slots, sizeof *more * (size_t)(self->n_slots + 1));
+        if (!more) {
+            rc = sd3_err_set(err, SD3_ENOMEM, "journal: out of memory");
+            goto out;
+        }
+        self->slots = more;
+        sl = &self->slots[self->n_slots++];
+        memset(sl, 0, sizeof *sl);
     }
-    sqlite3_stmt *s = self->st[S_LIVE_TOUCH];
-    sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, sd3_journal_now_ms());
-    sqlite3_bind_int64(s, 3, attempt);
-    int src = sqlite3_step(s);
-    s_done(s);
-    if (src != SQLITE_DONE) {
-        rc = s_db_err(self, src, "checkpoint", err);
-        goto fail;
+    if (sl->cap < nbytes) {
+        float *l = realloc(sl->latent, nbytes), *o = l ? realloc(sl->old, nbytes) : NULL;
+        if (l)
+            sl->latent = l;
+        if (o)
+            sl->old = o;
+        if (!l || !o) {
+            sl->full = false;
+            rc = sd3_err_set(err, SD3_ENOMEM, "journal: request '%s': checkpoint of %zu bytes",
+                             request_id, nbytes);
+            goto out;
+        }
+        sl->cap = nbytes;
     }
-    int64_t d[4] = {1, 1, 1, 1};
-    for (int i = 0; i < latent->ndim; i++)
-        d[i] = latent->shape[i];
-    s = self->st[S_CKPT_UPSERT];
-    sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, attempt);
-    sqlite3_bind_int64(s, 3, step);
-    sqlite3_bind_int(s, 4, latent->ndim);
-    for (int i = 0; i < 4; i++)
-        sqlite3_bind_int64(s, 5 + i, d[i]);
-    sqlite3_bind_blob64(s, 9, latent->data, nbytes, SQLITE_STATIC);
+    snprintf(sl->id, sizeof sl->id, "%s", request_id);
+    sl->del = false;
+    sl->attempt = attempt;
+    sl->step = step;
+    sl->ndim = latent->ndim;
+    memcpy(sl->shape, latent->shape, sizeof(int64_t) * (size_t)latent->ndim);
+    sl->nbytes = nbytes;
+    memcpy(sl->latent, latent->data, nbytes);
+    sl->has_old = old_denoised != NULL;
     if (old_denoised)
-        sqlite3_bind_blob64(s, 10, old_denoised->data, nbytes, SQLITE_STATIC);
-    uint64_t sum = s_checksum(latent->data, nbytes, old_denoised ? old_denoised->data : NULL,
-                              nbytes);
-    sqlite3_bind_int64(s, 11, (sqlite3_int64)sum);
-    src = sqlite3_step(s);
-    s_done(s);
-    if (src != SQLITE_DONE) {
-        rc = s_db_err(self, src, "checkpoint", err);
-        goto fail;
-    }
-    return s_commit(self, err);
-fail:
-    s_rollback(self);
+        memcpy(sl->old, old_denoised->data, nbytes);
+    sl->full = true;
+    sl->seq = ++self->seq;
+    pthread_cond_signal(&self->cv);
+out:
+    pthread_mutex_unlock(&self->mu);
     return rc;
+}
+
+int
+sd3_journal_flush(sd3_journal_t *self, sd3_err_t *err)
+{
+    pthread_mutex_lock(&self->mu);
+    for (;;) {
+        bool pending = self->writing;
+        for (int i = 0; i < self->n_slots && !pending; i++)
+            pending = self->slots[i].full;
+        if (!pending)
+            break;
+        pthread_cond_wait(&self->idle, &self->mu);
+    }
+    int rc = s_take_async_err(self, err);
+    pthread_mutex_unlock(&self->mu);
+    return rc;
+}
+
+// An end replaces what is still pending for the request with the deletion of its row.
+static void
+s_enqueue_delete(sd3_journal_t *self, const char *request_id)
+{
+    if (!self->thread_started)
+        return;
+    pthread_mutex_lock(&self->mu);
+    s_slot_t *sl = NULL;
+    for (int i = 0; i < self->n_slots && !sl; i++)
+        if (self->slots[i].full && !strcmp(self->slots[i].id, request_id))
+            sl = &self->slots[i];
+    for (int i = 0; i < self->n_slots && !sl; i++)
+        if (!self->slots[i].full)
+            sl = &self->slots[i];
+    if (!sl) {
+        s_slot_t *more = realloc(self->slots, sizeof *more * (size_t)(self->n_slots + 1));
+        if (more) { // else prune deletes it
+            self->slots = more;
+            sl = &self->slots[self->n_slots++];
+            memset(sl, 0, sizeof *sl);
+        }
+    }
+    if (sl) {
+        snprintf(sl->id, sizeof sl->id, "%s", request_id);
+        sl->del = sl->full = true;
+        sl->seq = ++self->seq;
+        pthread_cond_signal(&self->cv);
+    }
+    pthread_mutex_unlock(&self->mu);
 }
 
 // ---- reading back ---------------------------------------------------------------------------
@@ -885,8 +1128,8 @@ s_col_blob(sqlite3_stmt *s, int i, size_t cap, bool null_ok, const char *request
     if (type == SQLITE_NULL && null_ok)
         return 0;
     if (type != SQLITE_BLOB)
-        return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': %s is not a blob",
-                           request_id, what);
+        return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': %s is not a blob", request_id,
+                           what);
     int n = sqlite3_column_bytes(s, i);
     if (n < 0 || (size_t)n > cap)
         return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': %s has %d bytes, at most %zu",
@@ -894,19 +1137,21 @@ s_col_blob(sqlite3_stmt *s, int i, size_t cap, bool null_ok, const char *request
     *data = sqlite3_column_blob(s, i);
     *len = (size_t)n;
     if (n > 0 && !*data)
-        return sd3_err_set(err, SD3_ENOMEM, "journal: request '%s': %s: out of memory",
-                           request_id, what);
+        return sd3_err_set(err, SD3_ENOMEM, "journal: request '%s': %s: out of memory", request_id,
+                           what);
     return 0;
 }
 
 static int
-s_col_int(sqlite3_stmt *s, int i, int64_t lo, int64_t hi, const char *request_id,
-          const char *what, int64_t *out, sd3_err_t *err)
+s_col_int(sqlite3_stmt *s, int i, int64_t lo, int64_t hi, const char *request_id, const char *what,
+          int64_t *out, sd3_err_t *err)
 {
     sqlite3_int64 v = sqlite3_column_int64(s, i);
     if (sqlite3_column_type(s, i) != SQLITE_INTEGER || v < lo || v > hi)
-        return sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': %s is not an integer in "
-                           "[%lld, %lld]", request_id, what, (long long)lo, (long long)hi);
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "journal: request '%s': %s is not an integer in "
+                           "[%lld, %lld]",
+                           request_id, what, (long long)lo, (long long)hi);
     *out = v;
     return 0;
 }
@@ -931,10 +1176,10 @@ s_load_ckpt(sd3_journal_t *self, const char *request_id, uint32_t *step, sd3_ten
         rc = s_db_err(self, src, "read checkpoint", err);
         goto out;
     }
-    static const char *const names[7] = {"checkpoint attempt", "checkpoint step",
-                                         "checkpoint ndim", "latent dim 0", "latent dim 1",
-                                         "latent dim 2", "latent dim 3"};
-    static const int64_t hi[7] = {UINT32_MAX, UINT32_MAX, 4, S_MAX_DIM_LEN, S_MAX_DIM_LEN,
+    static const char *const names[7] = {"checkpoint attempt", "checkpoint step", "checkpoint ndim",
+                                         "latent dim 0",       "latent dim 1",    "latent dim 2",
+                                         "latent dim 3"};
+    static const int64_t hi[7] = {UINT32_MAX,    UINT32_MAX,   4, S_MAX_DIM_LEN, S_MAX_DIM_LEN,
                                   S_MAX_DIM_LEN, S_MAX_DIM_LEN};
     for (int i = 0; i < 7; i++)
         if ((rc = s_col_int(s, i, i == 2 || i >= 3 ? 1 : 0, hi[i], request_id, names[i], &v[i],
@@ -953,15 +1198,18 @@ s_load_ckpt(sd3_journal_t *self, const char *request_id, uint32_t *step, sd3_ten
                          &nold, err)) != 0)
         goto out;
     if (nlat != want || (old && nold != want)) {
-        rc = sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': latent blob of %zu bytes "
-                         "(old denoised %zu), the stored shape needs %zu", request_id, nlat,
-                         nold, want);
+        rc = sd3_err_set(err, SD3_EFORMAT,
+                         "journal: request '%s': latent blob of %zu bytes "
+                         "(old denoised %zu), the stored shape needs %zu",
+                         request_id, nlat, nold, want);
         goto out;
     }
     if (sqlite3_column_type(s, 9) != SQLITE_INTEGER ||
         (uint64_t)sqlite3_column_int64(s, 9) != s_checksum(lat, nlat, old, nold)) {
-        rc = sd3_err_set(err, SD3_EFORMAT, "journal: request '%s': checkpoint of step %lld "
-                         "fails its checksum", request_id, (long long)v[1]);
+        rc = sd3_err_set(err, SD3_EFORMAT,
+                         "journal: request '%s': checkpoint of step %lld "
+                         "fails its checksum",
+                         request_id, (long long)v[1]);
         goto out;
     }
     *latent_p = sd3_tensor_new_err(SD3_F32, ndim, &v[3], "latent", err);
@@ -1012,10 +1260,10 @@ s_get_row(sd3_journal_t *self, const char *request_id, sd3_journal_info_t *out, 
     if ((rc = s_col_int(s, 3, 0, SD3_JOURNAL_STATE_COUNT - 1, request_id, "state", &v, err)))
         goto out;
     out->state = (sd3_journal_state_t)v;
-    if ((rc = s_col_int(s, 4, INT64_MIN, INT64_MAX, request_id, "created", &out->created_ms,
-                        err)) ||
-        (rc = s_col_int(s, 5, INT64_MIN, INT64_MAX, request_id, "updated", &out->updated_ms,
-                        err)) ||
+    if ((rc =
+             s_col_int(s, 4, INT64_MIN, INT64_MAX, request_id, "created", &out->created_ms, err)) ||
+        (rc =
+             s_col_int(s, 5, INT64_MIN, INT64_MAX, request_id, "updated", &out->updated_ms, err)) ||
         (rc = s_col_int(s, 6, 0, UINT32_MAX, request_id, "attempt", &v, err)))
         goto out;
     out->attempt = (uint32_t)v;
@@ -1180,8 +1428,8 @@ sd3_journal_prune(sd3_journal_t *self, int64_t before_ms, sd3_err_t *err)
     int rc;
     if ((rc = s_begin(self, S_SYNC_NORMAL, err)) != 0)
         return rc;
+    // Checkpoints of ended requests the writer had not deleted yet (a crash came first).
     sqlite3_stmt *s = self->st[S_PRUNE_CKPT];
-    sqlite3_bind_int64(s, 1, before_ms);
     int src = sqlite3_step(s);
     s_done(s);
     int removed = 0;

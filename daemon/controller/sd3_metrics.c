@@ -19,8 +19,8 @@
 #include <string.h>
 
 // Request duration buckets (s): a health check takes ms, an image seconds to minutes.
-static const double s_req_bounds[SD3_METRICS_REQ_BUCKETS] = {0.005, 0.025, 0.1, 0.5, 1, 2.5,
-                                                              5,     10,    30,  60,  120, 300};
+static const double s_req_bounds[SD3_METRICS_REQ_BUCKETS] = {0.005, 0.025, 0.1, 0.5, 1,   2.5,
+                                                             5,     10,    30,  60,  120, 300};
 static const double s_step_bounds[SD3_WIRE_STEP_BUCKETS] = SD3_WIRE_STEP_BOUNDS;
 
 typedef struct {
@@ -66,8 +66,8 @@ sd3_metrics_destroy(sd3_metrics_t **self_p)
 const char *
 sd3_metrics_endpoint_name(sd3_metrics_endpoint_t ep)
 {
-    static const char *const names[SD3_METRICS_EP_COUNT] = {"openai", "a1111", "metrics",
-                                                            "healthz", "other"};
+    static const char *const names[SD3_METRICS_EP_COUNT] = {"openai", "a1111", "metrics", "healthz",
+                                                            "other"};
     return (unsigned)ep < SD3_METRICS_EP_COUNT ? names[ep] : "other";
 }
 
@@ -169,8 +169,7 @@ typedef struct {
     bool failed;
 } s_buf_t;
 
-static void
-s_printf(s_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void s_printf(s_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 s_printf(s_buf_t *b, const char *fmt, ...)
@@ -311,8 +310,9 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
     s_printf(b, "sd3_uptime_seconds ");
     s_value(b, (double)st->uptime_ms / 1000.0);
 
-    int nn = st->n_nodes < 0 ? 0 : st->n_nodes > SD3_WIRE_MAX_NODES ? SD3_WIRE_MAX_NODES
-                                                                     : st->n_nodes;
+    int nn = st->n_nodes < 0                    ? 0
+             : st->n_nodes > SD3_WIRE_MAX_NODES ? SD3_WIRE_MAX_NODES
+                                                : st->n_nodes;
     s_family(b, "sd3_node_up", "gauge", "1 while a node sends heartbeats, 0 once declared dead.");
     for (int i = 0; i < nn; i++)
         s_printf(b, "sd3_node_up{node=\"%s\",role=\"%s\"} %d\n",
@@ -333,7 +333,7 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
         s_printf(b, "sd3_link_bytes_total{node=\"%s\",link=\"%s\",direction=\"received\"} %llu\n",
                  l1, link, (unsigned long long)ni->bytes_received);
     }
-    int np = st->n_pipelines < 0                       ? 0
+    int np = st->n_pipelines < 0                        ? 0
              : st->n_pipelines > SD3_WIRE_MAX_PIPELINES ? SD3_WIRE_MAX_PIPELINES
                                                         : st->n_pipelines;
     s_family(b, "sd3_pipeline_inflight_requests", "gauge", "Requests in flight on a pipeline.");
@@ -342,8 +342,7 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
         s_printf(b, "sd3_pipeline_inflight_requests{pipeline=\"%s\"} %u\n", l2,
                  st->pipelines[i].inflight);
     }
-    s_family(b, "sd3_pipeline_max_inflight_requests", "gauge",
-             "In-flight limit of a pipeline.");
+    s_family(b, "sd3_pipeline_max_inflight_requests", "gauge", "In-flight limit of a pipeline.");
     for (int i = 0; i < np; i++) {
         snprintf(l2, sizeof l2, "%u", st->pipelines[i].id);
         s_printf(b, "sd3_pipeline_max_inflight_requests{pipeline=\"%s\"} %u\n", l2,

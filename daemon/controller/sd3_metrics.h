@@ -64,8 +64,8 @@ void sd3_metrics_step_seen(sd3_metrics_t *self, double seconds);
 
 // Adds one step of `seconds` to a histogram laid out as sd3_wire_status_t's (buckets per
 // SD3_WIRE_STEP_BOUNDS, not cumulative). For the controller, which fills the STATUS report.
-void sd3_metrics_step_observe(uint64_t buckets[SD3_WIRE_STEP_BUCKETS], double *sum,
-                              uint64_t *count, double seconds);
+void sd3_metrics_step_observe(uint64_t buckets[SD3_WIRE_STEP_BUCKETS], double *sum, uint64_t *count,
+                              double seconds);
 
 // The Prometheus text: this object's counters, then the controller's figures from status
 // (NULL: the controller did not answer; sd3_up is 0 and its families are left out).

@@ -26,7 +26,7 @@
 #define S_SERVER_KEYS    1024
 #define S_ZAP_FRAMES     8
 #define S_ZAP_FRAME_MAX  512
-#define S_RECENT         16   // refused keys remembered for the log rate limit
+#define S_RECENT         16 // refused keys remembered for the log rate limit
 #define S_RECENT_SECONDS 10.0
 
 typedef struct {
@@ -85,8 +85,8 @@ s_read_text(const char *path, mode_t *mode, sd3_err_t *err)
         goto fail;
     }
     if ((uint64_t)st.st_size > S_FILE_MAX) {
-        sd3_err_set(err, SD3_EFORMAT, "%s: %lld bytes, more than the %u a key file may have",
-                    path, (long long)st.st_size, S_FILE_MAX);
+        sd3_err_set(err, SD3_EFORMAT, "%s: %lld bytes, more than the %u a key file may have", path,
+                    (long long)st.st_size, S_FILE_MAX);
         goto fail;
     }
     if (mode)
@@ -217,8 +217,7 @@ s_write_file(const char *path, const char *text, mode_t mode, bool exclusive, sd
 }
 
 int
-sd3_curve_keypair_save(const sd3_curve_keypair_t *kp, const char *name, bool force,
-                       sd3_err_t *err)
+sd3_curve_keypair_save(const sd3_curve_keypair_t *kp, const char *name, bool force, sd3_err_t *err)
 {
     char path[4096], text[256];
     if (!s_key_valid(kp->public_key, NULL) || !s_key_valid(kp->secret_key, NULL))
@@ -247,7 +246,9 @@ sd3_curve_keypair_load(const char *secret_path, sd3_curve_keypair_t *kp, sd3_err
     int rc = s_read_one_key(secret_path, kp->secret_key, &mode, err);
     if (rc)
         return rc;
-    if (mode & 077) {
+    // Others may not read it, the group may not change it. Group read is allowed: that is
+    // how a Kubernetes secret volume (fsGroup, defaultMode 0440) hands it to a non-root user.
+    if (mode & 027) {
         memset(kp, 0, sizeof *kp);
         return sd3_err_set(err, SD3_EINVAL,
                            "%s: mode %04o lets others read the secret key; chmod 600 it",
@@ -408,8 +409,7 @@ s_log_refusal(sd3_curve_t *self, const uint8_t *key, const char *mechanism, cons
     memcpy(slot->key, key, 32);
     slot->when = now;
     slot->repeats = 0;
-    sd3_log_warn("curve",
-                 "refused peer=%s mechanism=%s key=%.8s reason=%s repeats=%llu", address,
+    sd3_log_warn("curve", "refused peer=%s mechanism=%s key=%.8s reason=%s repeats=%llu", address,
                  mechanism, z85, key == none ? "not a CURVE client" : "key not in the allow file",
                  (unsigned long long)repeats);
 }
@@ -500,6 +500,10 @@ s_zap_thread(void *arg)
         }
         s_zap_handle(self, &req);
     }
+    // The thread owns the socket from its start: closing it here lets a zmq_ctx_term that
+    // came first (ETERM) finish instead of waiting for sd3_curve_destroy.
+    zmq_close(self->zap);
+    self->zap = NULL;
     return NULL;
 }
 
@@ -541,8 +545,8 @@ sd3_curve_new(void *ctx, const char *secret_path, const char *allow_path,
         zmq_setsockopt(self->zap, ZMQ_LINGER, &linger, sizeof linger);
         if (zmq_bind(self->zap, S_ZAP_ENDPOINT) != 0) {
             sd3_err_set(err, errno == EADDRINUSE ? SD3_EINVAL : SD3_EIO,
-                        "curve: cannot bind %s: %s (one ZAP handler per context)",
-                        S_ZAP_ENDPOINT, zmq_strerror(errno));
+                        "curve: cannot bind %s: %s (one ZAP handler per context)", S_ZAP_ENDPOINT,
+                        zmq_strerror(errno));
             goto fail;
         }
         if (pthread_create(&self->thread, NULL, s_zap_thread, self) != 0) {
@@ -567,10 +571,10 @@ sd3_curve_destroy(sd3_curve_t **self_p)
     sd3_curve_t *self = *self_p;
     if (self->thread_started) {
         atomic_store(&self->stop, true);
-        pthread_join(self->thread, NULL);
-    }
-    if (self->zap)
+        pthread_join(self->thread, NULL); // the thread closes the socket
+    } else if (self->zap) {
         zmq_close(self->zap);
+    }
     pthread_mutex_destroy(&self->lock);
     free(self->allow);
     free(self->allow_path);
@@ -609,7 +613,7 @@ int
 sd3_curve_bind(sd3_curve_t *self, void *sock, const char *endpoint, sd3_err_t *err)
 {
     if (self && !s_is_local(endpoint)) {
-        if (!self->zap)
+        if (!self->allow_path)
             return sd3_err_set(err, SD3_EINVAL,
                                "%s: a CURVE server needs an allow file (--curve-allow)", endpoint);
         int rc = sd3_curve_set_server(sock, &self->own, err);
@@ -675,8 +679,8 @@ sd3_curve_set_server(void *sock, const sd3_curve_keypair_t *own, sd3_err_t *err)
         return sd3_err_set(err, SD3_EINVAL, "curve server: not a valid secret key");
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &on, sizeof on) != 0 ||
         zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, own->secret_key, SD3_CURVE_Z85_LEN) != 0 ||
-        zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, SD3_CURVE_ZAP_DOMAIN,
-                       strlen(SD3_CURVE_ZAP_DOMAIN)) != 0)
+        zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, SD3_CURVE_ZAP_DOMAIN, strlen(SD3_CURVE_ZAP_DOMAIN)) !=
+            0)
         return sd3_err_set(err, SD3_EINVAL, "curve server: %s", zmq_strerror(errno));
     return 0;
 }

@@ -8,7 +8,8 @@
  *
  *  Files (all Z85 text, one key per line; a comment starts with a # at the start of a line
  *  or after a blank, since # is also a Z85 character):
- *    NAME.key   the secret key (40 Z85 chars); mode 0600 or stricter, else refused
+ *    NAME.key   the secret key (40 Z85 chars); refused when others may read it or the
+ *               group may write it (0600 as written; 0440 from a Kubernetes secret is fine)
  *    NAME.pub   the public key; an allow file is any number of these: cat *.pub > allow
  *    server-pub one line "KEY" (the key every server of the cluster presents) and/or lines
  *               "KEY ENDPOINT" (the key of the server at exactly that endpoint)
@@ -38,8 +39,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define SD3_CURVE_Z85_LEN   40   // a 32-byte key as Z85 text (without the NUL)
-#define SD3_CURVE_MAX_KEYS  4096 // allow-list entries
+#define SD3_CURVE_Z85_LEN    40   // a 32-byte key as Z85 text (without the NUL)
+#define SD3_CURVE_MAX_KEYS   4096 // allow-list entries
 #define SD3_CURVE_ZAP_DOMAIN "sd3"
 
 typedef struct {
@@ -56,9 +57,9 @@ int sd3_curve_keypair_new(sd3_curve_keypair_t *kp, sd3_err_t *err);
 // unless `force`. SD3_EIO when a file cannot be written.
 int sd3_curve_keypair_save(const sd3_curve_keypair_t *kp, const char *name, bool force,
                            sd3_err_t *err);
-// Reads a secret key file (NAME.key) and derives the public key. SD3_EINVAL when the file
-// can be read by group or others; SD3_EFORMAT when it does not hold exactly one Z85 key;
-// SD3_ENOTFOUND / SD3_EIO.
+// Reads a secret key file (NAME.key) and derives the public key. SD3_EINVAL when others may
+// read it or the group may write it (mode & 027); SD3_EFORMAT when it does not hold exactly
+// one Z85 key; SD3_ENOTFOUND / SD3_EIO.
 int sd3_curve_keypair_load(const char *secret_path, sd3_curve_keypair_t *kp, sd3_err_t *err);
 // Reads a file that holds exactly one public key (NAME.pub) into out (Z85 + NUL).
 int sd3_curve_public_load(const char *path, char out[SD3_CURVE_Z85_LEN + 1], sd3_err_t *err);

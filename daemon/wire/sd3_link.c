@@ -1,6 +1,7 @@
 /*  sd3_link - one ZeroMQ endpoint of a node (see sd3_link.h)  */
 #include "sd3_link.h"
 
+#include "sd3_curve.h"
 #include "sd3_log.h"
 
 #include <stdbool.h>
@@ -59,7 +60,11 @@ s_new(void *zmq_ctx, const char *endpoint, const sd3_link_opts_t *opts, bool ser
         }
         zmq_setsockopt(self->sock, ZMQ_ROUTING_ID, opts->identity, len);
     }
-    if ((serve ? zmq_bind(self->sock, endpoint) : zmq_connect(self->sock, endpoint)) != 0) {
+    if (opts->curve) { // CURVE options, then bind/connect (plain on inproc/ipc)
+        if ((serve ? sd3_curve_bind(opts->curve, self->sock, endpoint, err)
+                   : sd3_curve_connect(opts->curve, self->sock, endpoint, err)) != 0)
+            goto fail;
+    } else if ((serve ? zmq_bind(self->sock, endpoint) : zmq_connect(self->sock, endpoint)) != 0) {
         sd3_err_set(err, SD3_EIO, "link: %s %s: %s", serve ? "bind" : "connect", endpoint,
                     zmq_strerror(zmq_errno()));
         goto fail;

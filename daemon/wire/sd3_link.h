@@ -23,6 +23,8 @@ typedef struct {
     const char *identity;     // connect links: the routing id the ROUTER sees (node id); NULL =
                               // ZeroMQ's random one
     sd3_wire_limits_t limits; // all zero = sd3_wire_limits_default()
+    struct sd3_curve *curve;  // NULL = plain; else CurveZMQ on tcp endpoints (sd3_curve.h:
+                              // bind as server, connect as client); borrowed, outlives the link
 } sd3_link_opts_t;
 
 // Binds a ROUTER at endpoint ("tcp://*:5601", "tcp://127.0.0.1:*", "inproc://x").

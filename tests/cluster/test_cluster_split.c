@@ -30,6 +30,10 @@ s_case(const char *arch, const char *local_args, const sd3_wire_generate_t *w)
     static sd3_wire_status_t st;
     CHECK(cl && sd3_client_status(cl, 3000, &st, &err) == 0);
     CHECK_MSG(st.n_pipelines == 3, "%d pipelines, want 3", st.n_pipelines);
+    int ways = 0; // the three chains as written: 2, 3 and 5 ranges
+    for (int p = 0; p < st.n_pipelines; p++)
+        ways |= 1 << st.pipelines[p].n_stages;
+    CHECK_MSG(ways == ((1 << 2) | (1 << 3) | (1 << 5)), "pipelines are not split 2, 3, 5 ways");
     for (int p = 0; p < st.n_pipelines; p++) {
         printf("  pipeline %u:", st.pipelines[p].id);
         for (int s = 0; s < st.pipelines[p].n_stages; s++)

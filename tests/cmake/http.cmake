@@ -34,4 +34,5 @@ endif()
 
 # The server in-process against a fake controller thread, with the real clients of
 # tests/http/clients.sh (curl, python3, node + openai, promtool; each skipped when absent).
-sd3_test(test_http_server http/test_http_server.c LABELS unit TIMEOUT 120)
+# No sd3d, but sockets and client processes: labelled with the cluster tests.
+sd3_test(test_http_server http/test_http_server.c LABELS cluster TIMEOUT 120)

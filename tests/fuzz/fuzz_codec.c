@@ -15,6 +15,7 @@
  *  Built as a replayer (ctest label fuzz, corpus tests/fuzz/corpus-codec) and, with
  *  -DSD3_FUZZ=ON, as the libFuzzer binary fuzz_codec_lf (tests/cmake/fuzz.cmake).  */
 #include "sd3_codec.h"
+#include "sd3_fuzz_replay.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -24,8 +25,6 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 #include <zstd.h>
-
-#include "sd3_fuzz_replay.h"
 
 #define S_HEAD 40
 #define S_CAP  ((size_t)16 << 20) // the fuzzer's tensor cap
@@ -188,9 +187,9 @@ s_write_seeds(const char *dir)
     static const struct {
         sd3_dtype_t dtype, wire;
         const char *tag;
-    } kinds[] = {{SD3_F32, SD3_F32, "f32"},   {SD3_F32, SD3_BF16, "f32-bf16"},
+    } kinds[] = {{SD3_F32, SD3_F32, "f32"},     {SD3_F32, SD3_BF16, "f32-bf16"},
                  {SD3_F32, SD3_F16, "f32-f16"}, {SD3_BF16, SD3_BF16, "bf16"},
-                 {SD3_I32, SD3_I32, "i32"},   {SD3_U8, SD3_U8, "u8"}};
+                 {SD3_I32, SD3_I32, "i32"},     {SD3_U8, SD3_U8, "u8"}};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         for (int c = 0; c < SD3_CODEC_COUNT; c++) {
             sd3_tensor_t *t = sd3_tensor_new(kinds[k].dtype, 3, (int64_t[]){2, 3, 5});
@@ -243,8 +242,13 @@ s_write_seeds(const char *dir)
     size_t bound = ZSTD_compressBound(big);
     uint8_t *z = malloc(bound);
     size_t zn = ZSTD_compress(z, bound, zeros, big, 1);
-    sd3_codec_desc_t bomb = {.name = "t", .dtype = SD3_U8, .wire_dtype = SD3_U8,
-                             .codec = SD3_CODEC_ZSTD, .ndim = 1, .shape = {64}, .raw_bytes = 64};
+    sd3_codec_desc_t bomb = {.name = "t",
+                             .dtype = SD3_U8,
+                             .wire_dtype = SD3_U8,
+                             .codec = SD3_CODEC_ZSTD,
+                             .ndim = 1,
+                             .shape = {64},
+                             .raw_bytes = 64};
     rc |= s_seed(dir, "zip-bomb", &bomb, 0, z, zn);
     ZSTD_CCtx *cctx = ZSTD_createCCtx();
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0);
@@ -256,8 +260,12 @@ s_write_seeds(const char *dir)
     free(z);
     free(zeros);
     // Shapes that overflow or lie.
-    sd3_codec_desc_t lie = {.name = "t", .dtype = SD3_F32, .wire_dtype = SD3_F32, .ndim = 4,
-                            .shape = {65536, 65536, 65536, 65536}, .raw_bytes = 16};
+    sd3_codec_desc_t lie = {.name = "t",
+                            .dtype = SD3_F32,
+                            .wire_dtype = SD3_F32,
+                            .ndim = 4,
+                            .shape = {65536, 65536, 65536, 65536},
+                            .raw_bytes = 16};
     rc |= s_seed(dir, "shape-overflow", &lie, 1, "0123456789abcdef", 16);
     lie.ndim = 1;
     lie.shape[0] = -4;

@@ -8,6 +8,7 @@
  *  RGBA, zTXt/iTXt), plus truncated, bad-CRC and oversized headers.
  *  Built as a replayer (ctest label fuzz, corpus tests/fuzz/corpus-png) and, with
  *  -DSD3_FUZZ=ON, as the libFuzzer binary fuzz_png_lf (tests/cmake/fuzz.cmake).  */
+#include "sd3_fuzz_replay.h"
 #include "sd3_png.h"
 
 #include <stdint.h>
@@ -16,8 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <zlib.h>
-
-#include "sd3_fuzz_replay.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -112,9 +111,19 @@ s_png(uint32_t w, uint32_t h, uint8_t depth, uint8_t color, uint8_t interlace, c
     s_buf_t b = {0};
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     s_put(&b, sig, 8);
-    uint8_t ihdr[13] = {(uint8_t)(w >> 24), (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w,
-                        (uint8_t)(h >> 24), (uint8_t)(h >> 16), (uint8_t)(h >> 8), (uint8_t)h,
-                        depth, color, 0, 0, interlace};
+    uint8_t ihdr[13] = {(uint8_t)(w >> 24),
+                        (uint8_t)(w >> 16),
+                        (uint8_t)(w >> 8),
+                        (uint8_t)w,
+                        (uint8_t)(h >> 24),
+                        (uint8_t)(h >> 16),
+                        (uint8_t)(h >> 8),
+                        (uint8_t)h,
+                        depth,
+                        color,
+                        0,
+                        0,
+                        interlace};
     s_chunk(&b, "IHDR", ihdr, 13);
     if (pre)
         s_put(&b, pre->buf, pre->len);

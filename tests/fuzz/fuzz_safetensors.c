@@ -9,6 +9,7 @@
  *  Seeds (--write-seeds): files made by sd3_st_write_tensors plus hand-made hostile headers.
  *  Built as a replayer (ctest label fuzz, corpus tests/fuzz/corpus-safetensors) and, with
  *  -DSD3_FUZZ=ON, as the libFuzzer binary fuzz_safetensors_lf (tests/cmake/fuzz.cmake).  */
+#include "sd3_fuzz_replay.h"
 #include "sd3_safetensors.h"
 
 #include <stdint.h>
@@ -18,8 +19,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include "sd3_fuzz_replay.h"
 
 static int s_fd = -1;
 static char s_path[64];
@@ -158,15 +157,18 @@ s_write_seeds(const char *dir)
 
     // Hostile headers: each should be refused with a message (or parse, for the odd ones).
     rc |= s_hdr(dir, "min-empty-object", "{}", 0);
-    rc |= s_hdr(dir, "padded-header", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],"
-                                      "\"data_offsets\":[0,2]}}        ", 2);
+    rc |= s_hdr(dir, "padded-header",
+                "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],"
+                "\"data_offsets\":[0,2]}}        ",
+                2);
     rc |= s_raw(dir, "len-past-file", "{\"a\":1}", 1000, 0);
     rc |= s_raw(dir, "len-huge", "{}", 0x7fffffffffffffffull, 0);
     rc |= s_raw(dir, "len-zero", "", 0, 4);
     rc |= s_hdr(dir, "not-json", "{\"a\":{\"dtype\":\"F32\",", 0);
     rc |= s_hdr(dir, "not-object", "[1,2,3]", 0);
-    rc |= s_hdr(dir, "overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+    rc |= s_hdr(dir, "overlap",
+                "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
                 16);
     rc |= s_hdr(dir, "shape-mismatch",
                 "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,8]}}", 16);
@@ -178,10 +180,10 @@ s_write_seeds(const char *dir)
                 "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
                 "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
                 2);
-    rc |= s_hdr(dir, "bad-dtype", "{\"a\":{\"dtype\":\"Q4_K\",\"shape\":[1],\"data_offsets\":[0,1]}}",
-                1);
-    rc |= s_hdr(dir, "neg-shape", "{\"a\":{\"dtype\":\"U8\",\"shape\":[-1],\"data_offsets\":[0,1]}}",
-                1);
+    rc |= s_hdr(dir, "bad-dtype",
+                "{\"a\":{\"dtype\":\"Q4_K\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1);
+    rc |= s_hdr(dir, "neg-shape",
+                "{\"a\":{\"dtype\":\"U8\",\"shape\":[-1],\"data_offsets\":[0,1]}}", 1);
     rc |= s_hdr(dir, "big-number",
                 "{\"a\":{\"dtype\":\"U8\",\"shape\":[9007199254740993],"
                 "\"data_offsets\":[0,9007199254740993]}}",

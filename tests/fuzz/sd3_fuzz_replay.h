@@ -20,12 +20,12 @@ static int s_write_seeds(const char *dir);
 
 // SD3_FUZZ_VERBOSE=1 in the environment: the target says what it made of each input.
 static int s_fuzz_verbose = -1;
-#define SD3_FUZZ_NOTE(...)                                                                    \
-    do {                                                                                      \
-        if (s_fuzz_verbose < 0)                                                               \
-            s_fuzz_verbose = getenv("SD3_FUZZ_VERBOSE") != NULL;                              \
-        if (s_fuzz_verbose)                                                                   \
-            fprintf(stderr, __VA_ARGS__);                                                     \
+#define SD3_FUZZ_NOTE(...)                                                                         \
+    do {                                                                                           \
+        if (s_fuzz_verbose < 0)                                                                    \
+            s_fuzz_verbose = getenv("SD3_FUZZ_VERBOSE") != NULL;                                   \
+        if (s_fuzz_verbose)                                                                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
     } while (0)
 
 // Writes one seed file DIR/NAME.
@@ -103,10 +103,10 @@ s_replay_main(const char *name, int argc, char **argv)
     return 0;
 }
 
-#define SD3_FUZZ_REPLAY_MAIN(name)                                                            \
-    int main(int argc, char **argv)                                                           \
-    {                                                                                         \
-        return s_replay_main(name, argc, argv);                                               \
+#define SD3_FUZZ_REPLAY_MAIN(name)                                                                 \
+    int main(int argc, char **argv)                                                                \
+    {                                                                                              \
+        return s_replay_main(name, argc, argv);                                                    \
     }
 #else
 #define SD3_FUZZ_REPLAY_MAIN(name)

@@ -88,7 +88,7 @@ start full --queue 1 --inflight 1
 for i in 1 2 3; do
     curl -s -o "$tmp/full$i.out" -D "$tmp/full$i.hdr" -w '%{http_code}' --max-time 120 \
         -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        --data "{\"prompt\":\"cat $i\",\"size\":\"128x128\",\"steps\":300}" \
+        --data "{\"prompt\":\"cat $i\",\"size\":\"128x128\",\"steps\":150}" \
         "http://127.0.0.1:$hport/v1/images/generations" > "$tmp/full$i.code" &
     sleep 0.2
 done

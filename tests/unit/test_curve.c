@@ -3,10 +3,12 @@
  *  A client whose key is in the allow file gets a real sd3_wire round trip; a client with an
  *  unknown key, a plain client and a client that trusts the wrong server key get nothing
  *  through (and the unknown key's refusal is logged with its first 8 characters); after the
- *  allow file gains the key and is reloaded, the same client is served. Also: key files
+ *  allow file gains the key and is reloaded, the same client is served; sd3_link with
+ *  opts.curve (what the nodes use) round-trips. Also: key files
  *  (modes, round trip, '#' inside a key), the endpoint lookup of server keys, inproc
  *  without keys, and the errors of a misconfigured node.  */
 #include "sd3_curve.h"
+#include "sd3_link.h"
 #include "sd3_log.h"
 #include "sd3_test.h"
 #include "sd3_wire.h"
@@ -146,6 +148,9 @@ s_test_files(sd3_curve_keypair_t *server, sd3_curve_keypair_t *a, sd3_curve_keyp
     CHECK(sd3_curve_keypair_load(s_path("a.key"), &got, &err) == SD3_EINVAL);
     CHECK_MSG(strstr(err.msg, "0644") && strstr(err.msg, "chmod 600"), "%s", err.msg);
     CHECK(got.secret_key[0] == '\0');
+    chmod(s_path("a.key"), 0440); // a Kubernetes secret with fsGroup: group read is fine
+    sd3_err_clear(&err);
+    CHECK_MSG(sd3_curve_keypair_load(s_path("a.key"), &got, &err) == 0, "%s", err.msg);
     chmod(s_path("a.key"), 0600);
     // Garbage, two keys, a missing file.
     s_write(s_path("bad.pub"), "# comment\nnot-a-key\n");
@@ -254,6 +259,9 @@ main(void)
     CHECK_MSG(log && strstr(log, "refused") && strstr(log, want) && strstr(log, "127.0.0.1"),
               "log: %s", log ? log : "(none)");
     CHECK_MSG(log && !strstr(log, b.public_key), "the whole key was logged");
+    if (log && strstr(log, "refused"))
+        printf("logged: %.*s\n", (int)strcspn(strstr(log, "refused"), "\n"),
+               strstr(log, "refused"));
     free(log);
 
     // 3. A plain client against the CURVE server, 4. the right key trusting a wrong server.
@@ -276,7 +284,26 @@ main(void)
     sd3_err_clear(&err);
     CHECK(sd3_curve_reload(srv, &err) == SD3_EFORMAT);
 
-    // 6. inproc never uses keys; misconfiguration is refused on tcp.
+    // 6. The way the nodes use it: sd3_link with opts.curve, a listed key round trip.
+    sd3_link_opts_t lo = {.curve = srv};
+    sd3_link_t *serve = sd3_link_new_serve(sctx, "tcp://127.0.0.1:*", &lo, &err);
+    CHECK_MSG(serve != NULL, "%s", err.msg);
+    lo.curve = ca;
+    sd3_link_t *conn =
+        serve ? sd3_link_new_connect(cctx, sd3_link_endpoint(serve), &lo, &err) : NULL;
+    CHECK_MSG(conn != NULL, "%s", err.msg);
+    if (serve && conn) {
+        sd3_msg_t *m = sd3_msg_new(SD3_MSG_CANCEL, "via-link");
+        sd3_wire_peer_t from;
+        CHECK(sd3_link_send(conn, NULL, &m, &err) == 0);
+        CHECK_MSG(sd3_link_recv(serve, 5000, &from, &m, &err) == 0, "%s", err.msg);
+        CHECK(m && m->type == SD3_MSG_CANCEL && !strcmp(m->request_id, "via-link"));
+        sd3_msg_destroy(&m);
+    }
+    sd3_link_destroy(&conn);
+    sd3_link_destroy(&serve);
+
+    // 7. inproc never uses keys; misconfiguration is refused on tcp.
     void *pa = zmq_socket(sctx, ZMQ_PAIR), *pb = zmq_socket(sctx, ZMQ_PAIR);
     sd3_err_clear(&err);
     CHECK(sd3_curve_bind(srv, pa, "inproc://curve-test", &err) == 0);
@@ -307,6 +334,14 @@ main(void)
     CHECK(srv == NULL);
     zmq_ctx_term(cctx);
     zmq_ctx_term(sctx);
+    // A context terminated while its ZAP handler still runs: the handler lets go (no hang).
+    snprintf(text, sizeof text, "%s\n", a.public_key);
+    s_write(s_path("allow"), text);
+    void *ectx = zmq_ctx_new();
+    sd3_curve_t *early = sd3_curve_new(ectx, s_path("server.key"), s_path("allow"), NULL, &err);
+    CHECK(early != NULL);
+    zmq_ctx_term(ectx);
+    sd3_curve_destroy(&early);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
     if (system(cmd) != 0)

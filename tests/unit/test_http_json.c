@@ -6,7 +6,6 @@
  *  JSON string holding seed, all_seeds and infotexts), error objects, base64, UTF-8 and the
  *  PNG text chunk reader.  */
 #include "sd3_http_json.h"
-
 #include "sd3_png.h"
 #include "sd3_test.h"
 #include "sd3_wire.h"
@@ -39,18 +38,19 @@ s_refused(bool a1111, const char *body, const char *want)
     sd3_err_t err;
     int rc = a1111 ? s_a1111(body, &err) : s_openai(body, &err);
     CHECK_MSG(rc == SD3_EINVAL && err.code == SD3_EINVAL, "body %.80s: rc %d", body, rc);
-    CHECK_MSG(strstr(err.msg, want) != NULL, "body %.80s: message '%s' lacks '%s'", body,
-              err.msg, want);
+    CHECK_MSG(strstr(err.msg, want) != NULL, "body %.80s: message '%s' lacks '%s'", body, err.msg,
+              want);
 }
 
 static void
 test_openai_good(void)
 {
     sd3_err_t err;
-    const char *body = "{\"model\":\"sd3-medium\",\"prompt\":\"a cat\",\"n\":2,\"size\":\"512x768\","
-                       "\"response_format\":\"b64_json\",\"negative_prompt\":\"a dog\",\"steps\":8,"
-                       "\"cfg_scale\":4.5,\"seed\":42,\"sampler\":\"dpm++ 2m\",\"user\":\"u1\","
-                       "\"quality\":\"hd\"}";
+    const char *body =
+        "{\"model\":\"sd3-medium\",\"prompt\":\"a cat\",\"n\":2,\"size\":\"512x768\","
+        "\"response_format\":\"b64_json\",\"negative_prompt\":\"a dog\",\"steps\":8,"
+        "\"cfg_scale\":4.5,\"seed\":42,\"sampler\":\"dpm++ 2m\",\"user\":\"u1\","
+        "\"quality\":\"hd\"}";
     CHECK(s_openai(body, &err) == 0);
     const sd3_wire_generate_t *g = &s_job.gen;
     CHECK(s_job.api == SD3_HTTP_API_OPENAI);
@@ -83,7 +83,8 @@ test_unicode(void)
     // \u escapes (with a surrogate pair) and raw UTF-8 both arrive as UTF-8.
     CHECK(s_openai("{\"prompt\":\"caf\\u00e9 \\ud83d\\ude00 \xe6\x97\xa5\xe6\x9c\xac\"}", &err) ==
           0);
-    CHECK_MSG(strcmp(s_job.gen.prompt, "caf\xc3\xa9 \xf0\x9f\x98\x80 \xe6\x97\xa5\xe6\x9c\xac") == 0,
+    CHECK_MSG(strcmp(s_job.gen.prompt, "caf\xc3\xa9 \xf0\x9f\x98\x80 \xe6\x97\xa5\xe6\x9c\xac") ==
+                  0,
               "prompt bytes '%s'", s_job.gen.prompt);
     s_refused(false, "{\"prompt\":\"bad \xff byte\"}", "not valid UTF-8 (byte 4)");
     s_refused(false, "{\"prompt\":\"overlong \xc0\xaf\"}", "not valid UTF-8");
@@ -195,11 +196,16 @@ test_samplers_sizes(void)
     struct {
         const char *name;
         int want; // -1: refused
-    } t[] = {{"Euler", SD3_WIRE_SAMPLER_EULER},       {"euler", SD3_WIRE_SAMPLER_EULER},
-             {"k_euler", SD3_WIRE_SAMPLER_EULER},     {"DPM++ 2M", SD3_WIRE_SAMPLER_DPMPP_2M},
-             {"dpmpp_2m", SD3_WIRE_SAMPLER_DPMPP_2M}, {"k_dpmpp_2m", SD3_WIRE_SAMPLER_DPMPP_2M},
-             {"", SD3_WIRE_SAMPLER_DEFAULT},          {"Default", SD3_WIRE_SAMPLER_DEFAULT},
-             {"Euler a", -1},                         {"DPM2", -1},
+    } t[] = {{"Euler", SD3_WIRE_SAMPLER_EULER},
+             {"euler", SD3_WIRE_SAMPLER_EULER},
+             {"k_euler", SD3_WIRE_SAMPLER_EULER},
+             {"DPM++ 2M", SD3_WIRE_SAMPLER_DPMPP_2M},
+             {"dpmpp_2m", SD3_WIRE_SAMPLER_DPMPP_2M},
+             {"k_dpmpp_2m", SD3_WIRE_SAMPLER_DPMPP_2M},
+             {"", SD3_WIRE_SAMPLER_DEFAULT},
+             {"Default", SD3_WIRE_SAMPLER_DEFAULT},
+             {"Euler a", -1},
+             {"DPM2", -1},
              {"karras", -1}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         sd3_wire_sampler_t s = SD3_WIRE_SAMPLER_COUNT;
@@ -214,8 +220,8 @@ test_samplers_sizes(void)
     CHECK(sd3_http_parse_size("1024x768", &w, &h, &err) == 0 && w == 1024 && h == 768);
     CHECK(sd3_http_parse_size("16X8192", &w, &h, &err) == 0 && w == 16 && h == 8192);
     CHECK(sd3_http_parse_size("auto", &w, &h, &err) == 0 && w == 0 && h == 0);
-    const char *bad[] = {" 1024x1024", "1024x", "x1024", "0x16", "99999999x16", "1024x1024 ",
-                         "-16x16", "1e3x16", ""};
+    const char *bad[] = {" 1024x1024", "1024x",  "x1024",  "0x16", "99999999x16",
+                         "1024x1024 ", "-16x16", "1e3x16", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK_MSG(sd3_http_parse_size(bad[i], &w, &h, &err) == SD3_EINVAL, "size '%s'", bad[i]);
 }
@@ -280,7 +286,8 @@ s_b64decode(const char *s, size_t *n_out)
             free(out);
             return NULL;
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         out[n++] = (uint8_t)(w >> 16);
         if (s[i + 2] != '=')
             out[n++] = (uint8_t)(w >> 8);
@@ -315,12 +322,12 @@ test_base64_utf8(void)
 
     CHECK(sd3_http_utf8_check("plain", 5) == -1);
     CHECK(sd3_http_utf8_check("\xc3\xa9\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf", 10) == -1);
-    CHECK(sd3_http_utf8_check("ab\xc0\x80", 4) == 2);         // overlong NUL
-    CHECK(sd3_http_utf8_check("\xe0\x80\xaf", 3) == 0);       // overlong '/'
-    CHECK(sd3_http_utf8_check("x\xed\xa0\x80", 4) == 1);      // UTF-16 surrogate
-    CHECK(sd3_http_utf8_check("\xf4\x90\x80\x80", 4) == 0);   // past U+10FFFF
-    CHECK(sd3_http_utf8_check("ok\xe2\x82", 4) == 2);         // truncated
-    CHECK(sd3_http_utf8_check("\x80", 1) == 0);               // lone continuation
+    CHECK(sd3_http_utf8_check("ab\xc0\x80", 4) == 2);       // overlong NUL
+    CHECK(sd3_http_utf8_check("\xe0\x80\xaf", 3) == 0);     // overlong '/'
+    CHECK(sd3_http_utf8_check("x\xed\xa0\x80", 4) == 1);    // UTF-16 surrogate
+    CHECK(sd3_http_utf8_check("\xf4\x90\x80\x80", 4) == 0); // past U+10FFFF
+    CHECK(sd3_http_utf8_check("ok\xe2\x82", 4) == 2);       // truncated
+    CHECK(sd3_http_utf8_check("\x80", 1) == 0);             // lone continuation
 }
 
 // A small real PNG with (or without) the parameters chunk; fresh buffer.

@@ -6,7 +6,6 @@
  *  grammar (every sample under a TYPE of its family, no family twice). When promtool
  *  (Debian package prometheus) is installed, `promtool check metrics` must accept it too.  */
 #include "sd3_metrics.h"
-
 #include "sd3_test.h"
 
 #include <ctype.h>
