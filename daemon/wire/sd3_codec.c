@@ -333,7 +333,8 @@ sd3_codec_decode(const sd3_codec_desc_t *desc, const void *frame, size_t frame_l
         raw = tmp;
     }
     if (desc->codec == SD3_CODEC_RAW) {
-        memcpy(raw, frame, raw_bytes);
+        if (raw_bytes) // an empty frame may come as NULL: memcpy(_, NULL, 0) is undefined
+            memcpy(raw, frame, raw_bytes);
     } else if (!shuffled) {
         if ((rc = s_unzstd(desc, frame, frame_len, raw, err)) != 0)
             goto fail;
