@@ -8,14 +8,14 @@
  *  logs its time spent per STEP_DONE (receive, checkpoint, PROGRESS) when it stops; that
  *  figure is read back from its log. On a machine with fewer cores than processes the
  *  stages share the cores, so the figures say what the pipeline costs, not what it gains.  */
+#include "sd3_client.h"
+#include "sd3ctl.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_client.h"
-#include "sd3ctl.h"
 
 static double
 s_now(void)
@@ -34,9 +34,10 @@ s_one(const char *dir, const char *model, int stages, double *per_min, double *o
     FILE *f = fopen(file, "w");
     if (!f)
         return -1;
-    fprintf(f, "[cluster]\nmodel = %s\nrun_dir = %s\nthreads = 1\n[controller]\n"
-               "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\ninflight = %d\n"
-               "[encoder enc0]\n[vae vae0]\n",
+    fprintf(f,
+            "[cluster]\nmodel = %s\nrun_dir = %s\nthreads = 1\n[controller]\n"
+            "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\ninflight = %d\n"
+            "[encoder enc0]\n[vae vae0]\n",
             model, run, stages);
     for (int s = 0; s < stages; s++)
         fprintf(f, "[mmdit d%d]\nrange = %d:%d\n", s, s * 4 / stages, (s + 1) * 4 / stages);
@@ -106,12 +107,14 @@ sd3_bench_pipeline(void)
     if (!mkdtemp(dir))
         return 1;
     snprintf(model, sizeof model, "%s/tiny-d4", dir);
-    char *mk[] = {"mkmodel", "--arch", "tiny-sd3-medium", "--depth", "4", "--layout",
-                  "diffusers", "--dtype", "f16", "-o", model, NULL};
+    char *mk[] = {"mkmodel",  "--arch",    "tiny-sd3-medium", "--depth", "4",
+                  "--layout", "diffusers", "--dtype",         "f16",     "-o",
+                  model,      NULL};
     if (sd3ctl_mkmodel(11, mk) != 0)
         return 1;
     printf("local cluster on loopback, tiny sd3-medium 4 blocks deep, 64x64, 8 steps, one "
-           "thread per process, %ld cores; in flight = stages\n", sysconf(_SC_NPROCESSORS_ONLN));
+           "thread per process, %ld cores; in flight = stages\n",
+           sysconf(_SC_NPROCESSORS_ONLN));
     int rc = 0;
     for (int s = 1; s <= 4; s *= 2) {
         double per_min, us;

@@ -90,19 +90,30 @@ sd3_eval_input(sd3_eval_t *ev, const char *name, sd3_err_t *err)
     return out;
 }
 
-// Reads element i of any dtype as double.
+// Reads element i of any dtype as double. `want` tensors are views into the vectors file,
+// whose data need not be aligned (a header length that is no multiple of 8): the element
+// is copied out byte-wise, never read through a typed pointer.
 static double
 s_elem(const sd3_tensor_t *t, size_t i)
 {
+    const uint8_t *p = (const uint8_t *)t->data + i * sd3_dtype_size(t->dtype);
+    union {
+        float f32;
+        double f64;
+        int32_t i32;
+        int64_t i64;
+        uint16_t u16;
+    } v;
+    memcpy(&v, p, sd3_dtype_size(t->dtype) <= sizeof v ? sd3_dtype_size(t->dtype) : 0);
     switch (t->dtype) {
-    case SD3_F32: return ((const float *)t->data)[i];
-    case SD3_F64: return ((const double *)t->data)[i];
-    case SD3_I32: return ((const int32_t *)t->data)[i];
-    case SD3_I64: return (double)((const int64_t *)t->data)[i];
-    case SD3_U8: return ((const uint8_t *)t->data)[i];
-    case SD3_F16: return sd3_f16_to_f32(((const uint16_t *)t->data)[i]);
-    case SD3_BF16: return sd3_bf16_to_f32(((const uint16_t *)t->data)[i]);
-    case SD3_F8_E4M3: return sd3_f8e4m3_to_f32(((const uint8_t *)t->data)[i]);
+    case SD3_F32: return v.f32;
+    case SD3_F64: return v.f64;
+    case SD3_I32: return v.i32;
+    case SD3_I64: return (double)v.i64;
+    case SD3_U8: return *p;
+    case SD3_F16: return sd3_f16_to_f32(v.u16);
+    case SD3_BF16: return sd3_bf16_to_f32(v.u16);
+    case SD3_F8_E4M3: return sd3_f8e4m3_to_f32(*p);
     default: return NAN;
     }
 }

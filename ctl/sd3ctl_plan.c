@@ -14,14 +14,14 @@
  *  splits where every device fits in 90% of its memory. Step time is estimated from an
  *  assumed sustained rate, --tflops (default 100: a bf16 GEMM rate an H100 sustains on these
  *  shapes; pass the rate you measured with `sd3ctl bench mmdit`).  */
+#include "sd3_arch.h"
+#include "sd3_mmdit.h"
+#include "sd3ctl.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_arch.h"
-#include "sd3_mmdit.h"
-#include "sd3ctl.h"
 
 #define S_MAX_DEV 16
 
@@ -33,9 +33,16 @@ s_parse_bytes(const char *s, double *out)
     if (end == s || v <= 0)
         return -1;
     switch (*end) {
-    case 'T': case 't': v *= 1e12 / 1e9; /* fallthrough */
-    case 'G': case 'g': v *= 1e9 / 1e6; /* fallthrough */
-    case 'M': case 'm': v *= 1e6; break;
+    case 'T':
+    case 't':
+        v *= 1e12 / 1e9; /* fallthrough */
+    case 'G':
+    case 'g':
+        v *= 1e9 / 1e6; /* fallthrough */
+    case 'M':
+    case 'm':
+        v *= 1e6;
+        break;
     default:
         return -1;
     }
@@ -86,7 +93,8 @@ sd3ctl_plan(int argc, char **argv)
         return 2;
     }
     double wbytes = !strcmp(dtype, "f32") ? 4 : !strcmp(dtype, "f8") ? 1 : 2;
-    if (strcmp(dtype, "f32") && strcmp(dtype, "f8") && strcmp(dtype, "bf16") && strcmp(dtype, "f16")) {
+    if (strcmp(dtype, "f32") && strcmp(dtype, "f8") && strcmp(dtype, "bf16") &&
+        strcmp(dtype, "f16")) {
         fprintf(stderr, "sd3ctl plan: --dtype %s: want bf16, f16, f32 or f8\n", dtype);
         return 2;
     }
@@ -109,8 +117,7 @@ sd3ctl_plan(int argc, char **argv)
     const sd3_arch_mmdit_t *m = &arch->mmdit;
     const int D = m->depth;
     if (n_dev > D) {
-        fprintf(stderr, "sd3ctl plan: %d devices for %d blocks: at most one per block\n", n_dev,
-                D);
+        fprintf(stderr, "sd3ctl plan: %d devices for %d blocks: at most one per block\n", n_dev, D);
         return 2;
     }
     // Weights per block, and of the first-range and last-range extras.
@@ -135,14 +142,19 @@ sd3ctl_plan(int argc, char **argv)
             first_w += n * wbytes;
     }
     free(ts);
-    sd3_mmdit_config_t cfg = {.depth = D, .hidden = m->hidden, .heads = m->heads, .patch = m->patch,
-                              .in_channels = m->in_channels, .pos_max = m->pos_embed_max,
-                              .adm_in = m->adm_in, .context_in = m->context_in,
+    sd3_mmdit_config_t cfg = {.depth = D,
+                              .hidden = m->hidden,
+                              .heads = m->heads,
+                              .patch = m->patch,
+                              .in_channels = m->in_channels,
+                              .pos_max = m->pos_embed_max,
+                              .adm_in = m->adm_in,
+                              .context_in = m->context_in,
                               .qk_norm = m->qk_norm};
     for (int i = 0; i < m->n_attn2 && i < 64; i++)
         cfg.attn2_mask |= 1ull << i;
     const double C = m->hidden, N = (double)(size / 16) * (size / 16), L = n_ctx, T = N + L;
-    const double act = 4.0 * 2 * (N * C + L * C + C)                 // what travels
+    const double act = 4.0 * 2 * (N * C + L * C + C)                      // what travels
                        + 4.0 * 2 * T * (3 * C + 4 * C) + 4.0 * 2 * T * T; // the peak of a block
     // dp[k][e]: the smallest possible slowest-stage FLOPs placing blocks [0, e) on devices
     // 0..k-1; choice[k][e] the start of device k-1's range.
@@ -174,8 +186,9 @@ sd3ctl_plan(int argc, char **argv)
         double total = first_w + last_w;
         for (int b = 0; b < D; b++)
             total += block_w[b];
-        fprintf(stderr, "sd3ctl plan: %s at %s does not fit: %.2f GB of weights plus %.2f GB "
-                        "of activations per device, in 90%% of the memory given\n",
+        fprintf(stderr,
+                "sd3ctl plan: %s at %s does not fit: %.2f GB of weights plus %.2f GB "
+                "of activations per device, in 90%% of the memory given\n",
                 arch->name, dtype, total / 1e9, act / 1e9);
         return 1;
     }
@@ -188,8 +201,8 @@ sd3ctl_plan(int argc, char **argv)
     printf("plan: %s, %dx%d, weights %s, context %d tokens, %d devices; step time at an assumed "
            "%.0f TFLOP/s sustained per device\n",
            arch->name, size, size, dtype, n_ctx, n_dev, tflops);
-    printf("  %-6s %-9s %-8s %-10s %-12s %-12s %-10s %s\n", "stage", "blocks", "memory",
-           "weights", "activations", "GFLOP/step", "ms/step", "--range");
+    printf("  %-6s %-9s %-8s %-10s %-12s %-12s %-10s %s\n", "stage", "blocks", "memory", "weights",
+           "activations", "GFLOP/step", "ms/step", "--range");
     double worst = 0, total_ms = 0;
     for (int k = 0; k < n_dev; k++) {
         double w = (begin[k] == 0 ? first_w : 0) + (end[k] == D ? last_w : 0);
@@ -200,8 +213,8 @@ sd3ctl_plan(int argc, char **argv)
         worst = ms > worst ? ms : worst;
         total_ms += ms;
         printf("  %-6d [%d,%d)%*s %-8.0f %-10.2f %-12.2f %-12.1f %-10.2f %d:%d\n", k, begin[k],
-               end[k], (int)(7 - snprintf(NULL, 0, "[%d,%d)", begin[k], end[k])), "",
-               mem[k] / 1e9, w / 1e9, act / 1e9, f / 1e9, ms, begin[k], end[k]);
+               end[k], (int)(7 - snprintf(NULL, 0, "[%d,%d)", begin[k], end[k])), "", mem[k] / 1e9,
+               w / 1e9, act / 1e9, f / 1e9, ms, begin[k], end[k]);
     }
     printf("  (GB; memory as given)  one step: %.2f ms of compute end to end; with %d requests "
            "in flight a step completes every %.2f ms (the slowest stage)\n",

@@ -5,6 +5,10 @@
  *  --vae-tile) are accepted and ignored: the cluster has its own. Sends GENERATE through
  *  sd3_client with a fresh request id, draws a progress bar from PROGRESS messages and
  *  writes the PNG of RESULT. Ctrl-C cancels the request on the cluster.  */
+#include "sd3_client.h"
+#include "sd3_png.h"
+#include "sd3ctl.h"
+
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -13,10 +17,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_client.h"
-#include "sd3_png.h"
-#include "sd3ctl.h"
 
 static volatile sig_atomic_t s_interrupted = 0;
 
@@ -65,8 +65,8 @@ s_bar(s_bar_t *bar, const sd3_wire_progress_t *p)
         if (p->step == p->steps)
             fputc('\n', stderr);
     } else {
-        fprintf(stderr, "step %u/%u sigma %.4f (eta %.1f s)\n", p->step, p->steps,
-                (double)p->sigma, eta);
+        fprintf(stderr, "step %u/%u sigma %.4f (eta %.1f s)\n", p->step, p->steps, (double)p->sigma,
+                eta);
     }
 }
 
@@ -171,9 +171,8 @@ sd3ctl_generate_remote(int argc, char **argv)
             req_id = v;
         } else if (!strcmp(a, "--timeout")) {
             bad = !v || (timeout_s = atol(v)) <= 0;
-        } else if (!strcmp(a, "--model") || !strcmp(a, "--tokenizers") ||
-                   !strcmp(a, "--backend") || !strcmp(a, "--threads") ||
-                   !strcmp(a, "--split") || !strcmp(a, "--vae-tile")) {
+        } else if (!strcmp(a, "--model") || !strcmp(a, "--tokenizers") || !strcmp(a, "--backend") ||
+                   !strcmp(a, "--threads") || !strcmp(a, "--split") || !strcmp(a, "--vae-tile")) {
             // local-only options: the cluster has its own
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = true;
@@ -197,8 +196,8 @@ sd3ctl_generate_remote(int argc, char **argv)
         goto done;
     }
     if (strlen(prompt) >= sizeof w->prompt) {
-        fprintf(stderr, "sd3ctl generate: the prompt has %zu bytes, at most %zu\n",
-                strlen(prompt), sizeof w->prompt - 1);
+        fprintf(stderr, "sd3ctl generate: the prompt has %zu bytes, at most %zu\n", strlen(prompt),
+                sizeof w->prompt - 1);
         goto done;
     }
     snprintf(w->prompt, sizeof w->prompt, "%s", prompt);
@@ -263,8 +262,7 @@ sd3ctl_generate_remote(int argc, char **argv)
             sd3_err_clear(&err);
             if (s_now() - last > (double)timeout_s) {
                 sd3_client_cancel(client, id, NULL);
-                sd3_err_set(&err, SD3_ETIMEDOUT, "%s: no answer for %ld s", controller,
-                            timeout_s);
+                sd3_err_set(&err, SD3_ETIMEDOUT, "%s: no answer for %ld s", controller, timeout_s);
                 goto fail;
             }
             continue;

@@ -3,12 +3,12 @@
  *  One STATUS round trip (sd3_client) and a plain report: queue, in-flight, completed and
  *  failed requests, the prompt cache's hit rate, step latency, every node (role, range,
  *  alive, in flight, last heartbeat, link and codec, bytes moved) and every pipeline.  */
+#include "sd3_client.h"
+#include "sd3ctl.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "sd3_client.h"
-#include "sd3ctl.h"
 
 static const char *
 s_role(sd3_wire_role_t r)

@@ -18,6 +18,9 @@
  *  pipelines cover the mmdit nodes. A process that dies first, or a timeout, stops them all
  *  and prints the end of the failing log. `down` stops the processes of RUN_DIR/pids
  *  (SIGTERM, then SIGKILL after 5 s), only those that are still sd3d.  */
+#include "sd3_client.h"
+#include "sd3ctl.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -29,9 +32,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_client.h"
-#include "sd3ctl.h"
 
 #define S_MAX_NODES 64
 #define S_STR       512
@@ -112,7 +112,8 @@ s_parse(const char *path, s_cluster_t *c)
             } else if (!strcmp(name, "controller") && !sp) {
                 sec = CONTROLLER;
             } else if ((!strcmp(name, "encoder") || !strcmp(name, "mmdit") ||
-                        !strcmp(name, "vae")) && sp && *s_trim(sp)) {
+                        !strcmp(name, "vae")) &&
+                       sp && *s_trim(sp)) {
                 if (c->n_nodes == S_MAX_NODES) {
                     fprintf(stderr, "%s:%d: more than %d nodes\n", path, line, S_MAX_NODES);
                     rc = -1;
@@ -122,16 +123,17 @@ s_parse(const char *path, s_cluster_t *c)
                 snprintf(node->role, sizeof node->role, "%s", name);
                 const char *nn = s_trim(sp);
                 if (strlen(nn) >= sizeof node->name || strpbrk(nn, "/ \t")) {
-                    fprintf(stderr, "%s:%d: node name '%s': 1..63 bytes, no '/' or spaces\n",
-                            path, line, nn);
+                    fprintf(stderr, "%s:%d: node name '%s': 1..63 bytes, no '/' or spaces\n", path,
+                            line, nn);
                     rc = -1;
                     break;
                 }
                 snprintf(node->name, sizeof node->name, "%s", nn);
                 sec = NODE;
             } else {
-                fprintf(stderr, "%s:%d: unknown section [%s%s%s] (cluster, controller, "
-                                "'encoder NAME', 'mmdit NAME', 'vae NAME')\n",
+                fprintf(stderr,
+                        "%s:%d: unknown section [%s%s%s] (cluster, controller, "
+                        "'encoder NAME', 'mmdit NAME', 'vae NAME')\n",
                         path, line, name, sp ? " " : "", sp ? sp : "");
                 rc = -1;
                 break;
@@ -509,8 +511,9 @@ sd3ctl_up(int argc, char **argv)
     }
     sd3_client_destroy(&cl);
     if (!ready) {
-        fprintf(stderr, "sd3ctl up: the cluster was not ready within %ld s (%d of %d nodes, "
-                        "%d pipelines); logs in %s\n",
+        fprintf(stderr,
+                "sd3ctl up: the cluster was not ready within %ld s (%d of %d nodes, "
+                "%d pipelines); logs in %s\n",
                 timeout_s, st.n_nodes, c.n_nodes, st.n_pipelines, c.run_dir);
         goto fail;
     }
@@ -524,8 +527,8 @@ sd3ctl_up(int argc, char **argv)
         fprintf(lf, "%s\n", realpath(c.run_dir, real) ? real : c.run_dir);
         fclose(lf);
     }
-    printf("cluster up: controller %s, %d nodes, %d pipelines; logs in %s\n", client_ep,
-           c.n_nodes, st.n_pipelines, c.run_dir);
+    printf("cluster up: controller %s, %d nodes, %d pipelines; logs in %s\n", client_ep, c.n_nodes,
+           st.n_pipelines, c.run_dir);
     return 0;
 fail:
     if (pids)

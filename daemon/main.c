@@ -11,6 +11,11 @@
  *  Parses the flags, builds the controller or node object, and runs its loop until SIGINT
  *  or SIGTERM. Logs go to stderr (sd3_log, key=value). Exit status: 0 after a clean stop,
  *  2 on bad flags, 1 when the role cannot start.  */
+#include "sd3_controller.h"
+#include "sd3_http.h"
+#include "sd3_log.h"
+#include "sd3_node.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,11 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
-
-#include "sd3_controller.h"
-#include "sd3_http.h"
-#include "sd3_log.h"
-#include "sd3_node.h"
 
 static volatile sig_atomic_t s_stop = 0;
 

@@ -169,8 +169,7 @@ sd3_client_keepalive(sd3_client_t *self, sd3_err_t *err)
     if (!msg)
         return sd3_err_set(err, SD3_ENOMEM, "client: out of memory");
     msg->body_kind = SD3_WIRE_BODY_HEARTBEAT;
-    snprintf(msg->body.heartbeat.node_id, sizeof msg->body.heartbeat.node_id, "%s",
-             self->identity);
+    snprintf(msg->body.heartbeat.node_id, sizeof msg->body.heartbeat.node_id, "%s", self->identity);
     return s_send(self, &msg, err);
 }
 

@@ -40,8 +40,7 @@ typedef struct {
 
 // Connects to endpoint ("tcp://127.0.0.1:7710"). ZeroMQ connects lazily: a controller that
 // is not there shows up as a timeout of the first receive. opts may be NULL.
-sd3_client_t *sd3_client_new(const char *endpoint, const sd3_client_opts_t *opts,
-                             sd3_err_t *err);
+sd3_client_t *sd3_client_new(const char *endpoint, const sd3_client_opts_t *opts, sd3_err_t *err);
 void sd3_client_destroy(sd3_client_t **self_p); // NULL-safe
 
 // The routing id this client uses (borrowed).
@@ -65,8 +64,7 @@ int sd3_client_recv(sd3_client_t *self, int timeout_ms, sd3_msg_t **out, sd3_err
 
 // STATUS round trip: the controller's report into *out. Messages about requests that arrive
 // meanwhile are kept for the next sd3_client_recv. SD3_ETIMEDOUT after timeout_ms.
-int sd3_client_status(sd3_client_t *self, int timeout_ms, sd3_wire_status_t *out,
-                      sd3_err_t *err);
+int sd3_client_status(sd3_client_t *self, int timeout_ms, sd3_wire_status_t *out, sd3_err_t *err);
 
 // Called by sd3_client_generate on every PROGRESS (and once on ACK with step 0).
 typedef void (*sd3_client_progress_fn)(void *user, const sd3_wire_progress_t *progress);
@@ -76,7 +74,6 @@ typedef void (*sd3_client_progress_fn)(void *user, const sd3_wire_progress_t *pr
 // tensor: sd3_msg_tensor(*result_p, "png")). On ERROR the code and message of the
 // controller are returned in err. timeout_ms bounds the silence between two messages
 // (-1: none); when it passes, the request is cancelled and SD3_ETIMEDOUT returned.
-int sd3_client_generate(sd3_client_t *self, const char *request_id,
-                        const sd3_wire_generate_t *req, sd3_tensor_t **init_image_p,
-                        sd3_client_progress_fn progress, void *user, int timeout_ms,
-                        sd3_msg_t **result_p, sd3_err_t *err);
+int sd3_client_generate(sd3_client_t *self, const char *request_id, const sd3_wire_generate_t *req,
+                        sd3_tensor_t **init_image_p, sd3_client_progress_fn progress, void *user,
+                        int timeout_ms, sd3_msg_t **result_p, sd3_err_t *err);

@@ -29,8 +29,8 @@ typedef enum {
     S_DECODING,
 } s_state_t;
 
-static const char *const s_state_names[] = {"queued",  "encoding", "vae-encoding",
-                                            "starting", "running", "decoding"};
+static const char *const s_state_names[] = {"queued",   "encoding", "vae-encoding",
+                                            "starting", "running",  "decoding"};
 
 typedef struct {
     sd3_wire_register_t reg;
@@ -45,10 +45,10 @@ struct sd3_request {
     sd3_wire_peer_t client;
     s_state_t state;
     sd3_gen_params_t p;
-    sd3_wire_generate_t w; // resolved: every field explicit
+    sd3_wire_generate_t w;  // resolved: every field explicit
     sd3_tensor_t *init_rgb; // img2img U8 [H, W, 3]
     sd3_tensor_t *ctx2, *y2, *img_latent;
-    sd3_tensor_t *latent; // the newest latent: the checkpoint
+    sd3_tensor_t *latent;    // the newest latent: the checkpoint
     int pipeline, task_node; // task_node: encoder or vae working on it, -1 none
     bool holds_slot;
     int pending_acks;
@@ -104,7 +104,8 @@ s_node_by_routing(const sd3_controller_t *self, const sd3_wire_peer_t *peer)
 {
     for (int i = 0; i < self->n_nodes; i++) {
         size_t len = strlen(self->nodes[i].reg.node_id);
-        if (len == peer->routing_id_len && !memcmp(self->nodes[i].reg.node_id, peer->routing_id, len))
+        if (len == peer->routing_id_len &&
+            !memcmp(self->nodes[i].reg.node_id, peer->routing_id, len))
             return i;
     }
     return -1;
@@ -140,14 +141,14 @@ s_form(sd3_controller_t *self)
     int n = 0;
     for (int i = 0; i < self->n_nodes; i++)
         if (self->nodes[i].reg.role == SD3_WIRE_ROLE_MMDIT)
-            ranges[n++] = (sd3_sched_range_t){i, (int)self->nodes[i].reg.layer_begin,
-                                              (int)self->nodes[i].reg.layer_end,
-                                              self->nodes[i].alive};
+            ranges[n++] =
+                (sd3_sched_range_t){i, (int)self->nodes[i].reg.layer_begin,
+                                    (int)self->nodes[i].reg.layer_end, self->nodes[i].alive};
     // By node id, so that a cluster file's chains come out as written (p2a, p2b before
     // p3a...) whatever order the nodes registered in.
     for (int i = 1; i < n; i++)
         for (int k = i; k > 0 && strcmp(self->nodes[ranges[k].node].reg.node_id,
-                                         self->nodes[ranges[k - 1].node].reg.node_id) < 0;
+                                        self->nodes[ranges[k - 1].node].reg.node_id) < 0;
              k--) {
             sd3_sched_range_t t = ranges[k];
             ranges[k] = ranges[k - 1];
@@ -164,8 +165,8 @@ s_form(sd3_controller_t *self)
             len += (size_t)snprintf(chain + len, sizeof chain - len, "%s%s[%u,%u)", s ? "," : "",
                                     r->node_id, r->layer_begin, r->layer_end);
         }
-        sd3_log_info("controller", "pipeline=%d formed stages=%d chain=%s max_inflight=%d",
-                     pl->id, pl->n_stages, chain, pl->max_inflight);
+        sd3_log_info("controller", "pipeline=%d formed stages=%d chain=%s max_inflight=%d", pl->id,
+                     pl->n_stages, chain, pl->max_inflight);
     }
 }
 
@@ -214,8 +215,7 @@ s_send_node(sd3_controller_t *self, int node, sd3_msg_t **msg_p, sd3_err_t *err)
 
 // Ends a request: RESULT already sent (code 0) or ERROR to its client; frees its slot and
 // its pipeline's state.
-static void
-s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...)
+static void s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 static void
@@ -349,8 +349,7 @@ s_start_sampling(sd3_controller_t *self, sd3_request_t *req)
         if (sd3_schedule_start_index(p->steps, p->denoise, &req->start, &err) != 0)
             goto fail;
         if (req->start >= p->steps) {
-            sd3_err_set(&err, SD3_EINVAL, "strength %g leaves no step of %d", p->denoise,
-                        p->steps);
+            sd3_err_set(&err, SD3_EINVAL, "strength %g leaves no step of %d", p->denoise, p->steps);
             goto fail;
         }
     }
@@ -375,8 +374,8 @@ s_start_sampling(sd3_controller_t *self, sd3_request_t *req)
         req->state = S_RUNNING;
     }
     req->t_start_ms = req->t_last_step_ms = s_now_ms();
-    sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d",
-                 req->id, pl->id, pl->n_stages, req->n_used - 1, req->start);
+    sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d", req->id,
+                 pl->id, pl->n_stages, req->n_used - 1, req->start);
     return;
 fail:
     sd3_tensor_destroy(&noise);
@@ -407,8 +406,8 @@ s_dispatch(sd3_controller_t *self)
         msg->body.generate = req->w;
         req->state = S_ENCODING;
         if (s_send_node(self, enc, &msg, &err) != 0) {
-            s_end(self, req, SD3_EIO, "encoder %s unreachable: %s",
-                  self->nodes[enc].reg.node_id, err.msg);
+            s_end(self, req, SD3_EIO, "encoder %s unreachable: %s", self->nodes[enc].reg.node_id,
+                  err.msg);
             continue;
         }
         req->task_node = enc;
@@ -421,9 +420,8 @@ s_dispatch(sd3_controller_t *self)
 
 // ---- client messages ---------------------------------------------------------------------
 
-static void
-s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id, int code,
-              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id,
+                          int code, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 static void
 s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id, int code,
@@ -450,8 +448,8 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         return;
     }
     if (s_find(self, msg->request_id)) {
-        s_reply_error(self, from, msg->request_id, SD3_EINVAL,
-                      "request id '%s' is already in use", msg->request_id);
+        s_reply_error(self, from, msg->request_id, SD3_EINVAL, "request id '%s' is already in use",
+                      msg->request_id);
         return;
     }
     if (!(req = calloc(1, sizeof *req))) {
@@ -496,9 +494,12 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         req->p.init_rgb = req->init_rgb->data; // borrowed for the check only
     }
     int rc = sd3_gen_params_check(&req->p, &self->cfg, &err);
-    if (rc == 0 && req->init_rgb && (req->p.init_w != req->p.width || req->p.init_h != req->p.height))
-        rc = sd3_err_set(&err, SD3_EINVAL, "init image is %dx%d, the request %dx%d: resize it "
-                         "first", req->p.init_w, req->p.init_h, req->p.width, req->p.height);
+    if (rc == 0 && req->init_rgb &&
+        (req->p.init_w != req->p.width || req->p.init_h != req->p.height))
+        rc = sd3_err_set(&err, SD3_EINVAL,
+                         "init image is %dx%d, the request %dx%d: resize it "
+                         "first",
+                         req->p.init_w, req->p.init_h, req->p.width, req->p.height);
     req->p.init_rgb = NULL;
     if (rc != 0)
         goto fail;
@@ -531,9 +532,9 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     if (sd3_queue_push(self->queue, req, &err) != 0) // SD3_EFULL: RESOURCE_EXHAUSTED
         goto fail;
     self->reqs[self->n_reqs++] = req;
-    sd3_log_info("controller", "req=%s accepted size=%dx%d steps=%d seed=%llu queued=%zu",
-                 req->id, req->p.width, req->p.height, req->p.steps,
-                 (unsigned long long)req->p.seed, sd3_queue_size(self->queue));
+    sd3_log_info("controller", "req=%s accepted size=%dx%d steps=%d seed=%llu queued=%zu", req->id,
+                 req->p.width, req->p.height, req->p.steps, (unsigned long long)req->p.seed,
+                 sd3_queue_size(self->queue));
     sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, req->id);
     if (ack)
         s_send_client(self, req, &ack);
@@ -557,8 +558,7 @@ fail:
         self->failed++;
     sd3_log_info("controller", "req=%s refused error=%s %s", msg->request_id,
                  sd3_err_name(err.code), err.msg);
-    s_reply_error(self, from, msg->request_id, err.code ? err.code : SD3_EINTERNAL, "%s",
-                  err.msg);
+    s_reply_error(self, from, msg->request_id, err.code ? err.code : SD3_EINTERNAL, "%s", err.msg);
     s_req_free(&req);
 }
 
@@ -778,8 +778,8 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     sd3_request_t *req = msg->request_id[0] ? s_find(self, msg->request_id) : NULL;
     if (msg->type == SD3_MSG_ERROR) {
         if (req && (req->task_node == ni || req->pipeline >= 0))
-            s_end(self, req, msg->status ? msg->status : SD3_EINTERNAL, "%s: %s",
-                  node->reg.node_id, msg->message);
+            s_end(self, req, msg->status ? msg->status : SD3_EINTERNAL, "%s: %s", node->reg.node_id,
+                  msg->message);
         else
             sd3_log_warn("controller", "node=%s req=%s error=%s %s", node->reg.node_id,
                          msg->request_id[0] ? msg->request_id : "-", sd3_err_name(msg->status),
@@ -801,20 +801,21 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         req->task_node = -1;
         if (sd3_msg_expect(msg, "context", SD3_F32, 3, (int64_t[]){2, -1, self->cfg.context_in},
                            &err) != 0 ||
-            sd3_msg_expect(msg, "pooled", SD3_F32, 2, (int64_t[]){2, self->cfg.adm_in}, &err) != 0) {
+            sd3_msg_expect(msg, "pooled", SD3_F32, 2, (int64_t[]){2, self->cfg.adm_in}, &err) !=
+                0) {
             s_end(self, req, SD3_EPROTO, "ENCODED: %s", err.msg);
             return;
         }
         s_take_tensor(msg, "context", &req->ctx2);
         s_take_tensor(msg, "pooled", &req->y2);
         if (req->init_rgb) { // img2img: the vae encodes the image with the seed+1 noise
-            const int64_t ls[4] = {1, self->cfg.in_channels, req->p.height / 8,
-                                   req->p.width / 8};
+            const int64_t ls[4] = {1, self->cfg.in_channels, req->p.height / 8, req->p.width / 8};
             int vae = s_pick_node(self, SD3_WIRE_ROLE_VAE);
             sd3_tensor_t *noise = sd3_rng_noise(req->p.seed + 1, 4, ls, &err);
             sd3_msg_t *m = vae >= 0 && noise ? sd3_msg_new(SD3_MSG_VAE_ENCODE, req->id) : NULL;
             if (!m || s_add(self, m, req->init_rgb, "image", &err) != 0 ||
-                s_add(self, m, noise, "noise", &err) != 0 || s_send_node(self, vae, &m, &err) != 0) {
+                s_add(self, m, noise, "noise", &err) != 0 ||
+                s_send_node(self, vae, &m, &err) != 0) {
                 sd3_msg_destroy(&m);
                 sd3_tensor_destroy(&noise);
                 s_end(self, req, err.code ? err.code : SD3_EIO, "VAE_ENCODE not sent: %s",
@@ -834,10 +835,10 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
             return;
         node->tasks--;
         req->task_node = -1;
-        if (sd3_msg_expect(msg, "latent", SD3_F32, 4,
-                           (int64_t[]){1, self->cfg.in_channels, req->p.height / 8,
-                                       req->p.width / 8},
-                           &err) != 0) {
+        if (sd3_msg_expect(
+                msg, "latent", SD3_F32, 4,
+                (int64_t[]){1, self->cfg.in_channels, req->p.height / 8, req->p.width / 8},
+                &err) != 0) {
             s_end(self, req, SD3_EPROTO, "VAE_ENCODED: %s", err.msg);
             return;
         }
@@ -915,8 +916,8 @@ s_timers(sd3_controller_t *self)
         sd3_sched_node_dead(self->sched, i);
         for (int r = self->n_reqs - 1; r >= 0; r--) {
             sd3_request_t *req = self->reqs[r];
-            sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline)
-                                                    : NULL;
+            sd3_pipeline_t *pl =
+                req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
             bool hit = req->task_node == i ||
                        (pl && !pl->alive && req->state != S_DECODING && req->state != S_QUEUED);
             if (hit)
@@ -1003,8 +1004,8 @@ sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
         goto fail;
     self->arch = sd3_mmdit_config_name(&self->cfg);
     if (!(self->sched = sd3_sched_new(opts->max_inflight)) ||
-        !(self->queue = sd3_queue_new(opts->queue_capacity > 0 ? (size_t)opts->queue_capacity
-                                                               : 64))) {
+        !(self->queue =
+              sd3_queue_new(opts->queue_capacity > 0 ? (size_t)opts->queue_capacity : 64))) {
         sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
         goto fail;
     }
@@ -1024,8 +1025,9 @@ sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
         char tmp[4096];
         snprintf(tmp, sizeof tmp, "%s.tmp", opts->addr_file);
         FILE *f = fopen(tmp, "w");
-        if (!f || fprintf(f, "client=%s\nstages=%s\n", sd3_link_endpoint(self->clients),
-                          sd3_link_endpoint(self->stages)) < 0 ||
+        if (!f ||
+            fprintf(f, "client=%s\nstages=%s\n", sd3_link_endpoint(self->clients),
+                    sd3_link_endpoint(self->stages)) < 0 ||
             fclose(f) != 0 || rename(tmp, opts->addr_file) != 0) {
             sd3_err_set(err, SD3_EIO, "%s: cannot write the address file", opts->addr_file);
             goto fail;
@@ -1120,8 +1122,9 @@ sd3_controller_run(sd3_controller_t *self, volatile sig_atomic_t *stop, sd3_err_
         }
         s_timers(self);
     }
-    sd3_log_info("controller", "stopping completed=%llu failed=%llu steps=%llu "
-                               "overhead_us_per_step=%.1f",
+    sd3_log_info("controller",
+                 "stopping completed=%llu failed=%llu steps=%llu "
+                 "overhead_us_per_step=%.1f",
                  (unsigned long long)self->completed, (unsigned long long)self->failed,
                  (unsigned long long)self->overhead_steps,
                  self->overhead_steps ? self->overhead_seconds * 1e6 / (double)self->overhead_steps

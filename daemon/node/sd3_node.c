@@ -94,8 +94,8 @@ sd3_gen_params_to_wire(const sd3_gen_params_t *p, sd3_wire_generate_t *w)
     w->cfg = p->cfg;
     w->shift = p->shift;
     w->seed = p->seed;
-    w->sampler = p->sampler == SD3_SAMPLER_EULER ? SD3_WIRE_SAMPLER_EULER
-                                                 : SD3_WIRE_SAMPLER_DPMPP_2M;
+    w->sampler =
+        p->sampler == SD3_SAMPLER_EULER ? SD3_WIRE_SAMPLER_EULER : SD3_WIRE_SAMPLER_DPMPP_2M;
     w->slg_scale = p->slg.scale;
     if (p->slg.scale > 0) {
         w->slg_start = (float)p->slg.start;
@@ -146,16 +146,17 @@ s_load(sd3_node_t *self, sd3_err_t *err)
     switch (o->role) {
     case SD3_WIRE_ROLE_ENCODER:
         if (!self->have_cfg)
-            return sd3_err_set(err, SD3_EFORMAT, "%s: the encoder needs the MMDiT's context "
-                               "width, and the checkpoint has no MMDiT", o->model_path);
+            return sd3_err_set(err, SD3_EFORMAT,
+                               "%s: the encoder needs the MMDiT's context "
+                               "width, and the checkpoint has no MMDiT",
+                               o->model_path);
         if (!(self->enc = sd3_enc_stage_new(self->be, self->model, o->tokenizer_dir, o->load_t5,
                                             o->cache_bytes ? o->cache_bytes : 256u << 20, err)))
             return err->code;
         break;
     case SD3_WIRE_ROLE_MMDIT: {
         if (!self->have_cfg)
-            return sd3_err_set(err, SD3_EFORMAT, "%s: the checkpoint has no MMDiT",
-                               o->model_path);
+            return sd3_err_set(err, SD3_EFORMAT, "%s: the checkpoint has no MMDiT", o->model_path);
         int b = o->layer_begin, e = o->layer_end ? o->layer_end : self->cfg.depth;
         if (b < 0 || e <= b || e > self->cfg.depth)
             return sd3_err_set(err, SD3_EINVAL, "--range %d:%d: want 0 <= A < B <= %d", b, e,
@@ -285,7 +286,8 @@ sd3_node_send_peer(sd3_node_t *self, const char *addr, sd3_msg_t **msg_p, sd3_er
     if (!link) {
         if (self->n_peers == SD3_NODE_MAX_PEERS) { // forget the oldest peer
             sd3_link_destroy(&self->peers[0].link);
-            memmove(&self->peers[0], &self->peers[1], sizeof self->peers[0] * (size_t)(--self->n_peers));
+            memmove(&self->peers[0], &self->peers[1],
+                    sizeof self->peers[0] * (size_t)(--self->n_peers));
         }
         char ident[SD3_WIRE_ID_MAX + 8];
         snprintf(ident, sizeof ident, "%s/peer", self->node_id);

@@ -73,9 +73,9 @@ int64_t sd3_node_now_ms(void);
 
 #include "sd3_link.h"
 
-#define SD3_NODE_MAX_PEERS  16
-#define SD3_NODE_MAX_REQS   256 // requests a stage holds at once
-#define SD3_NODE_RECENT     512 // ids of finished or cancelled requests remembered
+#define SD3_NODE_MAX_PEERS 16
+#define SD3_NODE_MAX_REQS  256 // requests a stage holds at once
+#define SD3_NODE_RECENT    512 // ids of finished or cancelled requests remembered
 
 // Per-node counters reported in heartbeats and `sd3ctl status`.
 typedef struct {

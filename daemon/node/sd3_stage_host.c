@@ -156,8 +156,8 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     int64_t t0 = sd3_node_now_ms();
     if (sd3_enc_stage_encode(self->enc, w->prompt, w->no_t5, (int)w->t5_len, self->cfg.context_in,
                              &cctx, &cy, &err) != 0 ||
-        sd3_enc_stage_encode(self->enc, w->negative, w->no_t5, (int)w->t5_len,
-                             self->cfg.context_in, &uctx, &uy, &err) != 0)
+        sd3_enc_stage_encode(self->enc, w->negative, w->no_t5, (int)w->t5_len, self->cfg.context_in,
+                             &uctx, &uy, &err) != 0)
         goto fail;
     if (sd3_tensor_expect(uctx, "negative prompt context", SD3_F32, 3, cctx->shape, &err) != 0 ||
         sd3_tensor_expect(uy, "negative prompt pooled", SD3_F32, 2, cy->shape, &err) != 0)
@@ -176,8 +176,8 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     self->stats.cache_hits = cs.hits;
     self->stats.cache_misses = cs.misses;
     sd3_log_info("encoder", "req=%s encoded ms=%lld cache_hits=%llu cache_misses=%llu",
-                 msg->request_id, (long long)(sd3_node_now_ms() - t0),
-                 (unsigned long long)cs.hits, (unsigned long long)cs.misses);
+                 msg->request_id, (long long)(sd3_node_now_ms() - t0), (unsigned long long)cs.hits,
+                 (unsigned long long)cs.misses);
     if (sd3_node_send_ctrl(self, &out, &err) != 0)
         sd3_log_error("encoder", "req=%s ENCODED not sent: %s", msg->request_id, err.msg);
     goto done;
@@ -216,8 +216,8 @@ s_decode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
             goto fail;
         }
     }
-    if (sd3_vae_stage_decode(self->vae, sd3_msg_tensor(msg, "latent"), &self->o.vae_tile,
-                             infotext, &rgb, &png, &png_size, &err) != 0)
+    if (sd3_vae_stage_decode(self->vae, sd3_msg_tensor(msg, "latent"), &self->o.vae_tile, infotext,
+                             &rgb, &png, &png_size, &err) != 0)
         goto fail;
     if (!(png_t = sd3_tensor_new_err(SD3_U8, 1, (int64_t[]){(int64_t)png_size}, "png", &err)))
         goto fail;
@@ -260,9 +260,9 @@ s_vae_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg
                     (long long)img->shape[1], (long long)img->shape[0]);
         goto fail;
     }
-    if (noise && sd3_msg_expect(msg, "noise", SD3_F32, 4,
-                                (int64_t[]){1, 16, img->shape[0] / 8, img->shape[1] / 8},
-                                &err) != 0)
+    if (noise &&
+        sd3_msg_expect(msg, "noise", SD3_F32, 4,
+                       (int64_t[]){1, 16, img->shape[0] / 8, img->shape[1] / 8}, &err) != 0)
         goto fail;
     if (sd3_vae_stage_encode(self->vae, img, noise, &latent, &err) != 0)
         goto fail;
@@ -452,11 +452,12 @@ s_job(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         const int Z = self->cfg.in_channels;
         if (sd3_msg_expect(msg, "latent", SD3_F32, 4, (int64_t[]){1, Z, req->lat_h, req->lat_w},
                            &err) != 0 ||
-            sd3_msg_expect(msg, "context", SD3_F32, 3,
-                           (int64_t[]){2, -1, self->cfg.context_in}, &err) != 0 ||
+            sd3_msg_expect(msg, "context", SD3_F32, 3, (int64_t[]){2, -1, self->cfg.context_in},
+                           &err) != 0 ||
             sd3_msg_expect(msg, "pooled", SD3_F32, 2, (int64_t[]){2, self->cfg.adm_in}, &err) != 0)
             goto fail;
-        const sd3_tensor_t *ctx = sd3_msg_tensor(msg, "context"), *y = sd3_msg_tensor(msg, "pooled");
+        const sd3_tensor_t *ctx = sd3_msg_tensor(msg, "context"),
+                           *y = sd3_msg_tensor(msg, "pooled");
         int64_t cs[3] = {1, ctx->shape[1], ctx->shape[2]}, ys[2] = {1, y->shape[1]};
         size_t ch = sd3_tensor_nbytes(ctx) / 2, yh = sd3_tensor_nbytes(y) / 2;
         sd3_tensor_view_init(&cc, SD3_F32, 3, cs, ctx->data);
@@ -472,8 +473,8 @@ s_job(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         req->job->st.step = (int)j->first_step;
     }
     sd3_log_info("mmdit", "req=%s job stage=%d/%d blocks=[%d,%d) steps=%d next=%s attempt=%u",
-                 req->id, req->stage_index, req->n_stages, self->o.layer_begin,
-                 self->o.layer_end, req->n_sigmas - 1, req->next, req->attempt);
+                 req->id, req->stage_index, req->n_stages, self->o.layer_begin, self->o.layer_end,
+                 req->n_sigmas - 1, req->next, req->attempt);
     if (first) {
         s_run_first(self, req);
     } else { // the controller starts the first range once every later one holds the job
@@ -564,8 +565,8 @@ s_step(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
         goto fail;
     if (!(req = s_find(self, msg->request_id))) {
         if (s_recent(self, msg->request_id)) {
-            sd3_log_debug("mmdit", "req=%s step=%u of a closed request dropped",
-                          msg->request_id, msg->step);
+            sd3_log_debug("mmdit", "req=%s step=%u of a closed request dropped", msg->request_id,
+                          msg->step);
             return;
         }
         sd3_err_set(&err, SD3_ENOTFOUND, "STEP for request '%s', which this stage does not hold",
@@ -611,8 +612,8 @@ s_latent(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     sd3_err_t err = {0};
     sd3_node_req_t *req = NULL;
     int rc;
-    if (sd3_msg_expect(msg, "latent", SD3_F32, 4,
-                       (int64_t[]){1, self->cfg.in_channels, -1, -1}, &err) != 0)
+    if (sd3_msg_expect(msg, "latent", SD3_F32, 4, (int64_t[]){1, self->cfg.in_channels, -1, -1},
+                       &err) != 0)
         goto fail;
     if (!(req = s_find(self, msg->request_id))) {
         if (s_recent(self, msg->request_id))

@@ -142,55 +142,90 @@ sd3_f8e4m3_to_f32(uint8_t b)
     return s_float(sign | ((exp + 120) << 23) | (mant << 20));
 }
 
+// Loads and stores at any address: the arrays handed to the two loops below may be views
+// into a mapped file whose data area is not aligned (safetensors does not require it), so
+// they are never accessed through a typed pointer. memcpy of a fixed size compiles to one
+// plain load or store.
+static inline uint16_t
+s_load_u16(const void *p, size_t i)
+{
+    uint16_t v;
+    memcpy(&v, (const uint8_t *)p + 2 * i, 2);
+    return v;
+}
+
+static inline int32_t
+s_load_i32(const void *p, size_t i)
+{
+    int32_t v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+
+static inline int64_t
+s_load_i64(const void *p, size_t i)
+{
+    int64_t v;
+    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
+    return v;
+}
+
+static inline double
+s_load_f64(const void *p, size_t i)
+{
+    double v;
+    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
+    return v;
+}
+
+static inline void
+s_store_u16(void *p, size_t i, uint16_t v)
+{
+    memcpy((uint8_t *)p + 2 * i, &v, 2);
+}
+
+static inline void
+s_store_f64(void *p, size_t i, double v)
+{
+    memcpy((uint8_t *)p + 8 * i, &v, 8);
+}
+
 void
 sd3_dtype_to_f32(sd3_dtype_t dtype, const void *src, float *dst, size_t n)
 {
+    const uint8_t *b = src;
     switch (dtype) {
     case SD3_F32:
         memcpy(dst, src, n * 4);
         break;
-    case SD3_F16: {
-        const uint16_t *s = src;
+    case SD3_F16:
         for (size_t i = 0; i < n; i++)
-            dst[i] = sd3_f16_to_f32(s[i]);
+            dst[i] = sd3_f16_to_f32(s_load_u16(src, i));
         break;
-    }
-    case SD3_BF16: {
-        const uint16_t *s = src;
+    case SD3_BF16:
         for (size_t i = 0; i < n; i++)
-            dst[i] = s_float((uint32_t)s[i] << 16);
+            dst[i] = s_float((uint32_t)s_load_u16(src, i) << 16);
         break;
-    }
-    case SD3_F8_E4M3: {
-        const uint8_t *s = src;
+    case SD3_F8_E4M3:
         for (size_t i = 0; i < n; i++)
-            dst[i] = sd3_f8e4m3_to_f32(s[i]);
+            dst[i] = sd3_f8e4m3_to_f32(b[i]);
         break;
-    }
-    case SD3_I32: {
-        const int32_t *s = src;
+    case SD3_I32:
         for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s[i];
+            dst[i] = (float)s_load_i32(src, i);
         break;
-    }
-    case SD3_I64: {
-        const int64_t *s = src;
+    case SD3_I64:
         for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s[i];
+            dst[i] = (float)s_load_i64(src, i);
         break;
-    }
-    case SD3_U8: {
-        const uint8_t *s = src;
+    case SD3_U8:
         for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s[i];
+            dst[i] = (float)b[i];
         break;
-    }
-    case SD3_F64: {
-        const double *s = src;
+    case SD3_F64:
         for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s[i];
+            dst[i] = (float)s_load_f64(src, i);
         break;
-    }
     default:
         break;
     }
@@ -199,34 +234,27 @@ sd3_dtype_to_f32(sd3_dtype_t dtype, const void *src, float *dst, size_t n)
 void
 sd3_dtype_from_f32(sd3_dtype_t dtype, const float *src, void *dst, size_t n)
 {
+    uint8_t *b = dst;
     switch (dtype) {
     case SD3_F32:
         memcpy(dst, src, n * 4);
         break;
-    case SD3_F16: {
-        uint16_t *d = dst;
+    case SD3_F16:
         for (size_t i = 0; i < n; i++)
-            d[i] = sd3_f32_to_f16(src[i]);
+            s_store_u16(dst, i, sd3_f32_to_f16(src[i]));
         break;
-    }
-    case SD3_BF16: {
-        uint16_t *d = dst;
+    case SD3_BF16:
         for (size_t i = 0; i < n; i++)
-            d[i] = sd3_f32_to_bf16(src[i]);
+            s_store_u16(dst, i, sd3_f32_to_bf16(src[i]));
         break;
-    }
-    case SD3_F8_E4M3: {
-        uint8_t *d = dst;
+    case SD3_F8_E4M3:
         for (size_t i = 0; i < n; i++)
-            d[i] = sd3_f32_to_f8e4m3(src[i]);
+            b[i] = sd3_f32_to_f8e4m3(src[i]);
         break;
-    }
-    case SD3_F64: {
-        double *d = dst;
+    case SD3_F64:
         for (size_t i = 0; i < n; i++)
-            d[i] = src[i];
+            s_store_f64(dst, i, (double)src[i]);
         break;
-    }
     default:
         break;
     }

@@ -38,7 +38,8 @@ float sd3_bf16_to_f32(uint16_t h);
 uint8_t sd3_f32_to_f8e4m3(float x);
 float sd3_f8e4m3_to_f32(uint8_t b);
 
-// Widens n elements of a float dtype (or I32/I64/U8, converted by value) to f32.
+// Widens n elements of a float dtype (or I32/I64/U8, converted by value) to f32. src may be
+// at any address (a view into a file whose data is not aligned); dst is a float array.
 void sd3_dtype_to_f32(sd3_dtype_t dtype, const void *src, float *dst, size_t n);
-// Narrows n f32 values into a float dtype with the rounding above.
+// Narrows n f32 values into a float dtype with the rounding above; dst may be at any address.
 void sd3_dtype_from_f32(sd3_dtype_t dtype, const float *src, void *dst, size_t n);

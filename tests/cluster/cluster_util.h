@@ -7,6 +7,9 @@
  *  exit, on SIGINT/SIGTERM, and when the test's own alarm fires (set below the ctest
  *  TIMEOUT), so no process outlives a failed test.  */
 #pragma once
+#include "sd3_client.h"
+#include "sd3_test.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +17,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_client.h"
-#include "sd3_test.h"
 
 static char cu_cluster_file[1024];
 
@@ -122,8 +122,7 @@ cu_up(const char *name, const char *model, const char *controller_extra, const c
             model, run, controller_extra ? controller_extra : "", nodes);
     fclose(f);
     double t0 = cu_now();
-    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --timeout 60", SD3_BINARY_DIR,
-             cu_cluster_file);
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --timeout 60", SD3_BINARY_DIR, cu_cluster_file);
     if (system(cmd) != 0) {
         fprintf(stderr, "cluster: sd3ctl up %s failed\n", cu_cluster_file);
         return -1;

@@ -3,10 +3,10 @@
  *  ERROR naming the problem, and keeps serving: the controller's client and stage
  *  endpoints, the encoder, both mmdit ranges and the vae each get all of them, then the
  *  cluster makes a normal image, equal to the one-process image.  */
-#include <zmq.h>
-
 #include "cluster_util.h"
 #include "sd3_wire_bad.h"
+
+#include <zmq.h>
 
 // Sends every kind to endpoint; returns how many were answered as they should be.
 static int
@@ -37,8 +37,7 @@ s_throw_all(void *ctx, const char *what, const char *endpoint)
         sd3_msg_destroy(&reply);
     }
     zmq_close(sock);
-    printf("%-18s %s: %d/%d malformed messages answered with ERROR\n", what, endpoint, answered,
-           n);
+    printf("%-18s %s: %d/%d malformed messages answered with ERROR\n", what, endpoint, answered, n);
     return answered;
 }
 

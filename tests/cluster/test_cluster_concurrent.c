@@ -61,8 +61,8 @@ main(void)
     }
     // Late duplicates would show up here.
     sd3_msg_t *extra = NULL;
-    CHECK_MSG(sd3_client_recv(cl, 300, &extra, &err) == SD3_ETIMEDOUT || (extra &&
-              extra->type != SD3_MSG_RESULT && extra->type != SD3_MSG_ERROR),
+    CHECK_MSG(sd3_client_recv(cl, 300, &extra, &err) == SD3_ETIMEDOUT ||
+                  (extra && extra->type != SD3_MSG_RESULT && extra->type != SD3_MSG_ERROR),
               "a message after every request was answered");
     sd3_msg_destroy(&extra);
     usleep(700000); // one heartbeat carries the encoder's cache counters

@@ -46,8 +46,8 @@ main(void)
         free(reqs[i].png);
     }
     printf("burst of %d: %d completed, %d RESOURCE_EXHAUSTED\n", N_BURST, done, full);
-    CHECK_MSG(full == N_BURST - 4 && done == 4, "%d refused, %d done; want %d and 4",
-              full, done, N_BURST - 4);
+    CHECK_MSG(full == N_BURST - 4 && done == 4, "%d refused, %d done; want %d and 4", full, done,
+              N_BURST - 4);
     // The queue drained: a new request is taken again.
     snprintf(reqs[N_BURST].id, sizeof reqs[N_BURST].id, "q-after");
     CHECK(cl && sd3_client_submit(cl, reqs[N_BURST].id, w, NULL, &err) == 0);

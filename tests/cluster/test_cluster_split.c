@@ -50,8 +50,8 @@ s_case(const char *arch, const char *local_args, const sd3_wire_generate_t *w)
     for (int i = 0; i < 6; i++) {
         CHECK_MSG(reqs[i].results == 1 && reqs[i].errors == 0, "%s: %d results, %d errors (%s)",
                   reqs[i].id, reqs[i].results, reqs[i].errors, reqs[i].message);
-        bool same = ref && reqs[i].png && reqs[i].png_size == ref_n &&
-                    !memcmp(reqs[i].png, ref, ref_n);
+        bool same =
+            ref && reqs[i].png && reqs[i].png_size == ref_n && !memcmp(reqs[i].png, ref, ref_n);
         CHECK_MSG(same, "%s: PNG of %zu bytes differs from the one-process PNG of %zu bytes",
                   reqs[i].id, reqs[i].png_size, ref_n);
         printf("  %s: %s (%d progress messages)\n", reqs[i].id, same ? "bit-identical" : "DIFFERS",

@@ -4,13 +4,14 @@
  *  - f16 (IEEE binary16): bias 15, 10 mantissa bits, subnormal step 2^-24, largest 65504;
  *    round to nearest, ties to even; overflow (>= 65520, the midpoint to 2^16) to inf;
  *    NaN to quiet 0x7e00 with the sign (c10::Half's fp16_ieee_from_fp32_value does the same).
- *  - bf16: the top 16 bits of f32 rounded to nearest even (c10::BFloat16); NaN quiet.
+ *  - bf16: the top 16 bits of f32 rounded to nearest even (c10::BFloat16); every NaN,
+ *    whatever its sign and payload, becomes 0x7fc0 (as c10::BFloat16 does).
  *  - f8 e4m3fn: bias 7, 3 mantissa bits, subnormal step 2^-9, largest 448 (0x7e), 0x7f/0xff
  *    NaN, no inf. PyTorch's c10 conversion: |x| >= 480 (and inf, NaN) -> NaN; otherwise
  *    round to nearest even on the 3 mantissa bits, where the code after 448 is the NaN
  *    pattern: so 448 < |x| <= 464 rounds to 448 (464 is the tie, 0x7e is even) and
- *    464 < |x| < 480 becomes NaN (0x7f). sd3_dtype.h's "(448, 480) rounds to 448" is only
- *    half right; the code matches PyTorch, and so does this test.  */
+ *    464 < |x| < 480 becomes NaN (0x7f), as sd3_dtype.h states.
+ *  The array forms also take arrays at any address (views into unaligned file data).  */
 #include "sd3_dtype.h"
 #include "sd3_test.h"
 
@@ -225,6 +226,49 @@ s_arrays(void)
     CHECK(sd3_dtype_size(SD3_DTYPE_COUNT) == 0);
 }
 
+// The array forms on data at odd addresses (a safetensors view whose header length is no
+// multiple of 8): same values as on aligned data, and no misaligned access (UBSan aborts on
+// one in the sanitizer build).
+static void
+s_unaligned(void)
+{
+    static const sd3_dtype_t types[] = {SD3_F16, SD3_BF16, SD3_I32, SD3_I64, SD3_F64};
+    float src[7] = {1.0f, -2.5f, 3.0e-3f, 448.0f, -0.0f, 65504.0f, 7.0f};
+    _Alignas(16) uint8_t aligned[64], shifted[64 + 8];
+    float a[7], b[7];
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        size_t es = sd3_dtype_size(types[t]);
+        if (types[t] == SD3_I32 || types[t] == SD3_I64) {
+            // integer sources: write by value, then widen
+            for (int i = 0; i < 7; i++) {
+                int64_t v = (int64_t)(src[i] * 2);
+                if (es == 4) {
+                    int32_t v32 = (int32_t)v;
+                    memcpy(aligned + 4 * i, &v32, 4);
+                } else {
+                    memcpy(aligned + 8 * i, &v, 8);
+                }
+            }
+        } else {
+            sd3_dtype_from_f32(types[t], src, aligned, 7);
+        }
+        for (size_t off = 1; off < 8; off += 2) {
+            memset(shifted, 0xa5, sizeof shifted);
+            if (types[t] != SD3_I32 && types[t] != SD3_I64) {
+                sd3_dtype_from_f32(types[t], src, shifted + off, 7); // unaligned store
+                CHECK_MSG(!memcmp(shifted + off, aligned, 7 * es),
+                          "%s stored at offset %zu differs", sd3_dtype_name(types[t]), off);
+            } else {
+                memcpy(shifted + off, aligned, 7 * es);
+            }
+            sd3_dtype_to_f32(types[t], aligned, a, 7);
+            sd3_dtype_to_f32(types[t], shifted + off, b, 7); // unaligned load
+            CHECK_MSG(!memcmp(a, b, sizeof a), "%s read at offset %zu differs",
+                      sd3_dtype_name(types[t]), off);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -232,5 +276,6 @@ main(void)
     s_bf16();
     s_f8();
     s_arrays();
+    s_unaligned();
     return TEST_RESULT();
 }
