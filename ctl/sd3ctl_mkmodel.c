@@ -63,8 +63,8 @@ s_parse_dtype(const char *s, bool allow_keep, sd3_dtype_t *out)
 }
 
 int
-sd3ctl_parse_count(const char *verb, const char *option, const char *text,
-                   unsigned long long max, unsigned long long *out)
+sd3ctl_parse_count(const char *verb, const char *option, const char *text, unsigned long long max,
+                   unsigned long long *out)
 {
     char *end = NULL;
     errno = 0;
@@ -87,8 +87,8 @@ sd3ctl_wargs_init(sd3ctl_wargs_t *self, const sd3_arch_t *arch, sd3_dtype_t dtyp
 }
 
 int
-sd3ctl_wargs_parse(sd3ctl_wargs_t *self, const char *verb, bool allow_keep, int argc,
-                   char **argv, int *i)
+sd3ctl_wargs_parse(sd3ctl_wargs_t *self, const char *verb, bool allow_keep, int argc, char **argv,
+                   int *i)
 {
     const char *a = argv[*i], *v = *i + 1 < argc ? argv[*i + 1] : NULL;
     unsigned long long mb;
@@ -213,7 +213,6 @@ sd3ctl_mkmodel(int argc, char **argv)
             params += sd3_arch_params(arch, (sd3_component_t)c);
     printf("wrote %s: arch %s, layout %s, dtype %s, %llu parameters (%.2f GB)\n", wa.out,
            arch->name, sd3_layout_name(opts->layout), sd3_dtype_name(opts->dtype),
-           (unsigned long long)params,
-           (double)params * (double)sd3_dtype_size(opts->dtype) / 1e9);
+           (unsigned long long)params, (double)params * (double)sd3_dtype_size(opts->dtype) / 1e9);
     return 0;
 }

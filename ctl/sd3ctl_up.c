@@ -8,7 +8,7 @@
  *                  (logs, pids and the controller's address file), threads, backend, codec,
  *                  wire_dtype (defaults for every node)
  *    [controller]  listen (client endpoint), stages (stage endpoint), queue, inflight,
- *                  http, deadline_ms, client_timeout_ms, node_timeout_ms
+ *                  http, deadline_ms, client_timeout_ms, node_timeout_ms, journal (FILE)
  *    [ROLE NAME]   listen (default tcp://127.0.0.1:*), range A:B (mmdit), threads, backend,
  *                  codec, wire_dtype
  *  `up` starts the controller (waiting for its address file), then every node with
@@ -17,7 +17,10 @@
  *  RUN_DIR/pids; then it polls STATUS until every node is registered and alive and the
  *  pipelines cover the mmdit nodes. A process that dies first, or a timeout, stops them all
  *  and prints the end of the failing log. `down` stops the processes of RUN_DIR/pids
- *  (SIGTERM, then SIGKILL after 5 s), only those that are still sd3d.  */
+ *  (SIGTERM, then SIGKILL after 5 s), only those that are still sd3d.
+ *  `up CLUSTER_FILE --restart NAME` starts one member again (a node by its section name, or
+ *  "controller", which binds the endpoints of its address file again so the nodes find it)
+ *  with the same flags, its log appended, and records its new pid; it does not wait.  */
 #include "sd3_client.h"
 #include "sd3ctl.h"
 
@@ -45,7 +48,7 @@ typedef struct {
     char model[S_STR], tokenizers[S_STR], run_dir[S_STR], threads[16], backend[16], codec[32],
         wire_dtype[16];
     char listen[S_STR], stages[S_STR], queue[16], inflight[16], http[S_STR], deadline[16],
-        client_to[16], node_to[16];
+        client_to[16], node_to[16], journal[S_STR];
     s_node_t nodes[S_MAX_NODES];
     int n_nodes;
 } s_cluster_t;
@@ -183,6 +186,8 @@ s_parse(const char *path, s_cluster_t *c)
                 rc = SET(c->client_to);
             else if (!strcmp(k, "node_timeout_ms"))
                 rc = SET(c->node_to);
+            else if (!strcmp(k, "journal"))
+                rc = SET(c->journal);
             else
                 known = 0;
         } else {
@@ -235,13 +240,13 @@ s_sd3d_path(char *out, size_t cap)
 }
 
 static pid_t
-s_spawn(const char *sd3d, char **args, const char *log)
+s_spawn(const char *sd3d, char **args, const char *log, bool append)
 {
     pid_t pid = fork();
     if (pid != 0)
         return pid;
     setsid(); // its own session: a terminal's Ctrl-C or hangup does not stop the cluster
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(log, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
     int null = open("/dev/null", O_RDONLY);
     if (fd >= 0) {
         dup2(fd, 1);
@@ -334,16 +339,135 @@ s_add(char **args, int *n, const char *flag, const char *value)
     args[(*n)++] = (char *)value;
 }
 
+static int
+s_controller_args(const s_cluster_t *c, char *sd3d, char *model, const char *listen,
+                  const char *stages, char *addr_file, char **args)
+{
+    int n = 0;
+    args[n++] = sd3d;
+    s_add(args, &n, "--role", "controller");
+    s_add(args, &n, "--listen", listen);
+    s_add(args, &n, "--stage-listen", stages);
+    s_add(args, &n, "--model", model);
+    s_add(args, &n, "--queue", c->queue);
+    s_add(args, &n, "--inflight", c->inflight);
+    s_add(args, &n, "--http", c->http);
+    s_add(args, &n, "--deadline-ms", c->deadline);
+    s_add(args, &n, "--client-timeout-ms", c->client_to);
+    s_add(args, &n, "--node-timeout-ms", c->node_to);
+    s_add(args, &n, "--codec", c->codec);
+    s_add(args, &n, "--wire-dtype", c->wire_dtype);
+    s_add(args, &n, "--journal", c->journal);
+    s_add(args, &n, "--addr-file", addr_file);
+    args[n] = NULL;
+    return n;
+}
+
+static int
+s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model,
+            const char *stage_ep, char **args)
+{
+    int n = 0;
+    args[n++] = sd3d;
+    s_add(args, &n, "--role", nd->role);
+    s_add(args, &n, "--node-id", nd->name);
+    s_add(args, &n, "--listen", nd->listen[0] ? nd->listen : "tcp://127.0.0.1:*");
+    s_add(args, &n, "--controller", stage_ep);
+    s_add(args, &n, "--model", model);
+    s_add(args, &n, "--tokenizers", !strcmp(nd->role, "encoder") ? c->tokenizers : NULL);
+    s_add(args, &n, "--range", nd->range);
+    s_add(args, &n, "--threads", nd->threads[0] ? nd->threads : c->threads);
+    s_add(args, &n, "--backend", nd->backend[0] ? nd->backend : c->backend);
+    s_add(args, &n, "--codec", nd->codec[0] ? nd->codec : c->codec);
+    s_add(args, &n, "--wire-dtype", nd->wire_dtype[0] ? nd->wire_dtype : c->wire_dtype);
+    args[n] = NULL;
+    return n;
+}
+
+// `up CLUSTER_FILE --restart NAME`: one member again, with the endpoints the cluster has.
+static int
+s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
+{
+    char addr_file[S_STR + 32], client_ep[S_STR + 16] = "", stage_ep[S_STR + 16] = "";
+    char path[S_STR + 64], log[S_STR + 80];
+    snprintf(addr_file, sizeof addr_file, "%s/controller.addr", c->run_dir);
+    FILE *af = fopen(addr_file, "r");
+    char line[S_STR + 80];
+    while (af && fgets(line, sizeof line, af)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (!strncmp(line, "client=", 7))
+            snprintf(client_ep, sizeof client_ep, "%s", line + 7);
+        else if (!strncmp(line, "stages=", 7))
+            snprintf(stage_ep, sizeof stage_ep, "%s", line + 7);
+    }
+    if (af)
+        fclose(af);
+    if (!client_ep[0] || !stage_ep[0]) {
+        fprintf(stderr, "sd3ctl up --restart: %s: no endpoints recorded\n", addr_file);
+        return 1;
+    }
+    char *args[64];
+    if (!strcmp(name, "controller")) {
+        s_controller_args(c, sd3d, model, client_ep, stage_ep, addr_file, args);
+    } else {
+        int i = 0;
+        while (i < c->n_nodes && strcmp(c->nodes[i].name, name) != 0)
+            i++;
+        if (i == c->n_nodes) {
+            fprintf(stderr, "sd3ctl up --restart: no member '%s' in the cluster file\n", name);
+            return 2;
+        }
+        s_node_args(c, &c->nodes[i], sd3d, model, stage_ep, args);
+    }
+    snprintf(log, sizeof log, "%s/%s.log", c->run_dir, name);
+    pid_t pid = s_spawn(sd3d, args, log, true);
+    if (pid < 0) {
+        fprintf(stderr, "sd3ctl up --restart: fork: %s\n", strerror(errno));
+        return 1;
+    }
+    // The pids file: this member's line gets the new pid (down stops what it lists).
+    snprintf(path, sizeof path, "%s/pids", c->run_dir);
+    char names[S_MAX_NODES + 1][128];
+    int pids[S_MAX_NODES + 1], n = 0, found = 0;
+    FILE *f = fopen(path, "r");
+    while (f && n < S_MAX_NODES + 1 && fscanf(f, "%127s %d", names[n], &pids[n]) == 2) {
+        if (!strcmp(names[n], name)) {
+            pids[n] = (int)pid;
+            found = 1;
+        }
+        n++;
+    }
+    if (f)
+        fclose(f);
+    if (!found && n < S_MAX_NODES + 1) {
+        snprintf(names[n], sizeof names[n], "%s", name);
+        pids[n++] = (int)pid;
+    }
+    char tmp[S_STR + 80];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    for (int i = 0; f && i < n; i++)
+        fprintf(f, "%s %d\n", names[i], pids[i]);
+    if (!f || fclose(f) != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "sd3ctl up --restart: %s: cannot record the pid\n", path);
+        return 1;
+    }
+    printf("restarted %s pid %d\n", name, (int)pid);
+    return 0;
+}
+
 int
 sd3ctl_up(int argc, char **argv)
 {
-    const char *file = NULL;
+    const char *file = NULL, *restart = NULL;
     long timeout_s = 60;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
             timeout_s = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--restart") && i + 1 < argc)
+            restart = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: sd3ctl up CLUSTER_FILE [--timeout S]\n");
+            printf("usage: sd3ctl up CLUSTER_FILE [--timeout S] [--restart NAME]\n");
             return 0;
         } else if (!file && argv[i][0] != '-')
             file = argv[i];
@@ -375,6 +499,8 @@ sd3ctl_up(int argc, char **argv)
     } else {
         snprintf(model, sizeof model, "%s", c.model);
     }
+    if (restart)
+        return s_restart(&c, sd3d, model, restart);
     if (mkdir(c.run_dir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "sd3ctl up: %s: %s\n", c.run_dir, strerror(errno));
         return 1;
@@ -396,25 +522,10 @@ sd3ctl_up(int argc, char **argv)
 
     // 1. the controller, then its bound addresses
     char *args[64];
-    int n = 0;
-    args[n++] = sd3d;
-    s_add(args, &n, "--role", "controller");
-    s_add(args, &n, "--listen", c.listen);
-    s_add(args, &n, "--stage-listen", c.stages);
-    s_add(args, &n, "--model", model);
-    s_add(args, &n, "--queue", c.queue);
-    s_add(args, &n, "--inflight", c.inflight);
-    s_add(args, &n, "--http", c.http);
-    s_add(args, &n, "--deadline-ms", c.deadline);
-    s_add(args, &n, "--client-timeout-ms", c.client_to);
-    s_add(args, &n, "--node-timeout-ms", c.node_to);
-    s_add(args, &n, "--codec", c.codec);
-    s_add(args, &n, "--wire-dtype", c.wire_dtype);
-    s_add(args, &n, "--addr-file", addr_file);
-    args[n] = NULL;
+    s_controller_args(&c, sd3d, model, c.listen, c.stages, addr_file, args);
     char log[S_STR + 80];
     snprintf(log, sizeof log, "%s/controller.log", c.run_dir);
-    pid_t pid = s_spawn(sd3d, args, log);
+    pid_t pid = s_spawn(sd3d, args, log, false);
     if (pid < 0) {
         fprintf(stderr, "sd3ctl up: fork: %s\n", strerror(errno));
         fclose(pids);
@@ -455,22 +566,9 @@ sd3ctl_up(int argc, char **argv)
     int n_mmdit = 0;
     for (int i = 0; i < c.n_nodes; i++) {
         const s_node_t *nd = &c.nodes[i];
-        n = 0;
-        args[n++] = sd3d;
-        s_add(args, &n, "--role", nd->role);
-        s_add(args, &n, "--node-id", nd->name);
-        s_add(args, &n, "--listen", nd->listen[0] ? nd->listen : "tcp://127.0.0.1:*");
-        s_add(args, &n, "--controller", stage_ep);
-        s_add(args, &n, "--model", model);
-        s_add(args, &n, "--tokenizers", !strcmp(nd->role, "encoder") ? c.tokenizers : NULL);
-        s_add(args, &n, "--range", nd->range);
-        s_add(args, &n, "--threads", nd->threads[0] ? nd->threads : c.threads);
-        s_add(args, &n, "--backend", nd->backend[0] ? nd->backend : c.backend);
-        s_add(args, &n, "--codec", nd->codec[0] ? nd->codec : c.codec);
-        s_add(args, &n, "--wire-dtype", nd->wire_dtype[0] ? nd->wire_dtype : c.wire_dtype);
-        args[n] = NULL;
+        s_node_args(&c, nd, sd3d, model, stage_ep, args);
         snprintf(log, sizeof log, "%s/%s.log", c.run_dir, nd->name);
-        if ((pid = s_spawn(sd3d, args, log)) < 0) {
+        if ((pid = s_spawn(sd3d, args, log, false)) < 0) {
             fprintf(stderr, "sd3ctl up: fork: %s\n", strerror(errno));
             goto fail;
         }

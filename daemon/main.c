@@ -56,6 +56,8 @@ s_usage(FILE *out)
             "                         (default stages + 1)\n"
             "  --deadline-ms N --node-timeout-ms N --client-timeout-ms N\n"
             "  --addr-file PATH       controller: write the bound endpoints there\n"
+            "  --journal FILE         controller: crash-safe request journal (SQLite); a\n"
+            "                         restart with the same file resumes every request\n"
             "  --http ADDR            controller: serve the HTTP API at ADDR (127.0.0.1:8080)\n"
             "  --heartbeat-ms N       nodes: heartbeat period (500)\n");
 }
@@ -76,7 +78,7 @@ s_long(const char *s, long lo, long hi, long *out)
 
 typedef struct {
     const char *role, *listen, *stage_listen, *controller, *advertise, *model, *tokenizers;
-    const char *backend, *node_id, *http, *addr_file;
+    const char *backend, *node_id, *http, *addr_file, *journal;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
     long cache_mb, range_a, range_b, tile, overlap;
     bool no_t5;
@@ -114,6 +116,8 @@ s_parse(int argc, char **argv, s_args_t *a)
             a->node_id = v;
         } else if (!strcmp(k, "--http")) {
             a->http = v;
+        } else if (!strcmp(k, "--journal")) {
+            a->journal = v;
         } else if (!strcmp(k, "--addr-file")) {
             a->addr_file = v;
         } else if (!strcmp(k, "--threads")) {
@@ -219,6 +223,7 @@ s_controller_opts(const s_args_t *a, sd3_controller_opts_t *o)
     o->deadline_ms = (int)a->deadline_ms;
     o->addr_file = a->addr_file;
     o->codec = a->codec;
+    o->journal_path = a->journal;
 }
 
 // Starts the HTTP API (a client of the controller's client endpoint) when asked.

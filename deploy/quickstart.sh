@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 sh deploy/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j "$jobs"
+cmake --build build -j "$jobs" --target sd3d sd3ctl   # the tests are check.sh's
 mkdir -p out
 build/sd3ctl up deploy/local/tiny-4stage.cluster
 trap 'build/sd3ctl down deploy/local/tiny-4stage.cluster >/dev/null 2>&1 || true' EXIT

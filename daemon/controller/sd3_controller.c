@@ -3,6 +3,7 @@
  *  Layout: nodes; requests; sending; client messages; node messages; timers; status; loop.  */
 #include "sd3_controller.h"
 
+#include "sd3_journal.h"
 #include "sd3_link.h"
 #include "sd3_log.h"
 #include "sd3_node.h"
@@ -27,10 +28,11 @@ typedef enum {
     S_STARTING, // JOBs sent to the later ranges, waiting for their ACKs
     S_RUNNING,
     S_DECODING,
+    S_RESUME, // has its conditioning and a checkpoint; waits for a pipeline slot
 } s_state_t;
 
 static const char *const s_state_names[] = {"queued",   "encoding", "vae-encoding",
-                                            "starting", "running",  "decoding"};
+                                            "starting", "running",  "decoding", "resume"};
 
 typedef struct {
     sd3_wire_register_t reg;
@@ -48,7 +50,10 @@ struct sd3_request {
     sd3_wire_generate_t w;  // resolved: every field explicit
     sd3_tensor_t *init_rgb; // img2img U8 [H, W, 3]
     sd3_tensor_t *ctx2, *y2, *img_latent;
-    sd3_tensor_t *latent;    // the newest latent: the checkpoint
+    sd3_tensor_t *latent;       // the newest latent: the checkpoint (enters step steps_done)
+    sd3_tensor_t *old_denoised; // DPM++ 2M: D of step steps_done - 1 (NULL: none)
+    int retries;                // resumes after a stage error
+    int64_t retry_at_ms;        // waiting work is not retried before this
     int pipeline, task_node; // task_node: encoder or vae working on it, -1 none
     bool holds_slot;
     int pending_acks;
@@ -81,6 +86,8 @@ struct sd3_controller {
     double overhead_seconds;
     int64_t start_ms, last_timer_ms;
     int64_t form_due_ms; // pipelines are formed once registrations settle
+    sd3_journal_t *journal; // NULL: no journal
+    int64_t last_prune_ms;
 };
 
 static int64_t
@@ -154,10 +161,15 @@ s_form(sd3_controller_t *self)
             ranges[k] = ranges[k - 1];
             ranges[k - 1] = t;
         }
-    int before = sd3_sched_count(self->sched);
-    int formed = sd3_sched_form(self->sched, ranges, n, self->cfg.depth);
-    for (int p = before; p < before + formed; p++) {
+    bool was[SD3_WIRE_MAX_PIPELINES] = {false};
+    for (int p = 0; p < sd3_sched_count(self->sched); p++)
+        was[p] = sd3_sched_get(self->sched, p)->alive;
+    if (sd3_sched_form(self->sched, ranges, n, self->cfg.depth) == 0)
+        return;
+    for (int p = 0; p < sd3_sched_count(self->sched); p++) {
         sd3_pipeline_t *pl = sd3_sched_get(self->sched, p);
+        if (!pl->alive || was[p])
+            continue;
         char chain[1024] = "";
         size_t len = 0;
         for (int s = 0; s < pl->n_stages && len < sizeof chain; s++) {
@@ -188,7 +200,8 @@ s_req_free(sd3_request_t **req_p)
     if (!req)
         return;
     sd3_gen_params_fini(&req->p);
-    sd3_tensor_t **all[] = {&req->init_rgb, &req->ctx2, &req->y2, &req->img_latent, &req->latent};
+    sd3_tensor_t **all[] = {&req->init_rgb, &req->ctx2,   &req->y2,
+                            &req->img_latent, &req->latent, &req->old_denoised};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sd3_tensor_destroy(all[i]);
     free(req->sigmas);
@@ -213,6 +226,21 @@ s_send_node(sd3_controller_t *self, int node, sd3_msg_t **msg_p, sd3_err_t *err)
     return sd3_link_send(self->stages, &peer, msg_p, err);
 }
 
+// CANCEL of the request's current attempt to the live stages of pl: they drop its later steps.
+static void
+s_cancel_stages(sd3_controller_t *self, const sd3_request_t *req, const sd3_pipeline_t *pl)
+{
+    for (int s = 0; s < pl->n_stages; s++) {
+        sd3_msg_t *c = sd3_msg_new(SD3_MSG_CANCEL, req->id);
+        sd3_err_t e = {0};
+        if (c)
+            c->attempt = req->attempt;
+        if (c && self->nodes[pl->nodes[s]].alive)
+            s_send_node(self, pl->nodes[s], &c, &e);
+        sd3_msg_destroy(&c);
+    }
+}
+
 // Ends a request: RESULT already sent (code 0) or ERROR to its client; frees its slot and
 // its pipeline's state.
 static void s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...)
@@ -234,18 +262,18 @@ s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...
         if (msg)
             s_send_client(self, req, &msg);
         self->failed++;
+        sd3_err_t je = {0};
+        if (self->journal &&
+            (code == SD3_ECANCELED ? sd3_journal_cancel(self->journal, req->id, &je)
+                                   : sd3_journal_fail(self->journal, req->id, code, cause.msg, &je)) !=
+                0)
+            sd3_log_warn("controller", "req=%s journal: %s", req->id, je.msg);
     } else {
         self->completed++;
     }
     sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
     if (pl && (req->state == S_STARTING || req->state == S_RUNNING) && code != 0)
-        for (int s = 0; s < pl->n_stages; s++) { // the stages drop its later steps
-            sd3_msg_t *c = sd3_msg_new(SD3_MSG_CANCEL, req->id);
-            sd3_err_t e = {0};
-            if (c && self->nodes[pl->nodes[s]].alive)
-                s_send_node(self, pl->nodes[s], &c, &e);
-            sd3_msg_destroy(&c);
-        }
+        s_cancel_stages(self, req, pl);
     if (pl && req->holds_slot)
         pl->inflight--;
     if (req->task_node >= 0 && self->nodes[req->task_node].tasks > 0)
@@ -281,7 +309,8 @@ s_add(sd3_controller_t *self, sd3_msg_t *msg, const sd3_tensor_t *t, const char 
     return rc;
 }
 
-// JOB for stage s of the request's pipeline.
+// JOB for stage s of the request's pipeline: from its checkpoint (step steps_done, the
+// latent entering it; the last range also gets DPM++ 2M's previous denoised).
 static sd3_msg_t *
 s_job_msg(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
 {
@@ -292,6 +321,7 @@ s_job_msg(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
         return NULL;
     }
     msg->attempt = req->attempt;
+    msg->step = (uint32_t)req->steps_done;
     msg->body_kind = SD3_WIRE_BODY_JOB;
     sd3_wire_job_t *j = &msg->body.job;
     const sd3_wire_register_t *r = &self->nodes[pl->nodes[s]].reg;
@@ -307,12 +337,14 @@ s_job_msg(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
              sd3_link_endpoint(self->stages));
     j->n_sigmas = req->n_used;
     memcpy(j->sigmas, req->sigmas + req->start, sizeof(float) * (size_t)req->n_used);
-    j->first_step = 0;
+    j->first_step = (uint32_t)req->steps_done;
     j->attempt = req->attempt;
     if (s == 0 || s == pl->n_stages - 1) {
         if (s_add(self, msg, req->latent, "latent", err) != 0 ||
             s_add(self, msg, req->ctx2, "context", err) != 0 ||
-            s_add(self, msg, req->y2, "pooled", err) != 0)
+            s_add(self, msg, req->y2, "pooled", err) != 0 ||
+            (s == pl->n_stages - 1 && req->old_denoised &&
+             s_add(self, msg, req->old_denoised, "old_denoised", err) != 0))
             sd3_msg_destroy(&msg);
     }
     return msg;
@@ -328,7 +360,103 @@ s_send_job(sd3_controller_t *self, sd3_request_t *req, int s, sd3_err_t *err)
     return s_send_node(self, pl->nodes[s], &msg, err);
 }
 
-// Noise from the seed, the schedule, the start latent; JOBs to the later ranges first.
+// The request's schedule: sigmas, the img2img start index, the steps it runs.
+static int
+s_schedule(sd3_request_t *req, sd3_err_t *err)
+{
+    const sd3_gen_params_t *p = &req->p;
+    free(req->sigmas);
+    if (!(req->sigmas = malloc(sizeof(float) * (size_t)(p->steps + 1))))
+        return sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+    if (sd3_schedule_sigmas(p->steps, p->shift, req->sigmas, err) != 0)
+        return err->code;
+    req->start = 0;
+    if (p->denoise < 1.0) {
+        if (sd3_schedule_start_index(p->steps, p->denoise, &req->start, err) != 0)
+            return err->code;
+        if (req->start >= p->steps)
+            return sd3_err_set(err, SD3_EINVAL, "strength %g leaves no step of %d", p->denoise,
+                               p->steps);
+    }
+    req->n_used = p->steps + 1 - req->start;
+    return 0;
+}
+
+// Gives back the request's pipeline slot (if it holds one).
+static void
+s_release_slot(sd3_controller_t *self, sd3_request_t *req)
+{
+    sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+    if (pl && req->holds_slot)
+        pl->inflight--;
+    req->holds_slot = false;
+}
+
+// The current attempt stopped (a stage died or failed to pass a step on): the next one
+// resumes from the newest checkpoint once a pipeline has room (s_retry).
+static void
+s_requeue_resume(sd3_controller_t *self, sd3_request_t *req, const char *why)
+{
+    sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+    if (pl)
+        s_cancel_stages(self, req, pl);
+    s_release_slot(self, req);
+    req->pipeline = -1;
+    req->attempt++;
+    req->state = S_RESUME;
+    sd3_log_warn("controller", "req=%s resumes from step=%d attempt=%u: %s", req->id,
+                 req->steps_done, req->attempt, why);
+}
+
+// Sends the JOBs of the request's next attempt from its checkpoint (later ranges first; they
+// ACK, then the first starts) on its pipeline, or on the least-loaded one with room. No
+// pipeline: the request waits in S_RESUME.
+static void
+s_launch(sd3_controller_t *self, sd3_request_t *req)
+{
+    sd3_err_t err = {0};
+    sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+    if (!pl || !pl->alive || !req->holds_slot) {
+        s_release_slot(self, req);
+        int pick = sd3_sched_pick(self->sched);
+        if (pick < 0) {
+            req->pipeline = -1;
+            req->state = S_RESUME;
+            return;
+        }
+        req->pipeline = pick;
+        pl = sd3_sched_get(self->sched, pick);
+        pl->inflight++;
+        req->holds_slot = true;
+    }
+    req->state = S_STARTING;
+    req->pending_acks = pl->n_stages - 1;
+    for (int s = pl->n_stages - 1; s >= 1; s--)
+        if (s_send_job(self, req, s, &err) != 0)
+            goto retry;
+    if (req->pending_acks == 0) {
+        if (s_send_job(self, req, 0, &err) != 0)
+            goto retry;
+        req->state = S_RUNNING;
+    }
+    req->t_start_ms = req->t_last_step_ms = s_now_ms();
+    if (self->journal && sd3_journal_start(self->journal, req->id, req->attempt, &err) != 0)
+        sd3_log_warn("controller", "req=%s journal start: %s", req->id, err.msg);
+    sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d from=%d "
+                 "attempt=%u",
+                 req->id, pl->id, pl->n_stages, req->n_used - 1, req->start, req->steps_done,
+                 req->attempt);
+    return;
+retry:
+    if (err.code == SD3_ENOMEM || err.code == SD3_EINVAL || ++req->retries > 20) {
+        s_end(self, req, err.code ? err.code : SD3_EIO, "JOB not sent: %s", err.msg);
+        return;
+    }
+    s_requeue_resume(self, req, err.msg);
+    req->retry_at_ms = s_now_ms() + 250;
+}
+
+// Noise from the seed, the schedule, the start latent; then the JOBs.
 static void
 s_start_sampling(sd3_controller_t *self, sd3_request_t *req)
 {
@@ -336,56 +464,99 @@ s_start_sampling(sd3_controller_t *self, sd3_request_t *req)
     sd3_tensor_t *noise = NULL;
     const sd3_gen_params_t *p = &req->p;
     const int64_t lshape[4] = {1, self->cfg.in_channels, p->height / 8, p->width / 8};
-    if (!(noise = sd3_rng_noise(p->seed, 4, lshape, &err)))
+    if (!(noise = sd3_rng_noise(p->seed, 4, lshape, &err)) || s_schedule(req, &err) != 0)
         goto fail;
-    if (!(req->sigmas = malloc(sizeof(float) * (size_t)(p->steps + 1)))) {
-        sd3_err_set(&err, SD3_ENOMEM, "controller: out of memory");
-        goto fail;
-    }
-    if (sd3_schedule_sigmas(p->steps, p->shift, req->sigmas, &err) != 0)
-        goto fail;
-    req->start = 0;
-    if (p->denoise < 1.0) {
-        if (sd3_schedule_start_index(p->steps, p->denoise, &req->start, &err) != 0)
-            goto fail;
-        if (req->start >= p->steps) {
-            sd3_err_set(&err, SD3_EINVAL, "strength %g leaves no step of %d", p->denoise, p->steps);
-            goto fail;
-        }
-    }
-    req->n_used = p->steps + 1 - req->start;
+    sd3_tensor_destroy(&req->latent);
+    sd3_tensor_destroy(&req->old_denoised);
+    req->steps_done = 0;
     if (!(req->latent = sd3_tensor_new_err(SD3_F32, 4, lshape, "latent", &err)) ||
         sd3_sampler_start(req->sigmas[req->start], noise, req->img_latent, req->latent, &err) != 0)
         goto fail;
     sd3_tensor_destroy(&noise);
-    sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
-    if (!pl || !pl->alive) {
-        sd3_err_set(&err, SD3_EIO, "pipeline %d is gone", req->pipeline);
-        goto fail;
-    }
-    req->state = S_STARTING;
-    req->pending_acks = pl->n_stages - 1;
-    for (int s = pl->n_stages - 1; s >= 1; s--)
-        if (s_send_job(self, req, s, &err) != 0)
-            goto fail;
-    if (req->pending_acks == 0) {
-        if (s_send_job(self, req, 0, &err) != 0)
-            goto fail;
-        req->state = S_RUNNING;
-    }
-    req->t_start_ms = req->t_last_step_ms = s_now_ms();
-    sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d", req->id,
-                 pl->id, pl->n_stages, req->n_used - 1, req->start);
+    s_launch(self, req);
     return;
 fail:
     sd3_tensor_destroy(&noise);
     s_end(self, req, err.code ? err.code : SD3_EINTERNAL, "%s", err.msg);
 }
 
+// Work a node does for a request (ENCODE, VAE_ENCODE, DECODE) to the least-loaded live node
+// of its role. 0: sent; 1: no such node now (the request waits, s_retry tries again);
+// else the request ended.
+static int
+s_send_task(sd3_controller_t *self, sd3_request_t *req)
+{
+    sd3_err_t err = {0};
+    sd3_wire_role_t role =
+        req->state == S_ENCODING ? SD3_WIRE_ROLE_ENCODER : SD3_WIRE_ROLE_VAE;
+    int node = s_pick_node(self, role);
+    if (node < 0)
+        return 1;
+    sd3_msg_t *m = NULL;
+    sd3_tensor_t *noise = NULL;
+    if (req->state == S_ENCODING) {
+        if ((m = sd3_msg_new(SD3_MSG_ENCODE, req->id))) {
+            m->body_kind = SD3_WIRE_BODY_GENERATE;
+            m->body.generate = req->w;
+        }
+    } else if (req->state == S_VAE_ENCODING) { // img2img: the image with the seed+1 noise
+        const int64_t ls[4] = {1, self->cfg.in_channels, req->p.height / 8, req->p.width / 8};
+        if ((noise = sd3_rng_noise(req->p.seed + 1, 4, ls, &err)) &&
+            (m = sd3_msg_new(SD3_MSG_VAE_ENCODE, req->id)) &&
+            (s_add(self, m, req->init_rgb, "image", &err) != 0 ||
+             s_add(self, m, noise, "noise", &err) != 0))
+            sd3_msg_destroy(&m);
+        sd3_tensor_destroy(&noise);
+    } else {
+        if ((m = sd3_msg_new(SD3_MSG_DECODE, req->id))) {
+            m->body_kind = SD3_WIRE_BODY_GENERATE;
+            m->body.generate = req->w;
+            if (s_add(self, m, req->latent, "latent", &err) != 0)
+                sd3_msg_destroy(&m);
+        }
+    }
+    if (!m) {
+        s_end(self, req, err.code ? err.code : SD3_ENOMEM, "%s not sent: %s",
+              s_state_names[req->state], err.code ? err.msg : "out of memory");
+        return -1;
+    }
+    if (s_send_node(self, node, &m, &err) != 0) {
+        sd3_log_warn("controller", "req=%s node=%s unreachable (%s): will retry", req->id,
+                     self->nodes[node].reg.node_id, err.msg);
+        req->retry_at_ms = s_now_ms() + 250;
+        return 1;
+    }
+    req->task_node = node;
+    self->nodes[node].tasks++;
+    return 0;
+}
+
+// Moves on every request that waits for a node or a pipeline (resumes first).
+static void
+s_retry(sd3_controller_t *self)
+{
+    int64_t now = s_now_ms();
+    for (int i = 0; i < self->n_reqs; i++) {
+        sd3_request_t *req = self->reqs[i];
+        if (now < req->retry_at_ms)
+            continue;
+        int n_before = self->n_reqs;
+        if (req->state == S_RESUME)
+            s_launch(self, req);
+        else if ((req->state == S_ENCODING || req->state == S_VAE_ENCODING ||
+                  req->state == S_DECODING) &&
+                 req->task_node < 0)
+            s_send_task(self, req);
+        if (self->n_reqs < n_before) // it ended: the array moved
+            i--;
+    }
+}
+
 // Starts queued requests while a pipeline slot and an encoder are there.
 static void
 s_dispatch(sd3_controller_t *self)
 {
+    s_retry(self);
     while (sd3_queue_size(self->queue) > 0) {
         int pipe = sd3_sched_pick(self->sched);
         int enc = s_pick_node(self, SD3_WIRE_ROLE_ENCODER);
@@ -396,27 +567,16 @@ s_dispatch(sd3_controller_t *self)
         req->pipeline = pipe;
         req->holds_slot = true;
         pl->inflight++;
-        sd3_msg_t *msg = sd3_msg_new(SD3_MSG_ENCODE, req->id);
-        sd3_err_t err = {0};
-        if (!msg) {
-            s_end(self, req, SD3_ENOMEM, "controller: out of memory");
-            continue;
-        }
-        msg->body_kind = SD3_WIRE_BODY_GENERATE;
-        msg->body.generate = req->w;
         req->state = S_ENCODING;
-        if (s_send_node(self, enc, &msg, &err) != 0) {
-            s_end(self, req, SD3_EIO, "encoder %s unreachable: %s", self->nodes[enc].reg.node_id,
-                  err.msg);
+        if (s_send_task(self, req) < 0)
             continue;
-        }
-        req->task_node = enc;
-        self->nodes[enc].tasks++;
         sd3_log_info("controller", "req=%s dispatched pipeline=%d encoder=%s queued_ms=%lld",
-                     req->id, pipe, self->nodes[enc].reg.node_id,
+                     req->id, pipe,
+                     req->task_node >= 0 ? self->nodes[req->task_node].reg.node_id : "-",
                      (long long)(s_now_ms() - req->t_submit_ms));
     }
 }
+
 
 // ---- client messages ---------------------------------------------------------------------
 
@@ -438,6 +598,49 @@ s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id,
         sd3_link_send(self->clients, to, &msg, &e);
 }
 
+// A GENERATE for an id the journal holds as ended: RESULT with its PNG (a client that comes
+// back for its image) or its ERROR. false when the journal does not know the id.
+static bool
+s_answer_journalled(sd3_controller_t *self, const sd3_wire_peer_t *from, const char *id)
+{
+    sd3_journal_info_t info;
+    sd3_err_t err = {0};
+    memset(&info, 0, sizeof info);
+    int rc = sd3_journal_get(self->journal, id, &info, &err);
+    bool answered = rc == 0 || rc != SD3_ENOTFOUND;
+    if (rc != 0 && rc != SD3_ENOTFOUND) {
+        s_reply_error(self, from, id, rc, "journal: %s", err.msg);
+    } else if (rc == 0 && info.state == SD3_JOURNAL_DONE) {
+        sd3_msg_t *res = sd3_msg_new(SD3_MSG_RESULT, id);
+        sd3_tensor_t *png =
+            sd3_tensor_new_err(SD3_U8, 1, (int64_t[]){(int64_t)info.png_size}, "png", &err);
+        if (png) {
+            memcpy(png->data, info.png, info.png_size);
+            png->name = "png";
+        }
+        if (!res || !png || sd3_msg_add_tensor(res, &png, NULL, &err) != 0) {
+            sd3_msg_destroy(&res);
+            s_reply_error(self, from, id, SD3_ENOMEM, "controller: out of memory");
+        } else {
+            res->step = info.step;
+            res->body_kind = SD3_WIRE_BODY_GENERATE;
+            res->body.generate = info.request;
+            sd3_err_t e = {0};
+            sd3_log_info("controller", "req=%s result re-sent from the journal", id);
+            sd3_link_send(self->clients, from, &res, &e);
+        }
+        sd3_tensor_destroy(&png);
+    } else if (rc == 0 && (info.state == SD3_JOURNAL_FAILED || info.state == SD3_JOURNAL_CANCELLED)) {
+        s_reply_error(self, from, id, info.error_code ? info.error_code : SD3_ECANCELED, "%s",
+                      info.error_msg[0] ? info.error_msg : "cancelled");
+    } else if (rc == 0) {
+        s_reply_error(self, from, id, SD3_EINVAL, "request '%s' is in the journal as %s", id,
+                      sd3_journal_state_name(info.state));
+    }
+    sd3_journal_info_fini(&info);
+    return answered;
+}
+
 static void
 s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
 {
@@ -447,11 +650,19 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         s_reply_error(self, from, "", SD3_EINVAL, "GENERATE needs a request id");
         return;
     }
-    if (s_find(self, msg->request_id)) {
-        s_reply_error(self, from, msg->request_id, SD3_EINVAL, "request id '%s' is already in use",
-                      msg->request_id);
+    sd3_request_t *live = s_find(self, msg->request_id);
+    if (live) { // a client re-attaching (it reconnected, or the controller restarted)
+        live->client = *from;
+        live->client_seen_ms = s_now_ms();
+        sd3_log_info("controller", "req=%s client re-attached state=%s", live->id,
+                     s_state_names[live->state]);
+        sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, live->id);
+        if (ack)
+            s_send_client(self, live, &ack);
         return;
     }
+    if (self->journal && s_answer_journalled(self, from, msg->request_id))
+        return;
     if (!(req = calloc(1, sizeof *req))) {
         s_reply_error(self, from, msg->request_id, SD3_ENOMEM, "controller: out of memory");
         return;
@@ -529,8 +740,21 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         self->reqs = r;
         self->cap_reqs = cap;
     }
-    if (sd3_queue_push(self->queue, req, &err) != 0) // SD3_EFULL: RESOURCE_EXHAUSTED
+    if (sd3_queue_size(self->queue) >= sd3_queue_capacity(self->queue)) {
+        sd3_err_set(&err, SD3_EFULL, "queue full: %zu requests waiting (the bound)",
+                    sd3_queue_capacity(self->queue));
         goto fail;
+    }
+    if (self->journal && sd3_journal_accept(self->journal, req->id, from->routing_id,
+                                            from->routing_id_len, &req->w, req->init_rgb,
+                                            &err) != 0)
+        goto fail;
+    if (sd3_queue_push(self->queue, req, &err) != 0) { // SD3_EFULL: RESOURCE_EXHAUSTED
+        sd3_err_t je = {0};
+        if (self->journal)
+            sd3_journal_fail(self->journal, req->id, err.code, err.msg, &je);
+        goto fail;
+    }
     self->reqs[self->n_reqs++] = req;
     sd3_log_info("controller", "req=%s accepted size=%dx%d steps=%d seed=%llu queued=%zu", req->id,
                  req->p.width, req->p.height, req->p.steps, (unsigned long long)req->p.seed,
@@ -611,6 +835,36 @@ s_client_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg
 
 // ---- node messages -----------------------------------------------------------------------
 
+// Node i is gone (dead or restarted): its pipelines stop, and the work it had goes elsewhere:
+// encoder and vae tasks to another member of the pool (or when one comes back), requests
+// of its pipelines resume from their newest checkpoint on another pipeline (or on the
+// re-formed one once a replacement registers). Nothing is lost or answered twice.
+static void
+s_node_lost(sd3_controller_t *self, int i, const char *why)
+{
+    s_node_t *n = &self->nodes[i];
+    sd3_sched_node_dead(self->sched, i);
+    for (int r = 0; r < self->n_reqs; r++) {
+        sd3_request_t *req = self->reqs[r];
+        sd3_pipeline_t *pl =
+            req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+        if (req->task_node == i) {
+            req->task_node = -1;
+            sd3_log_warn("controller", "req=%s %s on node=%s retried elsewhere (%s)", req->id,
+                         s_state_names[req->state], n->reg.node_id, why);
+        }
+        if (pl && !pl->alive) {
+            if (req->state == S_STARTING || req->state == S_RUNNING) {
+                s_requeue_resume(self, req, why);
+            } else if (req->state != S_DECODING) { // encoding: it gets a pipeline later
+                s_release_slot(self, req);
+                req->pipeline = -1;
+            }
+        }
+    }
+    n->tasks = 0;
+}
+
 static void
 s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
 {
@@ -645,9 +899,9 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
             return;
         }
         i = self->n_nodes++;
-    } else if (self->nodes[i].alive && sd3_sched_node_used(self->sched, i)) {
-        // Re-registered while in a pipeline: it restarted and lost its requests.
-        sd3_sched_node_dead(self->sched, i);
+    } else if (self->nodes[i].alive) {
+        // Re-registered while alive: it restarted and lost its work.
+        s_node_lost(self, i, "it restarted");
     }
     s_node_t *n = &self->nodes[i];
     memset(n, 0, sizeof *n);
@@ -688,8 +942,21 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
         s_end(self, req, SD3_EPROTO, "STEP_DONE: %s", err.code ? err.msg : "step past the end");
         return;
     }
+    const int64_t lsh[4] = {1, self->cfg.in_channels, p->height / 8, p->width / 8};
+    if (sd3_msg_tensor(msg, "old_denoised") &&
+        sd3_msg_expect(msg, "old_denoised", SD3_F32, 4, lsh, &err) != 0) {
+        s_end(self, req, SD3_EPROTO, "STEP_DONE: %s", err.msg);
+        return;
+    }
     s_take_tensor(msg, "latent", &req->latent); // the checkpoint
+    sd3_tensor_destroy(&req->old_denoised);
+    req->old_denoised = sd3_msg_take_tensor(msg, "old_denoised");
     req->steps_done = (int)msg->step;
+    if (self->journal &&
+        sd3_journal_checkpoint(self->journal, req->id, req->attempt, msg->step, req->latent,
+                               req->old_denoised, &err) != 0)
+        sd3_log_warn("controller", "req=%s journal checkpoint step=%u: %s", req->id, msg->step,
+                     err.msg);
     int64_t now = s_now_ms();
     double secs = (double)(now - req->t_last_step_ms) / 1000.0;
     static const double bounds[SD3_WIRE_STEP_BUCKETS] = SD3_WIRE_STEP_BOUNDS;
@@ -723,23 +990,9 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
             pl->completed++;
         }
         req->holds_slot = false;
-        int vae = s_pick_node(self, SD3_WIRE_ROLE_VAE);
-        sd3_msg_t *dec = vae >= 0 ? sd3_msg_new(SD3_MSG_DECODE, req->id) : NULL;
-        if (!dec) {
-            s_end(self, req, SD3_EIO, "no vae node to decode with");
-        } else {
-            dec->body_kind = SD3_WIRE_BODY_GENERATE;
-            dec->body.generate = req->w;
-            if (s_add(self, dec, req->latent, "latent", &err) != 0 ||
-                s_send_node(self, vae, &dec, &err) != 0) {
-                sd3_msg_destroy(&dec);
-                s_end(self, req, err.code, "DECODE not sent: %s", err.msg);
-            } else {
-                req->state = S_DECODING;
-                req->task_node = vae;
-                self->nodes[vae].tasks++;
-            }
-        }
+        req->state = S_DECODING;
+        req->task_node = -1;
+        s_send_task(self, req); // no vae now: s_retry sends it when one registers
         s_dispatch(self);
     }
     self->overhead_steps++;
@@ -777,7 +1030,21 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     }
     sd3_request_t *req = msg->request_id[0] ? s_find(self, msg->request_id) : NULL;
     if (msg->type == SD3_MSG_ERROR) {
-        if (req && (req->task_node == ni || req->pipeline >= 0))
+        bool transient = msg->status == SD3_EIO || msg->status == SD3_ETIMEDOUT ||
+                         msg->status == SD3_ENOTFOUND;
+        bool of_pipeline = req && (req->state == S_STARTING || req->state == S_RUNNING) &&
+                           req->pipeline >= 0;
+        if (of_pipeline && msg->attempt != req->attempt) {
+            sd3_log_debug("controller", "req=%s stale ERROR of attempt %u dropped", req->id,
+                          msg->attempt);
+        } else if (of_pipeline && transient && req->retries++ < 20) {
+            s_requeue_resume(self, req, msg->message);
+            req->retry_at_ms = s_now_ms() + 250;
+        } else if (req && req->task_node == ni && transient && req->retries++ < 20) {
+            node->tasks--;
+            req->task_node = -1;
+            req->retry_at_ms = s_now_ms() + 250;
+        } else if (req && (req->task_node == ni || of_pipeline))
             s_end(self, req, msg->status ? msg->status : SD3_EINTERNAL, "%s: %s", node->reg.node_id,
                   msg->message);
         else
@@ -808,24 +1075,13 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         }
         s_take_tensor(msg, "context", &req->ctx2);
         s_take_tensor(msg, "pooled", &req->y2);
+        if (req->latent) { // a recovered request: on from its checkpoint
+            s_launch(self, req);
+            return;
+        }
         if (req->init_rgb) { // img2img: the vae encodes the image with the seed+1 noise
-            const int64_t ls[4] = {1, self->cfg.in_channels, req->p.height / 8, req->p.width / 8};
-            int vae = s_pick_node(self, SD3_WIRE_ROLE_VAE);
-            sd3_tensor_t *noise = sd3_rng_noise(req->p.seed + 1, 4, ls, &err);
-            sd3_msg_t *m = vae >= 0 && noise ? sd3_msg_new(SD3_MSG_VAE_ENCODE, req->id) : NULL;
-            if (!m || s_add(self, m, req->init_rgb, "image", &err) != 0 ||
-                s_add(self, m, noise, "noise", &err) != 0 ||
-                s_send_node(self, vae, &m, &err) != 0) {
-                sd3_msg_destroy(&m);
-                sd3_tensor_destroy(&noise);
-                s_end(self, req, err.code ? err.code : SD3_EIO, "VAE_ENCODE not sent: %s",
-                      vae < 0 ? "no vae node" : err.msg);
-                return;
-            }
-            sd3_tensor_destroy(&noise);
             req->state = S_VAE_ENCODING;
-            req->task_node = vae;
-            self->nodes[vae].tasks++;
+            s_send_task(self, req);
             return;
         }
         s_start_sampling(self, req);
@@ -848,7 +1104,8 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     case SD3_MSG_ACK:
         if (req->state == S_STARTING && msg->attempt == req->attempt && --req->pending_acks == 0) {
             if (s_send_job(self, req, 0, &err) != 0) {
-                s_end(self, req, err.code, "JOB not sent: %s", err.msg);
+                s_requeue_resume(self, req, err.msg);
+                req->retry_at_ms = s_now_ms() + 250;
                 return;
             }
             req->state = S_RUNNING;
@@ -860,6 +1117,8 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     case SD3_MSG_DECODED: {
         if (req->state != S_DECODING || req->task_node != ni)
             return;
+        node->tasks--;
+        req->task_node = -1;
         if (sd3_msg_expect(msg, "png", SD3_U8, 1, (int64_t[]){-1}, &err) != 0) {
             s_end(self, req, SD3_EPROTO, "DECODED: %s", err.msg);
             return;
@@ -875,6 +1134,10 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         res->step = (uint32_t)req->steps_done;
         res->body_kind = SD3_WIRE_BODY_GENERATE;
         res->body.generate = req->w;
+        const sd3_tensor_t *pt = sd3_msg_tensor(res, "png");
+        if (self->journal && sd3_journal_finish(self->journal, req->id, pt->data,
+                                                (size_t)pt->shape[0], &err) != 0)
+            sd3_log_warn("controller", "req=%s journal finish: %s", req->id, err.msg);
         sd3_log_info("controller", "req=%s done pipeline=%d steps=%d total_ms=%lld", req->id,
                      req->pipeline, req->steps_done, (long long)(s_now_ms() - req->t_submit_ms));
         s_send_client(self, req, &res);
@@ -904,6 +1167,12 @@ s_timers(sd3_controller_t *self)
         self->form_due_ms = 0;
         s_form(self);
     }
+    if (self->journal && now - self->last_prune_ms > 60000) { // ended requests kept 1 h
+        sd3_err_t e = {0};
+        self->last_prune_ms = now;
+        if (sd3_journal_prune(self->journal, sd3_journal_now_ms() - 3600 * 1000, &e) < 0)
+            sd3_log_warn("controller", "journal prune: %s", e.msg);
+    }
     int node_to = self->o.node_timeout_ms > 0 ? self->o.node_timeout_ms : 5000;
     int client_to = self->o.client_timeout_ms > 0 ? self->o.client_timeout_ms : 10000;
     for (int i = 0; i < self->n_nodes; i++) {
@@ -913,16 +1182,7 @@ s_timers(sd3_controller_t *self)
         n->alive = false;
         sd3_log_warn("controller", "node=%s dead: no heartbeat for %lld ms", n->reg.node_id,
                      (long long)(now - n->last_seen_ms));
-        sd3_sched_node_dead(self->sched, i);
-        for (int r = self->n_reqs - 1; r >= 0; r--) {
-            sd3_request_t *req = self->reqs[r];
-            sd3_pipeline_t *pl =
-                req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
-            bool hit = req->task_node == i ||
-                       (pl && !pl->alive && req->state != S_DECODING && req->state != S_QUEUED);
-            if (hit)
-                s_end(self, req, SD3_EIO, "node %s stopped responding", n->reg.node_id);
-        }
+        s_node_lost(self, i, "node stopped responding");
         s_form(self);
     }
     for (int r = self->n_reqs - 1; r >= 0; r--) {
@@ -983,6 +1243,77 @@ s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
     memcpy(st->step_buckets, self->step_buckets, sizeof st->step_buckets);
 }
 
+// ---- recovery from the journal ---------------------------------------------------------
+
+// One unfinished request of the journal back in memory, as attempt + 1: no checkpoint ->
+// queued as new; every step done -> DECODE; else queued for its conditioning (ENCODE), then
+// JOBs from the checkpoint (s_launch). Its client is the routing id it came from.
+static int
+s_recover_one(void *user, const sd3_journal_entry_t *e, sd3_err_t *err)
+{
+    sd3_controller_t *self = user;
+    sd3_request_t *req = calloc(1, sizeof *req);
+    sd3_err_t why = {0};
+    if (!req)
+        return sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+    snprintf(req->id, sizeof req->id, "%s", e->request_id);
+    req->client.routing_id_len =
+        e->client_id_len < SD3_WIRE_ROUTING_ID_MAX ? e->client_id_len : SD3_WIRE_ROUTING_ID_MAX;
+    memcpy(req->client.routing_id, e->client_id, req->client.routing_id_len);
+    req->pipeline = req->task_node = -1;
+    req->attempt = e->attempt + 1;
+    req->w = *e->request;
+    if (sd3_gen_params_from_wire(&req->p, &req->w, &self->cfg, &why) != 0 ||
+        sd3_gen_params_check(&req->p, &self->cfg, &why) != 0 || s_schedule(req, &why) != 0)
+        goto refuse;
+    free(req->p.model_name);
+    req->p.model_name = strdup(self->arch);
+    if (e->init_image && !(req->init_rgb = sd3_tensor_clone(e->init_image))) {
+        sd3_err_set(&why, SD3_ENOMEM, "out of memory");
+        goto refuse;
+    }
+    if (e->latent) {
+        if ((int)e->step >= req->n_used) {
+            sd3_err_set(&why, SD3_EFORMAT, "checkpoint step %u past the request's %d steps",
+                        e->step, req->n_used - 1);
+            goto refuse;
+        }
+        if (!(req->latent = s_clone_named(e->latent, "latent")) ||
+            (e->old_denoised && !(req->old_denoised = s_clone_named(e->old_denoised, "old_denoised")))) {
+            sd3_err_set(&why, SD3_ENOMEM, "out of memory");
+            goto refuse;
+        }
+        req->steps_done = (int)e->step;
+    }
+    int64_t now = s_now_ms();
+    req->t_submit_ms = req->client_seen_ms = now;
+    if (self->n_reqs == self->cap_reqs) {
+        int cap = self->cap_reqs ? self->cap_reqs * 2 : 64;
+        sd3_request_t **r = realloc(self->reqs, sizeof *r * (size_t)cap);
+        if (!r) {
+            s_req_free(&req);
+            return sd3_err_set(err, SD3_ENOMEM, "controller: out of memory");
+        }
+        self->reqs = r;
+        self->cap_reqs = cap;
+    }
+    if (req->latent && req->steps_done == req->n_used - 1) {
+        req->state = S_DECODING; // s_retry sends DECODE once a vae is there
+    } else if (sd3_queue_push(self->queue, req, &why) != 0) {
+        goto refuse;
+    }
+    self->reqs[self->n_reqs++] = req;
+    sd3_log_info("controller", "req=%s recovered from the journal step=%u attempt=%u state=%s",
+                 req->id, e->step, req->attempt, s_state_names[req->state]);
+    return 0;
+refuse:
+    sd3_log_warn("controller", "req=%s not recovered: %s", e->request_id, why.msg);
+    sd3_err_t je = {0};
+    sd3_journal_fail(self->journal, e->request_id, why.code ? why.code : SD3_EFORMAT, why.msg, &je);
+    s_req_free(&req);
+    return 0;
+}
+
 // ---- object and loop ---------------------------------------------------------------------
 
 sd3_controller_t *
@@ -1033,6 +1364,14 @@ sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
             goto fail;
         }
     }
+    if (opts->journal_path) {
+        int n_refused = 0;
+        if (!(self->journal = sd3_journal_open(opts->journal_path, err)) ||
+            sd3_journal_recover(self->journal, s_recover_one, self, &n_refused, err) != 0)
+            goto fail;
+        sd3_log_info("controller", "journal=%s recovered=%d refused=%d", opts->journal_path,
+                     self->n_reqs, n_refused);
+    }
     self->start_ms = s_now_ms();
     sd3_log_info("controller", "client=%s stages=%s model=%s arch=%s depth=%d queue=%zu",
                  sd3_link_endpoint(self->clients), sd3_link_endpoint(self->stages),
@@ -1049,6 +1388,7 @@ sd3_controller_destroy(sd3_controller_t **self_p)
     if (!self_p || !*self_p)
         return;
     sd3_controller_t *self = *self_p;
+    sd3_journal_destroy(&self->journal);
     for (int i = 0; i < self->n_reqs; i++)
         s_req_free(&self->reqs[i]);
     free(self->reqs);

@@ -13,9 +13,16 @@
  *    RESULT to the client.
  *  Cancel (CANCEL, a client that stops sending keep-alives, a passed deadline, a stage that
  *  failed) answers ERROR and sends CANCEL to the stages of the request's pipeline, which
- *  drop its later steps. A node that misses heartbeats is declared dead: its pipeline stops
- *  taking work and its requests fail with SD3_EIO (resuming them from the checkpoint is
- *  the next reliability step). Bad messages are answered with ERROR (sd3_link); the
+ *  drop its later steps.
+ *  Failure: every STEP_DONE carries the checkpoint (latent, and DPM++ 2M's previous
+ *  denoised). A node that misses heartbeats (node_timeout_ms) or re-registers is lost: the
+ *  requests of its pipelines resume as attempt + 1 from their newest checkpoint on another
+ *  pipeline (or the re-formed one), its encoder/vae tasks go to another pool member (or
+ *  wait for one); late messages of older attempts are dropped, so a request is answered
+ *  once and its image is the undisturbed one bit for bit. With journal_path, accepted
+ *  requests, checkpoints and results go to sd3_journal; a restarted controller resumes
+ *  every unfinished request, and a GENERATE for a known id re-attaches its sender (live
+ *  request) or answers it from the journal (ended request). Bad messages are answered with ERROR (sd3_link); the
  *  controller keeps serving.
  *  Thread: one controller object runs in one thread (sd3_controller_run).  */
 #pragma once
@@ -36,6 +43,7 @@ typedef struct {
     int deadline_ms;          // default per-request time limit; 0: none
     const char *addr_file;    // written once bound: "client=ADDR\nstages=ADDR\n"; NULL: none
     sd3_codec_opts_t codec;   // how the controller's tensors travel (raw f32 by default)
+    const char *journal_path; // request journal (sd3_journal); NULL: none
     void *zmq_ctx;            // shared context; NULL: own
 } sd3_controller_opts_t;
 

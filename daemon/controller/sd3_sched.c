@@ -68,7 +68,17 @@ sd3_sched_form(sd3_sched_t *self, const sd3_sched_range_t *ranges, int n_ranges,
         n_ranges = SD3_WIRE_MAX_NODES;
     for (int i = 0; i < n_ranges; i++)
         taken[i] = !ranges[i].alive || sd3_sched_node_used(self, ranges[i].node);
-    while (self->n < SD3_WIRE_MAX_PIPELINES) {
+    for (;;) {
+        // A dead pipeline's slot is reused (nodes die and come back many times over a
+        // cluster's life); its requests moved on when it died.
+        int slot = self->n;
+        for (int p = 0; p < self->n; p++)
+            if (!self->pipes[p].alive) {
+                slot = p;
+                break;
+            }
+        if (slot == SD3_WIRE_MAX_PIPELINES)
+            break;
         int chain[SD3_WIRE_MAX_STAGES], len = 0;
         bool trial[SD3_WIRE_MAX_NODES];
         memcpy(trial, taken, sizeof trial);
@@ -77,9 +87,9 @@ sd3_sched_form(sd3_sched_t *self, const sd3_sched_range_t *ranges, int n_ranges,
         for (len = 0; len < SD3_WIRE_MAX_STAGES; len++) // the chain ends where it reaches depth
             if (ranges[chain[len]].end == depth)
                 break;
-        sd3_pipeline_t *p = &self->pipes[self->n];
+        sd3_pipeline_t *p = &self->pipes[slot];
         memset(p, 0, sizeof *p);
-        p->id = self->n;
+        p->id = slot;
         p->n_stages = len + 1;
         for (int s = 0; s <= len; s++) {
             p->nodes[s] = ranges[chain[s]].node;
@@ -87,7 +97,8 @@ sd3_sched_form(sd3_sched_t *self, const sd3_sched_range_t *ranges, int n_ranges,
         }
         p->max_inflight = self->max_inflight ? self->max_inflight : p->n_stages + 1;
         p->alive = true;
-        self->n++;
+        if (slot == self->n)
+            self->n++;
         formed++;
     }
     return formed;

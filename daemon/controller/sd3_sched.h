@@ -21,7 +21,7 @@ typedef struct {
 } sd3_sched_range_t;
 
 typedef struct {
-    int id; // stable, from 0
+    int id; // its slot, from 0 (a dead pipeline's slot is reused by a new chain)
     int n_stages;
     int nodes[SD3_WIRE_MAX_STAGES]; // stage order
     int inflight, max_inflight;

@@ -11,8 +11,11 @@
  *
  *  Every malformed message is answered with ERROR and the node keeps serving (sd3_link does
  *  the wire checks; the handlers check shapes with sd3_msg_expect and the request table).
- *  Steps are idempotent by (request id, step): a duplicate or a step of a cancelled request
- *  is dropped. Logs: key=value, req= on every request line.
+ *  Steps are idempotent by (request id, step, attempt): a duplicate, a step of a cancelled
+ *  request or of an older attempt is dropped; a JOB of a newer attempt (a resume from a
+ *  checkpoint: first_step, latent and, on the last range, DPM++ 2M's old_denoised) replaces
+ *  the request's state. When the controller does not know the node any more (it restarted)
+ *  the node drops every request it holds and registers again. Logs: key=value, req= on every request line.
  *  Thread: one node object runs in one thread (sd3_node_run).  */
 #pragma once
 #include "sd3_err.h"

@@ -76,13 +76,15 @@ s_fail(sd3_node_t *self, const sd3_wire_peer_t *from, const char *id, uint32_t s
         sd3_err_t e = {0};
         sd3_wire_reply_error(sd3_link_socket(self->data), from, cause, &e);
     }
-    if (!from || s_find(self, id)) {
+    sd3_node_req_t *req = id[0] ? s_find(self, id) : NULL;
+    if (!from || req) {
         sd3_msg_t *msg = sd3_msg_new_error(id, step, cause);
         sd3_err_t e = {0};
+        if (msg && req)
+            msg->attempt = req->attempt; // the controller drops errors of older attempts
         if (msg)
             sd3_node_send_ctrl(self, &msg, &e);
     }
-    sd3_node_req_t *req = id[0] ? s_find(self, id) : NULL;
     if (req)
         s_close(self, req);
 }
@@ -332,7 +334,11 @@ s_finish(sd3_node_t *self, sd3_node_req_t *req, sd3_mmdit_act_t *act, sd3_mmdit_
         return sd3_err_set(err, SD3_ENOMEM, "mmdit: out of memory");
     done->step = (uint32_t)job->st.step;
     done->attempt = req->attempt;
-    if ((rc = s_add_clone(self, done, job->x, "latent", err)) != 0) {
+    // The checkpoint: the latent entering step st.step and, for DPM++ 2M, the sampler's
+    // previous denoised, so a resume anywhere continues bit for bit.
+    if ((rc = s_add_clone(self, done, job->x, "latent", err)) != 0 ||
+        (job->st.has_old && job->st.old_denoised &&
+         (rc = s_add_clone(self, done, job->st.old_denoised, "old_denoised", err)) != 0)) {
         sd3_msg_destroy(&done);
         return rc;
     }
@@ -471,10 +477,24 @@ s_job(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
                                          sd3_msg_tensor(msg, "latent"), &err)))
             goto fail;
         req->job->st.step = (int)j->first_step;
+        const sd3_tensor_t *od = sd3_msg_tensor(msg, "old_denoised");
+        if (od && last) { // a resume of DPM++ 2M: the sampler's state at first_step
+            if (sd3_msg_expect(msg, "old_denoised", SD3_F32, 4,
+                               (int64_t[]){1, Z, req->lat_h, req->lat_w}, &err) != 0)
+                goto fail;
+            sd3_tensor_destroy(&req->job->st.old_denoised);
+            if (!(req->job->st.old_denoised = sd3_tensor_clone(od))) {
+                sd3_err_set(&err, SD3_ENOMEM, "mmdit: out of memory");
+                goto fail;
+            }
+            req->job->st.old_denoised->name = "old_denoised";
+            req->job->st.has_old = true;
+        }
     }
-    sd3_log_info("mmdit", "req=%s job stage=%d/%d blocks=[%d,%d) steps=%d next=%s attempt=%u",
+    sd3_log_info("mmdit",
+                 "req=%s job stage=%d/%d blocks=[%d,%d) steps=%d from=%u next=%s attempt=%u",
                  req->id, req->stage_index, req->n_stages, self->o.layer_begin, self->o.layer_end,
-                 req->n_sigmas - 1, req->next, req->attempt);
+                 req->n_sigmas - 1, j->first_step, req->next, req->attempt);
     if (first) {
         s_run_first(self, req);
     } else { // the controller starts the first range once every later one holds the job
@@ -668,7 +688,10 @@ sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *
         break;
     case SD3_MSG_ERROR:
         if (!from && !msg->request_id[0] && msg->status == SD3_ENOTFOUND) {
+            // The controller restarted (or took us for dead): the work we hold belongs to
+            // attempts it does not know any more; it resumes them as newer attempts.
             sd3_heartbeat_reset(self);
+            sd3_stage_host_clear(self);
             return;
         }
         sd3_log_warn("node", "node=%s req=%s got ERROR %s: %s", self->node_id,
@@ -677,7 +700,10 @@ sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *
         return;
     case SD3_MSG_CANCEL: {
         sd3_node_req_t *req = s_find(self, msg->request_id);
-        if (req) {
+        if (req && msg->attempt < req->attempt) { // a newer attempt already replaced it
+            sd3_log_debug("node", "req=%s CANCEL of attempt %u dropped (now %u)", req->id,
+                          msg->attempt, req->attempt);
+        } else if (req) {
             sd3_log_info("node", "node=%s req=%s cancelled", self->node_id, req->id);
             s_close(self, req);
         } else if (msg->request_id[0]) {

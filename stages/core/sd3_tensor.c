@@ -121,6 +121,11 @@ sd3_tensor_destroy(sd3_tensor_t **self_p)
 int64_t
 sd3_tensor_numel(const sd3_tensor_t *self)
 {
+    // A zero dim first: [2^27, 2^27, 671, 0] passes sd3_shape_numel (0 elements) but its
+    // running product would overflow int64 before the 0 (found by fuzz_codec).
+    for (int i = 0; i < self->ndim; i++)
+        if (self->shape[i] == 0)
+            return 0;
     int64_t n = 1;
     for (int i = 0; i < self->ndim; i++)
         n *= self->shape[i];

@@ -1,6 +1,8 @@
 /*  sd3_clip - the CLIP text models SD3 uses (see sd3_clip.h)  */
 #include "sd3_clip.h"
 
+#include "sd3_enc_common.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -28,18 +30,6 @@ struct sd3_clip {
 
 // -- configuration -------------------------------------------------------------------------
 
-static int
-s_shape(const sd3_weights_t *w, const char *name, int want_ndim, int64_t *shape, sd3_err_t *err)
-{
-    int ndim = 0;
-    if (sd3_weights_shape(w, name, &ndim, shape) != 0)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: tensor '%s' is missing", name);
-    if (ndim != want_ndim)
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has %d dims, want %d", name, ndim,
-                           want_ndim);
-    return 0;
-}
-
 int
 sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const char *config_json,
                        sd3_clip_config_t *cfg, sd3_err_t *err)
@@ -47,11 +37,12 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const
     int64_t shape[SD3_MAX_DIM];
     char name[128];
     memset(cfg, 0, sizeof *cfg);
-    if (s_shape(weights, S_PREFIX "embeddings.token_embedding.weight", 2, shape, err))
+    if (sd3_enc_shape(weights, "CLIP", S_PREFIX "embeddings.token_embedding.weight", 2, shape, err))
         return err ? err->code : SD3_EFORMAT;
     cfg->vocab = (int)shape[0];
     cfg->width = (int)shape[1];
-    if (s_shape(weights, S_PREFIX "embeddings.position_embedding.weight", 2, shape, err))
+    if (sd3_enc_shape(weights, "CLIP", S_PREFIX "embeddings.position_embedding.weight", 2, shape,
+                      err))
         return err ? err->code : SD3_EFORMAT;
     cfg->n_pos = (int)shape[0];
     if (shape[1] != cfg->width)
@@ -59,7 +50,7 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const
                            "CLIP weights: position_embedding width %lld, "
                            "token_embedding width %d",
                            (long long)shape[1], cfg->width);
-    if (s_shape(weights, S_PREFIX "encoder.layers.0.mlp.fc1.weight", 2, shape, err))
+    if (sd3_enc_shape(weights, "CLIP", S_PREFIX "encoder.layers.0.mlp.fc1.weight", 2, shape, err))
         return err ? err->code : SD3_EFORMAT;
     cfg->ffn = (int)shape[0];
     for (cfg->n_layers = 0; cfg->n_layers < 1000; cfg->n_layers++) {
@@ -129,34 +120,6 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const
 
 // -- construction --------------------------------------------------------------------------
 
-static int s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim,
-                  const int64_t *shape, sd3_err_t *err, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
-
-static int
-s_need(sd3_clip_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
-       sd3_err_t *err, const char *fmt, ...)
-{
-    char name[160];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    const sd3_tensor_t *t = NULL;
-    int rc = sd3_weights_need(self->weights, name, ndim, shape, &t, err);
-    if (rc)
-        return rc;
-    if (!sd3_dtype_is_float(t->dtype))
-        return sd3_err_set(err, SD3_EFORMAT, "CLIP weights: '%s' has dtype %s, want a float", name,
-                           sd3_dtype_name(t->dtype));
-    if (host) {
-        *out = t;
-        return 0;
-    }
-    *out = self->be->ops->weight(self->be, t, err);
-    return *out ? 0 : (err && err->code ? err->code : SD3_EINTERNAL);
-}
-
 sd3_clip_t *
 sd3_clip_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_clip_config_t *cfg,
              sd3_err_t *err)
@@ -185,15 +148,16 @@ sd3_clip_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_clip_config_t 
     }
     const int64_t vw[2] = {cfg->vocab, W}, pw[2] = {cfg->n_pos, W};
     const int64_t ww[2] = {W, W}, w1[1] = {W}, fw[2] = {F, W}, wf[2] = {W, F}, f1[1] = {F};
-    if (s_need(self, &self->tok_emb, true, 2, vw, err,
-               S_PREFIX "embeddings.token_embedding.weight") ||
-        s_need(self, &self->pos_emb, true, 2, pw, err,
-               S_PREFIX "embeddings.position_embedding.weight"))
+    if (sd3_enc_need(self->weights, self->be, "CLIP", &self->tok_emb, true, 2, vw, err,
+                     S_PREFIX "embeddings.token_embedding.weight") ||
+        sd3_enc_need(self->weights, self->be, "CLIP", &self->pos_emb, true, 2, pw, err,
+                     S_PREFIX "embeddings.position_embedding.weight"))
         goto fail;
     for (int i = 0; i < cfg->n_layers; i++) {
         s_layer_t *L = &self->layers[i];
 #define S_L(field, nd, shp, suffix)                                                                \
-    if (s_need(self, &L->field, false, nd, shp, err, S_PREFIX "encoder.layers.%d." suffix, i))     \
+    if (sd3_enc_need(self->weights, self->be, "CLIP", &L->field, false, nd, shp, err,              \
+                     S_PREFIX "encoder.layers.%d." suffix, i))                                     \
         goto fail;
         S_L(ln1_w, 1, w1, "layer_norm1.weight")
         S_L(ln1_b, 1, w1, "layer_norm1.bias")
@@ -213,12 +177,15 @@ sd3_clip_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_clip_config_t 
         S_L(fc2_b, 1, w1, "mlp.fc2.bias")
 #undef S_L
     }
-    if (s_need(self, &self->final_w, false, 1, w1, err, S_PREFIX "final_layer_norm.weight") ||
-        s_need(self, &self->final_b, false, 1, w1, err, S_PREFIX "final_layer_norm.bias"))
+    if (sd3_enc_need(self->weights, self->be, "CLIP", &self->final_w, false, 1, w1, err,
+                     S_PREFIX "final_layer_norm.weight") ||
+        sd3_enc_need(self->weights, self->be, "CLIP", &self->final_b, false, 1, w1, err,
+                     S_PREFIX "final_layer_norm.bias"))
         goto fail;
     if (cfg->proj_dim > 0) {
         const int64_t pj[2] = {cfg->proj_dim, W};
-        if (s_need(self, &self->proj_w, false, 2, pj, err, "text_projection.weight"))
+        if (sd3_enc_need(self->weights, self->be, "CLIP", &self->proj_w, false, 2, pj, err,
+                         "text_projection.weight"))
             goto fail;
     }
     return self;
@@ -250,31 +217,6 @@ static sd3_tensor_t *
 s_act_new(sd3_backend_t *be, int ndim, const int64_t *shape, sd3_err_t *err)
 {
     return be->ops->tensor_new(be, be->act_dtype, ndim, shape, err);
-}
-
-// Frees a backend tensor; NULL-safe whatever the backend's tensor_free does with NULL.
-static void
-s_free(sd3_backend_t *be, sd3_tensor_t **t_p)
-{
-    if (*t_p)
-        be->ops->tensor_free(be, t_p);
-    *t_p = NULL;
-}
-
-static int s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err,
-                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt, ...)
-{
-    char name[64];
-    va_list ap;
-    if (!tap)
-        return 0;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    return tap(user, name, t, err);
 }
 
 int
@@ -343,7 +285,7 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
     }
     if ((rc = op->upload(be, x, emb, err)) != 0) // x: [1, T, W]
         goto done;
-    if ((rc = s_tap(tap, tap_user, x, err, "embeddings")) != 0)
+    if ((rc = sd3_enc_tap(tap, tap_user, x, err, "embeddings")) != 0)
         goto done;
 
     const sd3_attn_opts_t attn = {
@@ -367,7 +309,7 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
             (rc = op->linear(be, h, f, L->fc2_w, L->fc2_b, err)) ||                 // [1,T,W]
             (rc = op->add(be, x, x, h, err)))                                       // [1,T,W]
             goto done;
-        if ((rc = s_tap(tap, tap_user, x, err, "layer.%d", i)) != 0)
+        if ((rc = sd3_enc_tap(tap, tap_user, x, err, "layer.%d", i)) != 0)
             goto done;
         if (i == cfg->layer_idx &&
             (rc = op->copy2d(be, out->context, 0, 0, x, 0, 0, T, W, err)) != 0)
@@ -375,7 +317,7 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
     }
     // last_hidden = final_layer_norm(x); pooled = its row at argmax(ids)
     if ((rc = op->layernorm(be, h, x, self->final_w, self->final_b, cfg->ln_eps, err)) ||
-        (rc = s_tap(tap, tap_user, h, err, "last_hidden")) ||
+        (rc = sd3_enc_tap(tap, tap_user, h, err, "last_hidden")) ||
         (rc = op->copy2d(be, out->pooled, 0, 0, h, out->pool_index, 0, 1, W, err)))
         goto done;
     if (self->proj_w) {
@@ -388,13 +330,13 @@ sd3_clip_encode(sd3_clip_t *self, const int32_t *ids, int n_ids, sd3_clip_out_t 
     }
 done:
     sd3_tensor_destroy(&emb);
-    s_free(be, &x);
-    s_free(be, &h);
-    s_free(be, &q);
-    s_free(be, &k);
-    s_free(be, &v);
-    s_free(be, &a);
-    s_free(be, &f);
+    sd3_enc_free(be, &x);
+    sd3_enc_free(be, &h);
+    sd3_enc_free(be, &q);
+    sd3_enc_free(be, &k);
+    sd3_enc_free(be, &v);
+    sd3_enc_free(be, &a);
+    sd3_enc_free(be, &f);
     if (rc)
         sd3_clip_out_fini(self, out);
     return rc;
@@ -404,9 +346,9 @@ void
 sd3_clip_out_fini(sd3_clip_t *self, sd3_clip_out_t *out)
 {
     sd3_backend_t *be = self->be;
-    s_free(be, &out->context);
-    s_free(be, &out->pooled);
-    s_free(be, &out->pooled_projected);
+    sd3_enc_free(be, &out->context);
+    sd3_enc_free(be, &out->pooled);
+    sd3_enc_free(be, &out->pooled_projected);
 }
 
 double

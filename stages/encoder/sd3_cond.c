@@ -94,9 +94,14 @@ s_build(sd3_cond_t *self, const char *cfg_l, const char *cfg_g, const char *cfg_
     return 0;
 }
 
-sd3_cond_t *
-sd3_cond_new_from_model(sd3_backend_t *be, sd3_model_t *model, bool with_t5, sd3_err_t *err)
+// The two constructors differ only in where the weights and their configs come from: a
+// model (model != NULL; T5 when with_t5 and the model has one) or three files (paths; the
+// T5 one may be NULL).
+static sd3_cond_t *
+s_new(sd3_backend_t *be, sd3_model_t *model, bool with_t5, const char *const paths[3],
+      sd3_err_t *err)
 {
+    static const sd3_component_t comps[3] = {SD3_COMP_CLIP_L, SD3_COMP_CLIP_G, SD3_COMP_T5};
     sd3_err_t local_err = {0};
     if (!err)
         err = &local_err;
@@ -107,15 +112,16 @@ sd3_cond_new_from_model(sd3_backend_t *be, sd3_model_t *model, bool with_t5, sd3
         return NULL;
     }
     self->be = be;
-    if (!(self->w_l = sd3_weights_open(model, SD3_COMP_CLIP_L, err)) ||
-        !(self->w_g = sd3_weights_open(model, SD3_COMP_CLIP_G, err)))
-        goto fail;
-    if (with_t5 && sd3_model_has(model, SD3_COMP_T5) &&
-        !(self->w_t5 = sd3_weights_open(model, SD3_COMP_T5, err)))
-        goto fail;
-    cfg[0] = sd3_cond_config_json(model, NULL, SD3_COMP_CLIP_L);
-    cfg[1] = sd3_cond_config_json(model, NULL, SD3_COMP_CLIP_G);
-    cfg[2] = sd3_cond_config_json(model, NULL, SD3_COMP_T5);
+    sd3_weights_t **w[3] = {&self->w_l, &self->w_g, &self->w_t5};
+    for (int i = 0; i < 3; i++) {
+        if (i == 2 && (model ? !with_t5 || !sd3_model_has(model, SD3_COMP_T5) : !paths[2]))
+            break; // no T5
+        *w[i] = model ? sd3_weights_open(model, comps[i], err)
+                      : sd3_weights_open_path(paths[i], comps[i], err);
+        if (!*w[i])
+            goto fail;
+        cfg[i] = model ? sd3_cond_config_json(model, NULL, comps[i]) : s_file_config(paths[i]);
+    }
     if (s_build(self, cfg[0], cfg[1], cfg[2], err))
         goto fail;
     for (int i = 0; i < 3; i++)
@@ -129,37 +135,17 @@ fail:
 }
 
 sd3_cond_t *
+sd3_cond_new_from_model(sd3_backend_t *be, sd3_model_t *model, bool with_t5, sd3_err_t *err)
+{
+    return s_new(be, model, with_t5, NULL, err);
+}
+
+sd3_cond_t *
 sd3_cond_new_from_files(sd3_backend_t *be, const char *clip_l_path, const char *clip_g_path,
                         const char *t5_path, sd3_err_t *err)
 {
-    sd3_err_t local_err = {0};
-    if (!err)
-        err = &local_err;
-    char *cfg[3] = {NULL, NULL, NULL};
-    sd3_cond_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        sd3_err_set(err, SD3_ENOMEM, "conditioning: out of memory");
-        return NULL;
-    }
-    self->be = be;
-    if (!(self->w_l = sd3_weights_open_path(clip_l_path, SD3_COMP_CLIP_L, err)) ||
-        !(self->w_g = sd3_weights_open_path(clip_g_path, SD3_COMP_CLIP_G, err)))
-        goto fail;
-    if (t5_path && !(self->w_t5 = sd3_weights_open_path(t5_path, SD3_COMP_T5, err)))
-        goto fail;
-    cfg[0] = s_file_config(clip_l_path);
-    cfg[1] = s_file_config(clip_g_path);
-    cfg[2] = s_file_config(t5_path);
-    if (s_build(self, cfg[0], cfg[1], cfg[2], err))
-        goto fail;
-    for (int i = 0; i < 3; i++)
-        free(cfg[i]);
-    return self;
-fail:
-    for (int i = 0; i < 3; i++)
-        free(cfg[i]);
-    sd3_cond_destroy(&self);
-    return NULL;
+    const char *paths[3] = {clip_l_path, clip_g_path, t5_path};
+    return s_new(be, NULL, t5_path != NULL, paths, err);
 }
 
 void

@@ -1,6 +1,8 @@
 /*  sd3_t5 - the T5 v1.1 encoder (see sd3_t5.h)  */
 #include "sd3_t5.h"
 
+#include "sd3_enc_common.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -32,17 +34,6 @@ s_embed_name(const sd3_weights_t *w)
                                                              : "shared.weight";
 }
 
-static int
-s_shape2(const sd3_weights_t *w, const char *name, int64_t *shape, sd3_err_t *err)
-{
-    int ndim = 0;
-    if (sd3_weights_shape(w, name, &ndim, shape) != 0)
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: tensor '%s' is missing", name);
-    if (ndim != 2)
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: '%s' has %d dims, want 2", name, ndim);
-    return 0;
-}
-
 int
 sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_t5_config_t *cfg,
                      sd3_err_t *err)
@@ -56,19 +47,24 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
         return sd3_err_set(err, SD3_EFORMAT,
                            "T5 weights: no token table "
                            "('encoder.embed_tokens.weight' or 'shared.weight')");
-    if ((rc = s_shape2(weights, s_embed_name(weights), shape, err)))
+    if ((rc = sd3_enc_shape(weights, "T5", s_embed_name(weights), 2, shape, err)))
         return rc;
     cfg->vocab = (int)shape[0];
     cfg->d_model = (int)shape[1];
-    if ((rc = s_shape2(weights,
-                       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias."
-                       "weight",
-                       shape, err)))
+    if ((rc = sd3_enc_shape(weights, "T5",
+                            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                            2, shape, err)))
         return rc;
     cfg->n_buckets = (int)shape[0];
     cfg->n_heads = (int)shape[1];
-    if ((rc = s_shape2(weights, "encoder.block.0.layer.0.SelfAttention.q.weight", shape, err)))
+    if ((rc = sd3_enc_shape(weights, "T5", "encoder.block.0.layer.0.SelfAttention.q.weight", 2,
+                            shape, err)))
         return rc;
+    if (cfg->n_heads > SD3_T5_MAX_HEADS)
+        return sd3_err_set(err, SD3_EFORMAT,
+                           "T5 weights: the relative attention bias has %d heads, at most %d "
+                           "supported",
+                           cfg->n_heads, SD3_T5_MAX_HEADS);
     if (cfg->n_heads <= 0 || shape[0] % cfg->n_heads != 0)
         return sd3_err_set(err, SD3_EFORMAT,
                            "T5 weights: q has %lld rows, not a multiple of "
@@ -79,7 +75,8 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
         return sd3_err_set(err, SD3_ENOTSUP,
                            "T5 weights: no 'wi_0' (only the gated-GELU "
                            "T5 v1.1 feed-forward is supported)");
-    if ((rc = s_shape2(weights, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", shape, err)))
+    if ((rc = sd3_enc_shape(weights, "T5", "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 2,
+                            shape, err)))
         return rc;
     cfg->d_ff = (int)shape[0];
     for (cfg->n_layers = 0; cfg->n_layers < 1000; cfg->n_layers++) {
@@ -123,34 +120,6 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
     return 0;
 }
 
-static int s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim,
-                  const int64_t *shape, sd3_err_t *err, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
-
-static int
-s_need(sd3_t5_t *self, const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
-       sd3_err_t *err, const char *fmt, ...)
-{
-    char name[160];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    const sd3_tensor_t *t = NULL;
-    int rc = sd3_weights_need(self->weights, name, ndim, shape, &t, err);
-    if (rc)
-        return rc;
-    if (!sd3_dtype_is_float(t->dtype))
-        return sd3_err_set(err, SD3_EFORMAT, "T5 weights: '%s' has dtype %s, want a float", name,
-                           sd3_dtype_name(t->dtype));
-    if (host) {
-        *out = t;
-        return 0;
-    }
-    *out = self->be->ops->weight(self->be, t, err);
-    return *out ? 0 : (err && err->code ? err->code : SD3_EINTERNAL);
-}
-
 sd3_t5_t *
 sd3_t5_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_t5_config_t *cfg, sd3_err_t *err)
 {
@@ -173,14 +142,16 @@ sd3_t5_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_t5_config_t *cfg
     }
     const int64_t vd[2] = {cfg->vocab, D}, bh[2] = {cfg->n_buckets, cfg->n_heads};
     const int64_t id[2] = {I, D}, di[2] = {D, I}, fd[2] = {F, D}, df[2] = {D, F}, d1[1] = {D};
-    if (s_need(self, &self->tok_emb, true, 2, vd, err, "%s", s_embed_name(weights)) ||
-        s_need(self, &self->rel_bias, true, 2, bh, err,
-               "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"))
+    if (sd3_enc_need(self->weights, self->be, "T5", &self->tok_emb, true, 2, vd, err, "%s",
+                     s_embed_name(weights)) ||
+        sd3_enc_need(self->weights, self->be, "T5", &self->rel_bias, true, 2, bh, err,
+                     "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"))
         goto fail;
     for (int i = 0; i < cfg->n_layers; i++) {
         s_block_t *B = &self->blocks[i];
 #define S_B(field, nd, shp, suffix)                                                                \
-    if (s_need(self, &B->field, false, nd, shp, err, "encoder.block.%d.layer." suffix, i))         \
+    if (sd3_enc_need(self->weights, self->be, "T5", &B->field, false, nd, shp, err,                \
+                     "encoder.block.%d.layer." suffix, i))                                         \
         goto fail;
         S_B(ln0_w, 1, d1, "0.layer_norm.weight")
         S_B(q_w, 2, id, "0.SelfAttention.q.weight")
@@ -193,7 +164,8 @@ sd3_t5_new(sd3_backend_t *be, sd3_weights_t *weights, const sd3_t5_config_t *cfg
         S_B(wo_w, 2, df, "1.DenseReluDense.wo.weight")
 #undef S_B
     }
-    if (s_need(self, &self->final_w, false, 1, d1, err, "encoder.final_layer_norm.weight"))
+    if (sd3_enc_need(self->weights, self->be, "T5", &self->final_w, false, 1, d1, err,
+                     "encoder.final_layer_norm.weight"))
         goto fail;
     return self;
 fail:
@@ -232,31 +204,6 @@ sd3_t5_bucket(int rel, int n_buckets, int max_distance)
                   (float)log((double)max_distance / (double)max_exact) * (float)(nb - max_exact);
     int large = max_exact + (int)ratio;
     return bucket + (large < nb - 1 ? large : nb - 1);
-}
-
-// Frees a backend tensor; NULL-safe whatever the backend's tensor_free does with NULL.
-static void
-s_free(sd3_backend_t *be, sd3_tensor_t **t_p)
-{
-    if (*t_p)
-        be->ops->tensor_free(be, t_p);
-    *t_p = NULL;
-}
-
-static int s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err,
-                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int
-s_tap(sd3_enc_tap_fn tap, void *user, const sd3_tensor_t *t, sd3_err_t *err, const char *fmt, ...)
-{
-    char name[64];
-    va_list ap;
-    if (!tap)
-        return 0;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    return tap(user, name, t, err);
 }
 
 int
@@ -318,8 +265,8 @@ sd3_t5_encode(sd3_t5_t *self, const int32_t *ids, int n_ids, sd3_tensor_t **hidd
                 bs[hh * N * N + ij] = table[(int64_t)bk[ij] * H + hh];
         free(table);
     }
-    if ((rc = s_tap(tap, tap_user, buckets, err, "rel_bucket")) ||
-        (rc = s_tap(tap, tap_user, bias_h, err, "position_bias")))
+    if ((rc = sd3_enc_tap(tap, tap_user, buckets, err, "rel_bucket")) ||
+        (rc = sd3_enc_tap(tap, tap_user, bias_h, err, "position_bias")))
         goto done;
 
     if (!(bias = op->tensor_new(be, SD3_F32, 3, (int64_t[]){H, N, N}, err)) ||
@@ -337,7 +284,7 @@ sd3_t5_encode(sd3_t5_t *self, const int32_t *ids, int n_ids, sd3_tensor_t **hidd
     }
     if ((rc = sd3_tensor_reshape(bias_h, 3, (int64_t[]){H, N, N}, err)) ||
         (rc = op->upload(be, bias, bias_h, err)) || (rc = op->upload(be, x, emb, err)) ||
-        (rc = s_tap(tap, tap_user, x, err, "embeddings")))
+        (rc = sd3_enc_tap(tap, tap_user, x, err, "embeddings")))
         goto done;
 
     // No 1/sqrt(d_kv): T5 folds it into its initialisation (MODEL.md §5.1).
@@ -368,11 +315,11 @@ sd3_t5_encode(sd3_t5_t *self, const int32_t *ids, int n_ids, sd3_tensor_t **hidd
             goto done;
         if ((rc = op->linear(be, h, f, B->wo_w, NULL, err)) || // [1,N,D]
             (rc = op->add(be, x, x, h, err)) ||                // [1,N,D]
-            (rc = s_tap(tap, tap_user, x, err, "block.%d", i)))
+            (rc = sd3_enc_tap(tap, tap_user, x, err, "block.%d", i)))
             goto done;
     }
     if ((rc = op->rmsnorm(be, h, x, self->final_w, cfg->eps, err)) || // [1,N,D]
-        (rc = s_tap(tap, tap_user, h, err, "last_hidden")))
+        (rc = sd3_enc_tap(tap, tap_user, h, err, "last_hidden")))
         goto done;
     *hidden_p = h;
     h = NULL;
@@ -380,16 +327,16 @@ done:
     sd3_tensor_destroy(&emb);
     sd3_tensor_destroy(&buckets);
     sd3_tensor_destroy(&bias_h);
-    s_free(be, &bias);
-    s_free(be, &x);
-    s_free(be, &h);
-    s_free(be, &q);
-    s_free(be, &k);
-    s_free(be, &v);
-    s_free(be, &a);
-    s_free(be, &g);
-    s_free(be, &u);
-    s_free(be, &f);
+    sd3_enc_free(be, &bias);
+    sd3_enc_free(be, &x);
+    sd3_enc_free(be, &h);
+    sd3_enc_free(be, &q);
+    sd3_enc_free(be, &k);
+    sd3_enc_free(be, &v);
+    sd3_enc_free(be, &a);
+    sd3_enc_free(be, &g);
+    sd3_enc_free(be, &u);
+    sd3_enc_free(be, &f);
     return rc;
 }
 

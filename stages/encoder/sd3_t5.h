@@ -20,6 +20,10 @@
 
 #include <stdint.h>
 
+// Heads accepted from a checkpoint: the position bias is H N^2 floats per encode, 512 MiB
+// at this cap and N = 1024 (T5-XXL has 64; a bias table with more columns is refused).
+#define SD3_T5_MAX_HEADS 128
+
 typedef struct {
     int d_model;      // 4096
     int n_layers;     // 24
@@ -35,6 +39,7 @@ typedef struct {
 typedef struct sd3_t5 sd3_t5_t;
 
 // Fills *cfg from the shapes in `weights` (T5 naming "encoder.*"); `config_json` may be NULL.
+// SD3_EFORMAT when a tensor is missing, the shapes disagree or exceed SD3_T5_MAX_HEADS.
 int sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json,
                          sd3_t5_config_t *cfg, sd3_err_t *err);
 

@@ -518,8 +518,11 @@ s_read_gz(const char *path, char **out, size_t *len, sd3_err_t *err)
                                    S_MAX_FILE >> 20);
             }
             char *p = realloc(buf, cap * 2 + 1);
-            if (!p)
+            if (!p) { // reported below: a truncated vocabulary must not pass for a whole one
+                free(buf);
+                buf = NULL;
                 break;
+            }
             buf = p;
             cap *= 2;
         }

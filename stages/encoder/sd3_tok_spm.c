@@ -79,8 +79,8 @@ sd3_tok_spm_new_from_file(const char *path, sd3_err_t *err)
     size_t n = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
     fclose(f);
     if (!buf || n != (size_t)st.st_size) {
-        free(buf);
         sd3_err_set(err, buf ? SD3_EIO : SD3_ENOMEM, "%s: cannot read", path);
+        free(buf);
         return NULL;
     }
     sd3_tok_spm_t *self = sd3_tok_spm_new_from_memory(buf, n, err);

@@ -273,38 +273,59 @@ s_load_attn(sd3_vae_t *self, const char *prefix, int c, s_attn_t *attn, sd3_err_
     return 0;
 }
 
+// Level i of a coder: its resblocks "<level>.<i>.block.<j>" (the first takes ci channels)
+// and, when the checkpoint has one, its 2x resample conv "<level>.<i>.<resample>.conv".
+static int
+s_load_level(sd3_vae_t *self, s_coder_t *cd, const char *level, const char *resample, int i, int ci,
+             int n_blocks, sd3_err_t *err)
+{
+    int co = self->cfg.channels[i];
+    char name[160];
+    for (int j = 0; j < n_blocks; j++) {
+        snprintf(name, sizeof name, "%s.%d.block.%d", level, i, j);
+        if (s_load_res(self, name, j == 0 ? ci : co, co, &cd->blocks[i][j], err) != 0)
+            return err->code;
+    }
+    snprintf(name, sizeof name, "%s.%d.%s.conv.weight", level, i, resample);
+    cd->has_resample[i] = sd3_weights_has(self->weights, name);
+    name[strlen(name) - strlen(".weight")] = '\0'; // the conv's prefix
+    if (cd->has_resample[i] && s_load_conv(self, name, co, co, 3, &cd->resample[i], err) != 0)
+        return err->code;
+    return 0;
+}
+
+// The middle of a coder: "<coder>.mid.block_1", "<coder>.mid.attn_1", "<coder>.mid.block_2",
+// all at the top level's c channels.
+static int
+s_load_mid(sd3_vae_t *self, s_coder_t *cd, const char *coder, int c, sd3_err_t *err)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s.mid.block_1", coder);
+    if (s_load_res(self, name, c, c, &cd->mid1, err))
+        return err->code;
+    snprintf(name, sizeof name, "%s.mid.attn_1", coder);
+    if (s_load_attn(self, name, c, &cd->attn, err))
+        return err->code;
+    snprintf(name, sizeof name, "%s.mid.block_2", coder);
+    return s_load_res(self, name, c, c, &cd->mid2, err) ? err->code : 0;
+}
+
 static int
 s_load_decoder(sd3_vae_t *self, sd3_err_t *err)
 {
     const sd3_vae_config_t *cfg = &self->cfg;
     s_coder_t *d = &self->dec;
     int n = cfg->n_levels, top = cfg->channels[n - 1];
-    char name[160];
     if (d->loaded)
         return 0;
     if (!cfg->has_decoder)
         return sd3_err_set(err, SD3_EFORMAT, "vae: the checkpoint has no decoder");
     if (s_load_conv(self, "decoder.conv_in", top, cfg->z_channels, 3, &d->conv_in, err) ||
-        s_load_res(self, "decoder.mid.block_1", top, top, &d->mid1, err) ||
-        s_load_attn(self, "decoder.mid.attn_1", top, &d->attn, err) ||
-        s_load_res(self, "decoder.mid.block_2", top, top, &d->mid2, err))
+        s_load_mid(self, d, "decoder", top, err))
         return err->code;
-    int ci = top;
-    for (int i = n - 1; i >= 0; i--) {
-        int co = cfg->channels[i];
-        for (int j = 0; j < cfg->dec_blocks[i]; j++) {
-            snprintf(name, sizeof name, "decoder.up.%d.block.%d", i, j);
-            if (s_load_res(self, name, j == 0 ? ci : co, co, &d->blocks[i][j], err) != 0)
-                return err->code;
-        }
-        d->has_resample[i] = s_has(self->weights, "decoder.up.%d.upsample.conv.weight", i, 0);
-        if (d->has_resample[i]) {
-            snprintf(name, sizeof name, "decoder.up.%d.upsample.conv", i);
-            if (s_load_conv(self, name, co, co, 3, &d->resample[i], err) != 0)
-                return err->code;
-        }
-        ci = co;
-    }
+    for (int i = n - 1, ci = top; i >= 0; ci = cfg->channels[i--])
+        if (s_load_level(self, d, "decoder.up", "upsample", i, ci, cfg->dec_blocks[i], err))
+            return err->code;
     if (s_load_norm(self, "decoder.norm_out", cfg->channels[0], &d->norm_out, err) ||
         s_load_conv(self, "decoder.conv_out", cfg->image_channels, cfg->channels[0], 3,
                     &d->conv_out, err))
@@ -319,7 +340,6 @@ s_load_encoder(sd3_vae_t *self, sd3_err_t *err)
     const sd3_vae_config_t *cfg = &self->cfg;
     s_coder_t *e = &self->enc;
     int n = cfg->n_levels, top = cfg->channels[n - 1];
-    char name[160];
     if (e->loaded)
         return 0;
     if (!cfg->has_encoder)
@@ -327,25 +347,10 @@ s_load_encoder(sd3_vae_t *self, sd3_err_t *err)
     if (s_load_conv(self, "encoder.conv_in", cfg->channels[0], cfg->image_channels, 3, &e->conv_in,
                     err))
         return err->code;
-    int ci = cfg->channels[0];
-    for (int i = 0; i < n; i++) {
-        int co = cfg->channels[i];
-        for (int j = 0; j < cfg->enc_blocks[i]; j++) {
-            snprintf(name, sizeof name, "encoder.down.%d.block.%d", i, j);
-            if (s_load_res(self, name, j == 0 ? ci : co, co, &e->blocks[i][j], err) != 0)
-                return err->code;
-        }
-        e->has_resample[i] = s_has(self->weights, "encoder.down.%d.downsample.conv.weight", i, 0);
-        if (e->has_resample[i]) {
-            snprintf(name, sizeof name, "encoder.down.%d.downsample.conv", i);
-            if (s_load_conv(self, name, co, co, 3, &e->resample[i], err) != 0)
-                return err->code;
-        }
-        ci = co;
-    }
-    if (s_load_res(self, "encoder.mid.block_1", top, top, &e->mid1, err) ||
-        s_load_attn(self, "encoder.mid.attn_1", top, &e->attn, err) ||
-        s_load_res(self, "encoder.mid.block_2", top, top, &e->mid2, err) ||
+    for (int i = 0, ci = cfg->channels[0]; i < n; ci = cfg->channels[i++])
+        if (s_load_level(self, e, "encoder.down", "downsample", i, ci, cfg->enc_blocks[i], err))
+            return err->code;
+    if (s_load_mid(self, e, "encoder", top, err) ||
         s_load_norm(self, "encoder.norm_out", top, &e->norm_out, err) ||
         s_load_conv(self, "encoder.conv_out", 2 * cfg->z_channels, top, 3, &e->conv_out, err))
         return err->code;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 static char cu_cluster_file[1024];
+static char cu_run_dir[1024]; // RUN_DIR of the cluster: logs, pids
 
 static void
 cu_down(void)
@@ -113,6 +114,7 @@ cu_up(const char *name, const char *model, const char *controller_extra, const c
     char run[1024], cmd[4096], addr[1200];
     snprintf(cu_cluster_file, sizeof cu_cluster_file, "%s/%s.cluster", tmp, name);
     snprintf(run, sizeof run, "%s/run-%s", tmp, name);
+    snprintf(cu_run_dir, sizeof cu_run_dir, "%s", run);
     FILE *f = fopen(cu_cluster_file, "w");
     if (!f)
         return -1;
@@ -199,6 +201,62 @@ cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
         sd3_msg_destroy(&msg);
     }
     return open;
+}
+
+// ---- failures: killing and restarting members of the running cluster ----------------------
+
+// The pid `sd3ctl up` recorded for member `name` ("controller", or a node's section name).
+static int
+cu_pid(const char *name)
+{
+    char path[1100], n[128];
+    int pid, found = -1;
+    snprintf(path, sizeof path, "%s/pids", cu_run_dir);
+    FILE *f = fopen(path, "r");
+    while (f && fscanf(f, "%127s %d", n, &pid) == 2)
+        if (!strcmp(n, name))
+            found = pid;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+// SIGKILL of member `name` (no clean-up of any kind: a crash).
+static int
+cu_kill(const char *name)
+{
+    int pid = cu_pid(name);
+    if (pid <= 1 || kill(pid, SIGKILL) != 0) {
+        fprintf(stderr, "cluster: cannot kill %s (pid %d)\n", name, pid);
+        return -1;
+    }
+    printf("killed %s (pid %d) at %.2f s\n", name, pid, cu_now());
+    return 0;
+}
+
+// Starts member `name` again with its flags (`sd3ctl up --restart`); does not wait.
+static int
+cu_restart(const char *name)
+{
+    char cmd[2400];
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --restart %s >/dev/null", SD3_BINARY_DIR,
+             cu_cluster_file, name);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+// How many lines of member name's log contain needle.
+static int
+cu_log_count(const char *name, const char *needle)
+{
+    char path[1200], line[4096];
+    int n = 0;
+    snprintf(path, sizeof path, "%s/%s.log", cu_run_dir, name);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
 }
 
 // A small request: 64x64, `steps` steps.

@@ -13,3 +13,10 @@ foreach(t test_cluster_split test_cluster_concurrent test_cluster_queue test_clu
     add_dependencies(${t} sd3d sd3ctl)
   endif()
 endforeach()
+# Reliability (issue 8): stage failure, controller restart, chaos.
+foreach(t test_cluster_failover test_cluster_restart)
+  if(EXISTS ${_cl}/${t}.c)
+    sd3_test(${t} ${_cl}/${t}.c LABELS cluster TIMEOUT 180)
+    add_dependencies(${t} sd3d sd3ctl)
+  endif()
+endforeach()

@@ -285,10 +285,16 @@ main(void)
     CHECK(sd3_curve_reload(srv, &err) == SD3_EFORMAT);
 
     // 6. The way the nodes use it: sd3_link with opts.curve, a listed key round trip.
+    snprintf(text, sizeof text, "%s\n", server.public_key); // the default for every endpoint
+    s_write(s_path("server-pub-any"), text);
+    sd3_err_clear(&err);
+    sd3_curve_t *ca_any =
+        sd3_curve_new(cctx, s_path("a.key"), NULL, s_path("server-pub-any"), &err);
+    CHECK_MSG(ca_any != NULL, "%s", err.msg);
     sd3_link_opts_t lo = {.curve = srv};
     sd3_link_t *serve = sd3_link_new_serve(sctx, "tcp://127.0.0.1:*", &lo, &err);
     CHECK_MSG(serve != NULL, "%s", err.msg);
-    lo.curve = ca;
+    lo.curve = ca_any;
     sd3_link_t *conn =
         serve ? sd3_link_new_connect(cctx, sd3_link_endpoint(serve), &lo, &err) : NULL;
     CHECK_MSG(conn != NULL, "%s", err.msg);
@@ -302,6 +308,7 @@ main(void)
     }
     sd3_link_destroy(&conn);
     sd3_link_destroy(&serve);
+    sd3_curve_destroy(&ca_any);
 
     // 7. inproc never uses keys; misconfiguration is refused on tcp.
     void *pa = zmq_socket(sctx, ZMQ_PAIR), *pb = zmq_socket(sctx, ZMQ_PAIR);

@@ -111,8 +111,7 @@ s_noise_long_shape(void)
         strcat(shapes, i ? ",1000000000" : "1000000000");
     strcat(shapes, "]]");
     char json[1024];
-    snprintf(json, sizeof json, "{\"__metadata__\":{\"seeds\":\"[1]\",\"shapes\":\"%s\"}}",
-             shapes);
+    snprintf(json, sizeof json, "{\"__metadata__\":{\"seeds\":\"[1]\",\"shapes\":\"%s\"}}", shapes);
     const char *file = s_path("noise.safetensors");
     CHECK(s_write_raw(file, json, 0, NULL, 0) == 0);
     int rc = s_run((const char *[]){"eval", "noise", "--vectors", file, NULL});
@@ -155,8 +154,7 @@ s_schedule_unaligned(void)
         const char *file = s_path("sched_odd.safetensors");
         CHECK(s_write_raw(file, json, misalign, data, sizeof data) == 0);
         int rc = s_run((const char *[]){"eval", "schedule", "--vectors", file, NULL});
-        CHECK_MSG(rc == 0, "eval schedule, data at offset %d mod 8: exit %d, want 0", misalign,
-                  rc);
+        CHECK_MSG(rc == 0, "eval schedule, data at offset %d mod 8: exit %d, want 0", misalign, rc);
         CHECK(s_output_has("2 passed, 0 failed"));
     }
 }
@@ -169,8 +167,8 @@ s_sampler_huge_steps(void)
                        "\"cfg_scale\":\"5\",\"runs\":\"[\\\"euler\\\"]\"}}";
     const char *file = s_path("sampler.safetensors");
     CHECK(s_write_raw(file, json, 0, NULL, 0) == 0);
-    int rc = s_run((const char *[]){"eval", "sampler", "--vectors", file, "--model",
-                                    s_path("none"), NULL});
+    int rc = s_run(
+        (const char *[]){"eval", "sampler", "--vectors", file, "--model", s_path("none"), NULL});
     CHECK_MSG(rc == 2, "eval sampler with steps 1e300: exit %d, want 2", rc);
     CHECK(s_output_has("steps"));
 }

@@ -1,0 +1,130 @@
+/*  test_cluster_failover - stage failures lose nothing and change no bit
+ *
+ *  Two pipelines ([0,1) -> [1,2) and [0,2)), one encoder, one vae; DPM++ 2M requests with
+ *  enough steps to be caught mid-way. While they run: SIGKILL of the mmdit a1 in the middle
+ *  of its requests (they resume from their newest checkpoint, latent + old_denoised, on the
+ *  other pipeline; a1 is restarted later and its pipeline re-forms), then SIGKILL of the
+ *  encoder and the vae with requests in hand, both restarted 1 s later (their work is
+ *  retried on the new process). Asserted: every request gets exactly one RESULT and no
+ *  ERROR, its PNG is byte-equal to the one-process PNG of its (prompt, seed); the
+ *  controller resumed at least one request from a step > 0; both pipelines are alive at
+ *  the end; the controller counts no failure.  */
+#include "cluster_util.h"
+
+#define N_WAVE1 6
+#define N_WAVE2 4
+#define N_REQ   (N_WAVE1 + N_WAVE2)
+#define STEPS   16
+
+static const char *const s_prompts[3] = {"a cat", "a dog", "a red fox"};
+
+int
+main(void)
+{
+    cu_setup(150);
+    char model[1024], client_ep[1200];
+    snprintf(model, sizeof model, "%s/tiny", sd3_test_tmpdir());
+    CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);
+    unsigned char *ref[3];
+    size_t ref_n[3];
+    for (int k = 0; k < 3; k++) { // request i: (prompt i % 3, seed 10 + i % 3)
+        char args[256];
+        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d --sampler dpmpp_2m", STEPS,
+                 10 + k);
+        ref[k] = cu_local_png(model, s_prompts[k], args, &ref_n[k]);
+        CHECK(ref[k] != NULL);
+    }
+    CHECK(cu_up("failover", model, "node_timeout_ms = 1500\n",
+                "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"
+                "[mmdit b0]\nrange = 0:2\n",
+                client_ep, sizeof client_ep) == 0);
+    sd3_err_t err = {0};
+    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
+    CHECK(cl != NULL);
+    if (!cl)
+        return TEST_RESULT();
+    static cu_req_t reqs[N_REQ];
+    sd3_wire_generate_t *w = calloc(1, sizeof *w);
+    double t0 = cu_now();
+    for (int i = 0; i < N_REQ; i++) {
+        snprintf(reqs[i].id, sizeof reqs[i].id, "f%02d", i);
+        if (i >= N_WAVE1)
+            continue;
+        cu_request(w, s_prompts[i % 3], (uint64_t)(10 + i % 3), STEPS);
+        w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
+        CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
+    }
+    // 1. a1 dies once a request is a few steps in
+    int phase = 0;
+    double t_phase = 0;
+    while (cu_now() - t0 < 120) {
+        int open = cu_wait(cl, reqs, phase >= 2 ? N_REQ : N_WAVE1, 0.05);
+        int most = 0, results = 0;
+        for (int i = 0; i < N_WAVE1; i++) {
+            most = reqs[i].progress > most ? reqs[i].progress : most;
+            results += reqs[i].results;
+        }
+        if (phase == 0 && most >= 4) {
+            CHECK(cu_kill("a1") == 0);
+            phase = 1;
+        } else if (phase == 1 && results >= 1) {
+            // 2. the encoder and the vae die with work in hand: a new wave needs the encoder,
+            // the running requests the vae
+            CHECK(cu_kill("enc0") == 0);
+            CHECK(cu_kill("vae0") == 0);
+            for (int i = N_WAVE1; i < N_REQ; i++) {
+                cu_request(w, s_prompts[i % 3], (uint64_t)(10 + i % 3), STEPS);
+                w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
+                CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
+            }
+            phase = 2;
+            t_phase = cu_now();
+        } else if (phase == 2 && cu_now() - t_phase > 1.0) {
+            CHECK(cu_restart("enc0") == 0);
+            CHECK(cu_restart("vae0") == 0);
+            CHECK(cu_restart("a1") == 0);
+            phase = 3;
+        } else if (phase == 3 && open == 0) {
+            break;
+        }
+    }
+    double secs = cu_now() - t0;
+    CHECK_MSG(phase == 3, "the test stopped in phase %d", phase);
+    int ok = 0;
+    for (int i = 0; i < N_REQ; i++) {
+        int k = i % 3;
+        CHECK_MSG(reqs[i].results == 1 && reqs[i].errors == 0, "%s: %d results, %d errors (%s)",
+                  reqs[i].id, reqs[i].results, reqs[i].errors, reqs[i].message);
+        bool same = ref[k] && reqs[i].png && reqs[i].png_size == ref_n[k] &&
+                    !memcmp(reqs[i].png, ref[k], ref_n[k]);
+        CHECK_MSG(same, "%s: PNG differs from its one-process PNG", reqs[i].id);
+        ok += same;
+        free(reqs[i].png);
+    }
+    sd3_msg_t *extra = NULL; // a duplicate RESULT would show up here
+    CHECK_MSG(sd3_client_recv(cl, 500, &extra, &err) == SD3_ETIMEDOUT ||
+                  (extra && extra->type != SD3_MSG_RESULT && extra->type != SD3_MSG_ERROR),
+              "a message after every request was answered");
+    sd3_msg_destroy(&extra);
+    int resumed = cu_log_count("controller", "resumes from step=");
+    int resumed_mid = resumed - cu_log_count("controller", "resumes from step=0 ");
+    CHECK_MSG(resumed_mid >= 1, "no request resumed from a checkpoint past step 0 (%d resumes)",
+              resumed);
+    static sd3_wire_status_t st;
+    double t_wait = cu_now();
+    do { // a1 re-registered: its pipeline forms again
+        CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
+    } while (st.n_pipelines < 2 && cu_now() - t_wait < 5 && usleep(200000) == 0);
+    CHECK_MSG(st.n_pipelines == 2, "%d pipelines after a1 came back, want 2", st.n_pipelines);
+    CHECK_MSG(st.completed == N_REQ && st.failed == 0, "completed %llu failed %llu",
+              (unsigned long long)st.completed, (unsigned long long)st.failed);
+    printf("%d/%d images bit-identical after killing a1, enc0, vae0; %d resumes (%d past step 0); "
+           "%.1f s\n",
+           ok, N_REQ, resumed, resumed_mid, secs);
+    sd3_client_destroy(&cl);
+    for (int k = 0; k < 3; k++)
+        free(ref[k]);
+    free(w);
+    cu_down();
+    return TEST_RESULT();
+}
