@@ -217,27 +217,77 @@ s_open_weights(sd3_eval_t *ev, sd3_component_t comp, sd3_model_t **model_p, char
     return w;
 }
 
-// -- clip_l, clip_g ------------------------------------------------------------------------
+// -- clip_l, clip_g, t5 ----------------------------------------------------------------------
 
+// One prompt through CLIP: pool index, context, pooled (and projected) vectors, as the
+// encoder stage hands them on (sd3.*: CLIP-G's pooled vector is the projected one).
 static int
-s_eval_clip(sd3_eval_t *ev, sd3_component_t comp, sd3_err_t *err)
+s_run_clip(s_ctx_t *c, sd3_clip_t *clip, sd3_component_t comp, const sd3_tensor_t *ids,
+           sd3_err_t *err)
+{
+    sd3_clip_out_t out;
+    sd3_tensor_t *pool = NULL;
+    int rc = sd3_clip_encode(clip, ids->data, (int)sd3_tensor_numel(ids), &out, s_tap, c, err);
+    if (rc)
+        return rc;
+    if (!(pool = sd3_tensor_new_err(SD3_I32, 1, (int64_t[]){1}, "pool_index", err))) {
+        rc = err->code;
+        goto done;
+    }
+    ((int32_t *)pool->data)[0] = out.pool_index;
+    const sd3_tensor_t *sd3_pooled = comp == SD3_COMP_CLIP_G ? out.pooled_projected : out.pooled;
+    // the first failing check stops the prompt
+    if ((rc = s_check(c, "pool_index", pool, false, err)) ||
+        (rc = s_check(c, "penultimate", out.context, false, err)) ||
+        (rc = s_check(c, "pooled", out.pooled, false, err)) ||
+        (rc = s_check(c, "pooled_projected", out.pooled_projected, !out.pooled_projected, err)) ||
+        (rc = s_check(c, "sd3.context", out.context, false, err)))
+        goto done;
+    rc = s_check(c, "sd3.pooled", sd3_pooled, false, err);
+done:
+    sd3_clip_out_fini(clip, &out);
+    sd3_tensor_destroy(&pool);
+    return rc;
+}
+
+// One prompt through T5: the last hidden state, which is also the stage's T5 context.
+static int
+s_run_t5(s_ctx_t *c, sd3_t5_t *t5, const sd3_tensor_t *ids, sd3_err_t *err)
+{
+    sd3_tensor_t *hidden = NULL;
+    int rc;
+    if ((rc = sd3_t5_encode(t5, ids->data, (int)sd3_tensor_numel(ids), &hidden, s_tap, c, err)) ==
+            0 &&
+        (rc = s_check(c, "last_hidden", hidden, false, err)) == 0)
+        rc = s_check(c, "sd3.context", hidden, false, err);
+    if (hidden)
+        c->be->ops->tensor_free(c->be, &hidden);
+    return rc;
+}
+
+// One text encoder (CLIP-L, CLIP-G or T5) over every prompt p<k>.in.tokens of the file.
+static int
+s_eval_encoder(sd3_eval_t *ev, sd3_component_t comp, sd3_err_t *err)
 {
     sd3_model_t *model = NULL;
     sd3_weights_t *w = NULL;
     sd3_backend_t *be = NULL;
     sd3_clip_t *clip = NULL;
-    sd3_tensor_t *ids = NULL, *pool = NULL;
+    sd3_t5_t *t5 = NULL;
+    sd3_tensor_t *ids = NULL;
     char *config = NULL;
-    sd3_clip_config_t cfg;
+    sd3_clip_config_t clip_cfg;
+    sd3_t5_config_t t5_cfg;
     s_ctx_t c = {.ev = ev};
     int rc = 0;
 
-    if (!(w = s_open_weights(ev, comp, &model, &config, err)) || !(be = s_backend(err)) ||
-        (rc = sd3_clip_config_detect(w, comp, config, &cfg, err)) ||
-        !(clip = sd3_clip_new(be, w, &cfg, err))) {
-        rc = err->code ? err->code : SD3_EINTERNAL;
-        goto done;
-    }
+    if (!(w = s_open_weights(ev, comp, &model, &config, err)) || !(be = s_backend(err)))
+        goto fail;
+    if (comp == SD3_COMP_T5 ? (sd3_t5_config_detect(w, config, &t5_cfg, err) ||
+                               !(t5 = sd3_t5_new(be, w, &t5_cfg, err)))
+                            : (sd3_clip_config_detect(w, comp, config, &clip_cfg, err) ||
+                               !(clip = sd3_clip_new(be, w, &clip_cfg, err))))
+        goto fail;
     c.be = be;
     c.atol = sd3_eval_atol(ev, 1e-4);
     c.rtol = sd3_eval_rtol(ev, 0);
@@ -251,38 +301,19 @@ s_eval_clip(sd3_eval_t *ev, sd3_component_t comp, sd3_err_t *err)
             rc = err->code;
             goto done;
         }
-        sd3_clip_out_t out;
-        int n = (int)sd3_tensor_numel(ids);
-        if ((rc = sd3_clip_encode(clip, ids->data, n, &out, s_tap, &c, err)))
+        if ((rc = t5 ? s_run_t5(&c, t5, ids, err) : s_run_clip(&c, clip, comp, ids, err)))
             goto done;
-        if (!(pool = sd3_tensor_new_err(SD3_I32, 1, (int64_t[]){1}, "pool_index", err))) {
-            sd3_clip_out_fini(clip, &out);
-            rc = err->code;
-            goto done;
-        }
-        ((int32_t *)pool->data)[0] = out.pool_index;
-        const sd3_tensor_t *sd3_pooled =
-            comp == SD3_COMP_CLIP_G ? out.pooled_projected : out.pooled;
-        if ((rc = s_check(&c, "pool_index", pool, false, err)) ||
-            (rc = s_check(&c, "penultimate", out.context, false, err)) ||
-            (rc = s_check(&c, "pooled", out.pooled, false, err)) ||
-            (rc = s_check(&c, "pooled_projected", out.pooled_projected, !out.pooled_projected,
-                          err)) ||
-            (rc = s_check(&c, "sd3.context", out.context, false, err)) ||
-            (rc = s_check(&c, "sd3.pooled", sd3_pooled, false, err))) {
-            sd3_clip_out_fini(clip, &out);
-            goto done;
-        }
         s_check_rest(&c);
-        sd3_clip_out_fini(clip, &out);
         sd3_tensor_destroy(&ids);
-        sd3_tensor_destroy(&pool);
     }
+    goto done;
+fail:
+    rc = err->code ? err->code : SD3_EINTERNAL;
 done:
     s_ctx_reset(&c, 0);
     sd3_tensor_destroy(&ids);
-    sd3_tensor_destroy(&pool);
     sd3_clip_destroy(&clip);
+    sd3_t5_destroy(&t5);
     sd3_backend_destroy(&be);
     sd3_weights_destroy(&w);
     sd3_model_destroy(&model);
@@ -293,69 +324,19 @@ done:
 int
 sd3_eval_clip_l(sd3_eval_t *ev, sd3_err_t *err)
 {
-    return s_eval_clip(ev, SD3_COMP_CLIP_L, err);
+    return s_eval_encoder(ev, SD3_COMP_CLIP_L, err);
 }
 
 int
 sd3_eval_clip_g(sd3_eval_t *ev, sd3_err_t *err)
 {
-    return s_eval_clip(ev, SD3_COMP_CLIP_G, err);
+    return s_eval_encoder(ev, SD3_COMP_CLIP_G, err);
 }
-
-// -- t5 ------------------------------------------------------------------------------------
 
 int
 sd3_eval_t5(sd3_eval_t *ev, sd3_err_t *err)
 {
-    sd3_model_t *model = NULL;
-    sd3_weights_t *w = NULL;
-    sd3_backend_t *be = NULL;
-    sd3_t5_t *t5 = NULL;
-    sd3_tensor_t *ids = NULL, *hidden = NULL;
-    char *config = NULL;
-    sd3_t5_config_t cfg;
-    s_ctx_t c = {.ev = ev};
-    int rc = 0;
-
-    if (!(w = s_open_weights(ev, SD3_COMP_T5, &model, &config, err)) || !(be = s_backend(err)) ||
-        (rc = sd3_t5_config_detect(w, config, &cfg, err)) || !(t5 = sd3_t5_new(be, w, &cfg, err))) {
-        rc = err->code ? err->code : SD3_EINTERNAL;
-        goto done;
-    }
-    c.be = be;
-    c.atol = sd3_eval_atol(ev, 1e-4);
-    c.rtol = sd3_eval_rtol(ev, 0);
-    for (int k = 0; k < S_MAX_PROMPTS; k++) {
-        char name[64];
-        snprintf(name, sizeof name, "p%d.in.tokens", k);
-        if (!s_has(ev, name))
-            break;
-        s_ctx_reset(&c, k);
-        if (!(ids = s_ids(ev, name, err))) {
-            rc = err->code;
-            goto done;
-        }
-        if ((rc = sd3_t5_encode(t5, ids->data, (int)sd3_tensor_numel(ids), &hidden, s_tap, &c,
-                                err)) ||
-            (rc = s_check(&c, "last_hidden", hidden, false, err)) ||
-            (rc = s_check(&c, "sd3.context", hidden, false, err)))
-            goto done;
-        s_check_rest(&c);
-        if (hidden)
-            be->ops->tensor_free(be, &hidden);
-        sd3_tensor_destroy(&ids);
-    }
-done:
-    s_ctx_reset(&c, 0);
-    if (hidden)
-        be->ops->tensor_free(be, &hidden);
-    sd3_tensor_destroy(&ids);
-    sd3_t5_destroy(&t5);
-    sd3_backend_destroy(&be);
-    sd3_weights_destroy(&w);
-    sd3_model_destroy(&model);
-    free(config);
-    return rc;
+    return s_eval_encoder(ev, SD3_COMP_T5, err);
 }
 
 // -- cond ----------------------------------------------------------------------------------

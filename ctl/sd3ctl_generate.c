@@ -34,6 +34,8 @@ s_usage(FILE *out)
             "  --backend cpu|cuda --threads N --split A,B,...   run the blocks as ranges\n"
             "  --vae-tile N[:OVERLAP] tiled VAE decode (latent pixels)\n"
             "  --controller ADDR      send the request to a cluster instead\n"
+            "  --request-id ID        with --controller: the request's id; an id the cluster\n"
+            "                         knows re-attaches to it (its image when it is done)\n"
             "  --quiet\n");
 }
 
@@ -201,6 +203,8 @@ sd3ctl_generate(int argc, char **argv)
             bad = bad || *end || tile < 8 || overlap < 0 || overlap >= tile;
         } else if (!strcmp(a, "--controller")) {
             bad = !(controller = s_take(argc, argv, &i));
+        } else if (!strcmp(a, "--request-id") || !strcmp(a, "--timeout")) {
+            bad = !s_take(argc, argv, &i); // cluster-only: read by sd3ctl_remote.c
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = true;
         } else if (a[0] != '-' && !prompt) {

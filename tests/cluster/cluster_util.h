@@ -154,7 +154,7 @@ typedef struct {
     int progress;
 } cu_req_t;
 
-static cu_req_t *
+__attribute__((unused)) static cu_req_t *
 cu_find(cu_req_t *reqs, int n, const char *id)
 {
     for (int i = 0; i < n; i++)
@@ -165,7 +165,7 @@ cu_find(cu_req_t *reqs, int n, const char *id)
 
 // Receives until every request got a RESULT or an ERROR (or timeout_s passes).
 // Returns how many are still open.
-static int
+__attribute__((unused)) static int
 cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
 {
     double t_end = cu_now() + timeout_s;
@@ -206,7 +206,7 @@ cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
 // ---- failures: killing and restarting members of the running cluster ----------------------
 
 // The pid `sd3ctl up` recorded for member `name` ("controller", or a node's section name).
-static int
+__attribute__((unused)) static int
 cu_pid(const char *name)
 {
     char path[1100], n[128];
@@ -222,7 +222,7 @@ cu_pid(const char *name)
 }
 
 // SIGKILL of member `name` (no clean-up of any kind: a crash).
-static int
+__attribute__((unused)) static int
 cu_kill(const char *name)
 {
     int pid = cu_pid(name);
@@ -235,7 +235,7 @@ cu_kill(const char *name)
 }
 
 // Starts member `name` again with its flags (`sd3ctl up --restart`); does not wait.
-static int
+__attribute__((unused)) static int
 cu_restart(const char *name)
 {
     char cmd[2400];
@@ -245,7 +245,7 @@ cu_restart(const char *name)
 }
 
 // How many lines of member name's log contain needle.
-static int
+__attribute__((unused)) static int
 cu_log_count(const char *name, const char *needle)
 {
     char path[1200], line[4096];
@@ -260,7 +260,7 @@ cu_log_count(const char *name, const char *needle)
 }
 
 // A small request: 64x64, `steps` steps.
-static void
+__attribute__((unused)) static void
 cu_request(sd3_wire_generate_t *w, const char *prompt, uint64_t seed, int steps)
 {
     memset(w, 0, sizeof *w);

@@ -110,6 +110,13 @@ main(void)
     int resumed_mid = resumed - cu_log_count("controller", "resumes from step=0 ");
     CHECK_MSG(resumed_mid >= 1, "no request resumed from a checkpoint past step 0 (%d resumes)",
               resumed);
+    // wave 2's ENCODE went to the dead enc0 (its only encoder): retried on the new process
+    int enc_retry = cu_log_count("controller", "encoding on node=enc0 retried") +
+                    cu_log_count("controller", "node=enc0 unreachable");
+    int dec_retry = cu_log_count("controller", "decoding on node=vae0 retried") +
+                    cu_log_count("controller", "node=vae0 unreachable");
+    CHECK_MSG(enc_retry >= 1, "no ENCODE was retried after enc0 died");
+    printf("retried: %d encodes, %d decodes\n", enc_retry, dec_retry);
     static sd3_wire_status_t st;
     double t_wait = cu_now();
     do { // a1 re-registered: its pipeline forms again
