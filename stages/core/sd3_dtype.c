@@ -7,9 +7,9 @@ static const struct {
     const char *name;
     size_t size;
 } s_dtypes[SD3_DTYPE_COUNT] = {
-    [SD3_F32] = {"F32", 4},     [SD3_F16] = {"F16", 2}, [SD3_BF16] = {"BF16", 2},
+    [SD3_F32] = {"F32", 4},         [SD3_F16] = {"F16", 2}, [SD3_BF16] = {"BF16", 2},
     [SD3_F8_E4M3] = {"F8_E4M3", 1}, [SD3_I32] = {"I32", 4}, [SD3_I64] = {"I64", 8},
-    [SD3_U8] = {"U8", 1},       [SD3_F64] = {"F64", 8},
+    [SD3_U8] = {"U8", 1},           [SD3_F64] = {"F64", 8},
 };
 
 static inline uint32_t
@@ -142,89 +142,71 @@ sd3_f8e4m3_to_f32(uint8_t b)
     return s_float(sign | ((exp + 120) << 23) | (mant << 20));
 }
 
-// Loads and stores at any address: the arrays handed to the two loops below may be views
-// into a mapped file whose data area is not aligned (safetensors does not require it), so
-// they are never accessed through a typed pointer. memcpy of a fixed size compiles to one
-// plain load or store.
-static inline uint16_t
-s_load_u16(const void *p, size_t i)
+// Element i of `size` bytes of an array at any address: the arrays handed to the two loops
+// below may be views into a mapped file whose data area is not aligned (safetensors does
+// not require it), so they are never accessed through a typed pointer. With a constant
+// size the memcpy compiles to one plain load or store.
+static inline void
+s_get(void *value, const void *array, size_t i, size_t size)
 {
-    uint16_t v;
-    memcpy(&v, (const uint8_t *)p + 2 * i, 2);
-    return v;
-}
-
-static inline int32_t
-s_load_i32(const void *p, size_t i)
-{
-    int32_t v;
-    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
-    return v;
-}
-
-static inline int64_t
-s_load_i64(const void *p, size_t i)
-{
-    int64_t v;
-    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
-    return v;
-}
-
-static inline double
-s_load_f64(const void *p, size_t i)
-{
-    double v;
-    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
-    return v;
+    memcpy(value, (const uint8_t *)array + i * size, size);
 }
 
 static inline void
-s_store_u16(void *p, size_t i, uint16_t v)
+s_put(void *array, size_t i, const void *value, size_t size)
 {
-    memcpy((uint8_t *)p + 2 * i, &v, 2);
-}
-
-static inline void
-s_store_f64(void *p, size_t i, double v)
-{
-    memcpy((uint8_t *)p + 8 * i, &v, 8);
+    memcpy((uint8_t *)array + i * size, value, size);
 }
 
 void
 sd3_dtype_to_f32(sd3_dtype_t dtype, const void *src, float *dst, size_t n)
 {
     const uint8_t *b = src;
+    uint16_t h;
+    int32_t i32;
+    int64_t i64;
+    double f64;
     switch (dtype) {
     case SD3_F32:
         memcpy(dst, src, n * 4);
         break;
     case SD3_F16:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = sd3_f16_to_f32(s_load_u16(src, i));
+        for (size_t i = 0; i < n; i++) {
+            s_get(&h, src, i, 2);
+            dst[i] = sd3_f16_to_f32(h);
+        }
         break;
     case SD3_BF16:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = s_float((uint32_t)s_load_u16(src, i) << 16);
+        for (size_t i = 0; i < n; i++) {
+            s_get(&h, src, i, 2);
+            dst[i] = s_float((uint32_t)h << 16);
+        }
         break;
     case SD3_F8_E4M3:
         for (size_t i = 0; i < n; i++)
             dst[i] = sd3_f8e4m3_to_f32(b[i]);
         break;
     case SD3_I32:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s_load_i32(src, i);
+        for (size_t i = 0; i < n; i++) {
+            s_get(&i32, src, i, 4);
+            dst[i] = (float)i32;
+        }
         break;
     case SD3_I64:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s_load_i64(src, i);
+        for (size_t i = 0; i < n; i++) {
+            s_get(&i64, src, i, 8);
+            dst[i] = (float)i64;
+        }
         break;
     case SD3_U8:
         for (size_t i = 0; i < n; i++)
             dst[i] = (float)b[i];
         break;
     case SD3_F64:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = (float)s_load_f64(src, i);
+        for (size_t i = 0; i < n; i++) {
+            s_get(&f64, src, i, 8);
+            dst[i] = (float)f64;
+        }
         break;
     default:
         break;
@@ -235,25 +217,33 @@ void
 sd3_dtype_from_f32(sd3_dtype_t dtype, const float *src, void *dst, size_t n)
 {
     uint8_t *b = dst;
+    uint16_t h;
+    double f64;
     switch (dtype) {
     case SD3_F32:
         memcpy(dst, src, n * 4);
         break;
     case SD3_F16:
-        for (size_t i = 0; i < n; i++)
-            s_store_u16(dst, i, sd3_f32_to_f16(src[i]));
+        for (size_t i = 0; i < n; i++) {
+            h = sd3_f32_to_f16(src[i]);
+            s_put(dst, i, &h, 2);
+        }
         break;
     case SD3_BF16:
-        for (size_t i = 0; i < n; i++)
-            s_store_u16(dst, i, sd3_f32_to_bf16(src[i]));
+        for (size_t i = 0; i < n; i++) {
+            h = sd3_f32_to_bf16(src[i]);
+            s_put(dst, i, &h, 2);
+        }
         break;
     case SD3_F8_E4M3:
         for (size_t i = 0; i < n; i++)
             b[i] = sd3_f32_to_f8e4m3(src[i]);
         break;
     case SD3_F64:
-        for (size_t i = 0; i < n; i++)
-            s_store_f64(dst, i, (double)src[i]);
+        for (size_t i = 0; i < n; i++) {
+            f64 = src[i];
+            s_put(dst, i, &f64, 8);
+        }
         break;
     default:
         break;

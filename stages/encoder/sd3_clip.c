@@ -77,11 +77,9 @@ sd3_clip_config_detect(const sd3_weights_t *weights, sd3_component_t comp, const
     cfg->layer_idx = cfg->n_layers - 2;
 
     if (config_json) {
-        cJSON *root = cJSON_Parse(config_json);
-        if (!root || !cJSON_IsObject(root)) {
-            cJSON_Delete(root);
-            return sd3_err_set(err, SD3_EFORMAT, "CLIP config: not a JSON object");
-        }
+        cJSON *root = sd3_enc_config_parse(config_json, "CLIP", err);
+        if (!root)
+            return SD3_EFORMAT;
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "num_attention_heads");
         if (cJSON_IsNumber(it))
             cfg->n_heads = it->valueint;

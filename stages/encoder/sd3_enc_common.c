@@ -1,6 +1,7 @@
 /*  sd3_enc_common - helpers the CLIP and T5 encoders share (see sd3_enc_common.h)  */
 #include "sd3_enc_common.h"
 
+#include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -39,6 +40,18 @@ sd3_enc_need(sd3_weights_t *weights, sd3_backend_t *be, const char *label, const
     }
     *out = be->ops->weight(be, t, err);
     return *out ? 0 : (err && err->code ? err->code : SD3_EINTERNAL);
+}
+
+cJSON *
+sd3_enc_config_parse(const char *config_json, const char *label, sd3_err_t *err)
+{
+    cJSON *root = cJSON_Parse(config_json);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        sd3_err_set(err, SD3_EFORMAT, "%s config: not a JSON object", label);
+        return NULL;
+    }
+    return root;
 }
 
 void

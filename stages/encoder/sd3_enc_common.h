@@ -25,6 +25,10 @@ int sd3_enc_need(sd3_weights_t *weights, sd3_backend_t *be, const char *label,
                  const sd3_tensor_t **out, bool host, int ndim, const int64_t *shape,
                  sd3_err_t *err, const char *fmt, ...) __attribute__((format(printf, 9, 10)));
 
+// Parses an HF-style config JSON (config_json not NULL): the root object, to free with
+// cJSON_Delete, or NULL with SD3_EFORMAT "<label> config: not a JSON object".
+struct cJSON *sd3_enc_config_parse(const char *config_json, const char *label, sd3_err_t *err);
+
 // Frees a backend tensor and NULLs *t_p; NULL-safe whatever the backend's tensor_free does.
 void sd3_enc_free(sd3_backend_t *be, sd3_tensor_t **t_p);
 

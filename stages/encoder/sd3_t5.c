@@ -88,11 +88,9 @@ sd3_t5_config_detect(const sd3_weights_t *weights, const char *config_json, sd3_
     cfg->eps = 1e-6f;
     cfg->max_distance = 128;
     if (config_json) {
-        cJSON *root = cJSON_Parse(config_json);
-        if (!root || !cJSON_IsObject(root)) {
-            cJSON_Delete(root);
-            return sd3_err_set(err, SD3_EFORMAT, "T5 config: not a JSON object");
-        }
+        cJSON *root = sd3_enc_config_parse(config_json, "T5", err);
+        if (!root)
+            return SD3_EFORMAT;
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
         if (cJSON_IsNumber(it))
             cfg->eps = (float)it->valuedouble;
