@@ -36,6 +36,7 @@ s_usage(FILE *out)
             "  --controller ADDR      send the request to a cluster instead\n"
             "  --request-id ID        with --controller: the request's id; an id the cluster\n"
             "                         knows re-attaches to it (its image when it is done)\n"
+            "  --curve-secret FILE --curve-server-pub FILE   with --controller: CurveZMQ keys\n"
             "  --quiet\n");
 }
 
@@ -203,7 +204,8 @@ sd3ctl_generate(int argc, char **argv)
             bad = bad || *end || tile < 8 || overlap < 0 || overlap >= tile;
         } else if (!strcmp(a, "--controller")) {
             bad = !(controller = s_take(argc, argv, &i));
-        } else if (!strcmp(a, "--request-id") || !strcmp(a, "--timeout")) {
+        } else if (!strcmp(a, "--request-id") || !strcmp(a, "--timeout") ||
+                   !strcmp(a, "--curve-secret") || !strcmp(a, "--curve-server-pub")) {
             bad = !s_take(argc, argv, &i); // cluster-only: read by sd3ctl_remote.c
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = true;

@@ -94,6 +94,7 @@ sd3ctl_generate_remote(int argc, char **argv)
     long timeout_s = 600;
     sd3_err_t err = {0};
     sd3_client_t *client = NULL;
+    sd3_client_opts_t copts = {0};
     sd3_msg_t *result = NULL;
     sd3_tensor_t *init_t = NULL;
     uint8_t *rgb = NULL;
@@ -169,6 +170,10 @@ sd3ctl_generate_remote(int argc, char **argv)
             have_strength = true;
         } else if (!strcmp(a, "--request-id")) {
             req_id = v;
+        } else if (!strcmp(a, "--curve-secret")) {
+            copts.curve_secret = v;
+        } else if (!strcmp(a, "--curve-server-pub")) {
+            copts.curve_server_pub = v;
         } else if (!strcmp(a, "--timeout")) {
             bad = !v || (timeout_s = atol(v)) <= 0;
         } else if (!strcmp(a, "--model") || !strcmp(a, "--tokenizers") || !strcmp(a, "--backend") ||
@@ -237,7 +242,7 @@ sd3ctl_generate_remote(int argc, char **argv)
     else
         snprintf(id, sizeof id, "ctl-%d-%ld", (int)getpid(), (long)time(NULL));
     rc = 1;
-    if (!(client = sd3_client_new(controller, NULL, &err))) {
+    if (!(client = sd3_client_new(controller, &copts, &err))) {
         fprintf(stderr, "sd3ctl generate: %s\n", err.msg);
         goto done;
     }

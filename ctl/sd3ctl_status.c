@@ -41,13 +41,19 @@ sd3ctl_status(int argc, char **argv)
 {
     const char *controller = "tcp://127.0.0.1:7710";
     long timeout_ms = 3000;
+    sd3_client_opts_t copts = {0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--controller") && i + 1 < argc)
             controller = argv[++i];
         else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc)
             timeout_ms = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--curve-secret") && i + 1 < argc)
+            copts.curve_secret = argv[++i];
+        else if (!strcmp(argv[i], "--curve-server-pub") && i + 1 < argc)
+            copts.curve_server_pub = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: sd3ctl status [--controller ADDR] [--timeout-ms N]\n");
+            printf("usage: sd3ctl status [--controller ADDR] [--timeout-ms N]\n"
+                   "                     [--curve-secret FILE --curve-server-pub FILE]\n");
             return 0;
         } else {
             fprintf(stderr, "sd3ctl status: unexpected argument '%s'\n", argv[i]);
@@ -55,7 +61,7 @@ sd3ctl_status(int argc, char **argv)
         }
     }
     sd3_err_t err = {0};
-    sd3_client_t *cl = sd3_client_new(controller, NULL, &err);
+    sd3_client_t *cl = sd3_client_new(controller, &copts, &err);
     static sd3_wire_status_t st;
     if (!cl || sd3_client_status(cl, (int)timeout_ms, &st, &err) != 0) {
         fprintf(stderr, "sd3ctl status: %s\n", err.msg);

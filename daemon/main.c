@@ -12,6 +12,7 @@
  *  or SIGTERM. Logs go to stderr (sd3_log, key=value). Exit status: 0 after a clean stop,
  *  2 on bad flags, 1 when the role cannot start.  */
 #include "sd3_controller.h"
+#include "sd3_curve.h"
 #include "sd3_http.h"
 #include "sd3_log.h"
 #include "sd3_node.h"
@@ -59,7 +60,11 @@ s_usage(FILE *out)
             "  --journal FILE         controller: crash-safe request journal (SQLite); a\n"
             "                         restart with the same file resumes every request\n"
             "  --http ADDR            controller: serve the HTTP API at ADDR (127.0.0.1:8080)\n"
-            "  --heartbeat-ms N       nodes: heartbeat period (500)\n");
+            "  --heartbeat-ms N       nodes: heartbeat period (500)\n"
+            "  --curve-secret FILE    CurveZMQ on every tcp socket: this node's NAME.key\n"
+            "  --curve-allow FILE     the public keys admitted (needed to bind tcp with keys)\n"
+            "  --curve-server-pub FILE  the key(s) of the servers this node connects to\n"
+            "  --http-token-file FILE controller: the HTTP bearer token (one line)\n");
 }
 
 static int
@@ -79,6 +84,7 @@ s_long(const char *s, long lo, long hi, long *out)
 typedef struct {
     const char *role, *listen, *stage_listen, *controller, *advertise, *model, *tokenizers;
     const char *backend, *node_id, *http, *addr_file, *journal;
+    const char *curve_secret, *curve_allow, *curve_server_pub, *http_token_file;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
     long cache_mb, range_a, range_b, tile, overlap;
     bool no_t5;
@@ -118,6 +124,14 @@ s_parse(int argc, char **argv, s_args_t *a)
             a->http = v;
         } else if (!strcmp(k, "--journal")) {
             a->journal = v;
+        } else if (!strcmp(k, "--curve-secret")) {
+            a->curve_secret = v;
+        } else if (!strcmp(k, "--curve-allow")) {
+            a->curve_allow = v;
+        } else if (!strcmp(k, "--curve-server-pub")) {
+            a->curve_server_pub = v;
+        } else if (!strcmp(k, "--http-token-file")) {
+            a->http_token_file = v;
         } else if (!strcmp(k, "--addr-file")) {
             a->addr_file = v;
         } else if (!strcmp(k, "--threads")) {
@@ -184,6 +198,14 @@ s_parse(int argc, char **argv, s_args_t *a)
         fprintf(stderr, "sd3d: --model PATH is required\n");
         return 2;
     }
+    if (!a->curve_secret && (a->curve_allow || a->curve_server_pub)) {
+        fprintf(stderr, "sd3d: --curve-allow and --curve-server-pub need --curve-secret\n");
+        return 2;
+    }
+    if (a->http_token_file && !a->http) {
+        fprintf(stderr, "sd3d: --http-token-file needs --http\n");
+        return 2;
+    }
     return 0;
 }
 
@@ -226,14 +248,47 @@ s_controller_opts(const s_args_t *a, sd3_controller_opts_t *o)
     o->journal_path = a->journal;
 }
 
-// Starts the HTTP API (a client of the controller's client endpoint) when asked.
+static char s_token[4096]; // --http-token-file's token, read before any role starts
+
+// Reads the bearer token of --http-token-file into buf: one line, the trailing newline (and
+// blanks) trimmed. -1 with one line on stderr when the file cannot be read or is empty.
 static int
-s_http(const char *bind, const char *client_endpoint, sd3_http_t **out)
+s_read_token(const char *path, char *buf, size_t cap)
 {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "sd3d: --http-token-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(buf, 1, cap - 1, f);
+    bool more = n == cap - 1 && fgetc(f) != EOF;
+    int bad = ferror(f);
+    fclose(f);
+    buf[n] = '\0';
+    buf[strcspn(buf, "\r\n")] = '\0';
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        buf[--n] = '\0';
+    if (bad || more || n == 0) {
+        fprintf(stderr, "sd3d: --http-token-file %s: %s\n", path,
+                bad ? "cannot read it" : more ? "longer than 4095 bytes" : "the token is empty");
+        return -1;
+    }
+    return 0;
+}
+
+// Starts the HTTP API (a client of the controller's client endpoint) when asked. zmq_ctx:
+// the controller's context when client_endpoint is its inproc endpoint (NULL: own).
+static int
+s_http(const s_args_t *a, const char *client_endpoint, void *zmq_ctx, sd3_http_t **out)
+{
+    const char *bind = a->http;
     *out = NULL;
     if (!bind)
         return 0;
-    sd3_http_opts_t ho = {.bind = bind, .controller = client_endpoint};
+    sd3_http_opts_t ho = {.bind = bind, .controller = client_endpoint, .zmq_ctx = zmq_ctx};
+    if (a->http_token_file)
+        ho.token = s_token;
     sd3_err_t err = {0};
     if (sd3_http_start(&ho, out, &err) != 0) {
         fprintf(stderr, "sd3d: --http %s: %s\n", bind, err.msg);
@@ -243,25 +298,72 @@ s_http(const char *bind, const char *client_endpoint, sd3_http_t **out)
     return 0;
 }
 
+// With --curve-secret: a ZeroMQ context and the process's sd3_curve in it (*ctx and *curve);
+// without: both NULL (the roles make their own context). 0, or 1 with one line on stderr.
+static int
+s_curve(const s_args_t *a, void **ctx, sd3_curve_t **curve)
+{
+    sd3_err_t err = {0};
+    *ctx = NULL;
+    *curve = NULL;
+    if (!a->curve_secret)
+        return 0;
+    if (!(*ctx = zmq_ctx_new())) {
+        fprintf(stderr, "sd3d: no zmq context\n");
+        return 1;
+    }
+    if (!(*curve = sd3_curve_new(*ctx, a->curve_secret, a->curve_allow, a->curve_server_pub,
+                                 &err))) {
+        fprintf(stderr, "sd3d: --curve-secret %s: %s\n", a->curve_secret, err.msg);
+        zmq_ctx_term(*ctx);
+        *ctx = NULL;
+        return 1;
+    }
+    sd3_log_info("sd3d", "curve=on key=%.8s allow=%s", sd3_curve_public_key(*curve),
+                 a->curve_allow ? a->curve_allow : "-");
+    return 0;
+}
+
+static void
+s_curve_end(void **ctx, sd3_curve_t **curve)
+{
+    sd3_curve_destroy(curve);
+    if (*ctx)
+        zmq_ctx_term(*ctx);
+    *ctx = NULL;
+}
+
 static int
 s_run_controller(const s_args_t *a)
 {
     sd3_controller_opts_t o;
     sd3_err_t err = {0};
     sd3_http_t *http = NULL;
+    void *ctx = NULL;
+    sd3_curve_t *curve = NULL;
+    if (s_curve(a, &ctx, &curve) != 0)
+        return 1;
     s_controller_opts(a, &o);
+    o.zmq_ctx = ctx;
+    o.curve = curve;
+    // With keys the HTTP front talks to the controller over inproc (same context, no keys).
+    if (curve && a->http)
+        o.local_listen = "inproc://sd3d-clients";
     sd3_controller_t *c = sd3_controller_new(&o, &err);
     if (!c) {
         fprintf(stderr, "sd3d: controller: %s\n", err.msg);
+        s_curve_end(&ctx, &curve);
         return 1;
     }
-    int rc = s_http(a->http, sd3_controller_client_endpoint(c), &http);
+    int rc = o.local_listen ? s_http(a, o.local_listen, ctx, &http)
+                            : s_http(a, sd3_controller_client_endpoint(c), NULL, &http);
     if (rc == 0 && sd3_controller_run(c, &s_stop, &err) != 0) {
         fprintf(stderr, "sd3d: controller: %s\n", err.msg);
         rc = 1;
     }
     sd3_http_stop(&http);
     sd3_controller_destroy(&c);
+    s_curve_end(&ctx, &curve);
     return rc;
 }
 
@@ -270,10 +372,17 @@ s_run_node(const s_args_t *a, sd3_wire_role_t role)
 {
     sd3_node_opts_t o;
     sd3_err_t err = {0};
+    void *ctx = NULL;
+    sd3_curve_t *curve = NULL;
+    if (s_curve(a, &ctx, &curve) != 0)
+        return 1;
     s_node_opts(a, role, &o);
+    o.zmq_ctx = ctx;
+    o.curve = curve;
     sd3_node_t *n = sd3_node_new(&o, &err);
     if (!n) {
         fprintf(stderr, "sd3d: %s: %s\n", a->role, err.msg);
+        s_curve_end(&ctx, &curve);
         return 1;
     }
     int rc = 0;
@@ -282,6 +391,7 @@ s_run_node(const s_args_t *a, sd3_wire_role_t role)
         rc = 1;
     }
     sd3_node_destroy(&n);
+    s_curve_end(&ctx, &curve);
     return rc;
 }
 
@@ -300,7 +410,12 @@ s_node_thread(void *arg)
 static int
 s_run_all(const s_args_t *a)
 {
-    void *ctx = zmq_ctx_new();
+    void *ctx = NULL;
+    sd3_curve_t *curve = NULL;
+    if (s_curve(a, &ctx, &curve) != 0)
+        return 1;
+    if (!ctx)
+        ctx = zmq_ctx_new();
     sd3_controller_t *c = NULL;
     sd3_node_t *nodes[3] = {NULL, NULL, NULL};
     pthread_t threads[3];
@@ -312,6 +427,9 @@ s_run_all(const s_args_t *a)
     co.listen = a->listen ? a->listen : "tcp://127.0.0.1:7710";
     co.stage_listen = "inproc://sd3d-stages";
     co.zmq_ctx = ctx;
+    co.curve = curve;
+    if (curve && a->http)
+        co.local_listen = "inproc://sd3d-clients";
     if (!ctx || !(c = sd3_controller_new(&co, &err))) {
         fprintf(stderr, "sd3d: all: %s\n", ctx ? err.msg : "no zmq context");
         goto done;
@@ -328,6 +446,7 @@ s_run_all(const s_args_t *a)
         o.controller = co.stage_listen;
         o.node_id = names[i];
         o.zmq_ctx = ctx;
+        o.curve = curve;
         if (!(nodes[i] = sd3_node_new(&o, &err))) {
             fprintf(stderr, "sd3d: all: %s: %s\n", names[i], err.msg);
             goto done;
@@ -341,7 +460,8 @@ s_run_all(const s_args_t *a)
         }
         n_threads++;
     }
-    rc = s_http(a->http, sd3_controller_client_endpoint(c), &http);
+    rc = co.local_listen ? s_http(a, co.local_listen, ctx, &http)
+                         : s_http(a, sd3_controller_client_endpoint(c), NULL, &http);
     if (rc == 0 && sd3_controller_run(c, &s_stop, &err) != 0) {
         fprintf(stderr, "sd3d: all: %s\n", err.msg);
         rc = 1;
@@ -354,8 +474,7 @@ done:
     for (int i = 0; i < 3; i++)
         sd3_node_destroy(&nodes[i]);
     sd3_controller_destroy(&c);
-    if (ctx)
-        zmq_ctx_term(ctx);
+    s_curve_end(&ctx, &curve);
     return rc;
 }
 
@@ -367,6 +486,8 @@ main(int argc, char **argv)
     int rc = s_parse(argc, argv, &a);
     if (rc != 0)
         return rc;
+    if (a.http_token_file && s_read_token(a.http_token_file, s_token, sizeof s_token) != 0)
+        return 2;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;

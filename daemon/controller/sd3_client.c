@@ -1,6 +1,7 @@
 /*  sd3_client - the client side of the controller's protocol (see sd3_client.h)  */
 #include "sd3_client.h"
 
+#include "sd3_curve.h"
 #include "sd3_link.h"
 
 #include <stdio.h>
@@ -16,6 +17,7 @@ struct sd3_client {
     void *ctx;
     bool own_ctx;
     sd3_link_t *link;
+    sd3_curve_t *curve; // NULL: plain
     char identity[SD3_WIRE_ID_MAX];
     int keepalive_ms;
     int64_t last_sent_ms;
@@ -64,7 +66,17 @@ sd3_client_new(const char *endpoint, const sd3_client_opts_t *opts, sd3_err_t *e
         }
         self->own_ctx = true;
     }
-    sd3_link_opts_t lo = {.identity = self->identity, .hwm = 64};
+    if (opts->curve_secret || opts->curve_server_pub) {
+        if (!opts->curve_secret || !opts->curve_server_pub) {
+            sd3_err_set(err, SD3_EINVAL, "client: CurveZMQ needs both a secret key and the "
+                                         "server-pub file");
+            goto fail;
+        }
+        if (!(self->curve = sd3_curve_new(self->ctx, opts->curve_secret, NULL,
+                                          opts->curve_server_pub, err)))
+            goto fail;
+    }
+    sd3_link_opts_t lo = {.identity = self->identity, .hwm = 64, .curve = self->curve};
     if (!(self->link = sd3_link_new_connect(self->ctx, endpoint, &lo, err)))
         goto fail;
     return self;
@@ -87,6 +99,7 @@ sd3_client_destroy(sd3_client_t **self_p)
         zmq_setsockopt(sd3_link_socket(self->link), ZMQ_LINGER, &zero, sizeof zero);
     }
     sd3_link_destroy(&self->link);
+    sd3_curve_destroy(&self->curve);
     if (self->own_ctx)
         zmq_ctx_term(self->ctx);
     free(self);

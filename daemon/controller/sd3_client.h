@@ -36,6 +36,10 @@ typedef struct {
     void *zmq_ctx;        // shared ZeroMQ context; NULL: the client makes (and ends) its own
     const char *identity; // routing id the controller sees; NULL: "client-<pid>-<random>"
     int keepalive_ms;     // 0: 1000
+    // CurveZMQ (sd3_curve.h): the client's secret key file and the server-pub file; both
+    // NULL: plain. With them a tcp endpoint is connected as a CURVE client (the client
+    // loads its own sd3_curve, without an allow list, so it may share any context).
+    const char *curve_secret, *curve_server_pub;
 } sd3_client_opts_t;
 
 // Connects to endpoint ("tcp://127.0.0.1:7710"). ZeroMQ connects lazily: a controller that

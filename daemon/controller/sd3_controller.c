@@ -1348,10 +1348,15 @@ sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
         }
         self->own_ctx = true;
     }
-    sd3_link_opts_t lo = {.hwm = 1000, .send_timeout_ms = 100};
+    sd3_link_opts_t lo = {.hwm = 1000, .send_timeout_ms = 100, .curve = opts->curve};
     if (!(self->clients = sd3_link_new_serve(self->ctx, opts->listen, &lo, err)) ||
         !(self->stages = sd3_link_new_serve(self->ctx, opts->stage_listen, &lo, err)))
         goto fail;
+    if (opts->local_listen && zmq_bind(sd3_link_socket(self->clients), opts->local_listen) != 0) {
+        sd3_err_set(err, SD3_EIO, "controller: bind %s: %s", opts->local_listen,
+                    zmq_strerror(zmq_errno()));
+        goto fail;
+    }
     if (opts->addr_file) {
         char tmp[4096];
         snprintf(tmp, sizeof tmp, "%s.tmp", opts->addr_file);

@@ -45,6 +45,10 @@ typedef struct {
     sd3_codec_opts_t codec;   // how the controller's tensors travel (raw f32 by default)
     const char *journal_path; // request journal (sd3_journal); NULL: none
     void *zmq_ctx;            // shared context; NULL: own
+    struct sd3_curve *curve;  // CurveZMQ on both tcp ROUTERs (sd3_curve.h); NULL: plain.
+                              // Borrowed; made in zmq_ctx, outlives the controller
+    const char *local_listen; // a second client endpoint on the same ROUTER (e.g.
+                              // "inproc://sd3d-clients" for the HTTP front); NULL: none
 } sd3_controller_opts_t;
 
 typedef struct sd3_controller sd3_controller_t;

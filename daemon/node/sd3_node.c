@@ -212,12 +212,12 @@ sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err)
         }
         self->own_ctx = true;
     }
-    sd3_link_opts_t lo = {.hwm = 64};
+    sd3_link_opts_t lo = {.hwm = 64, .curve = opts->curve};
     if (!(self->data = sd3_link_new_serve(self->ctx, opts->listen, &lo, err)))
         goto fail;
     snprintf(self->address, sizeof self->address, "%s",
              opts->advertise ? opts->advertise : sd3_link_endpoint(self->data));
-    sd3_link_opts_t co = {.hwm = 64, .identity = self->node_id};
+    sd3_link_opts_t co = {.hwm = 64, .identity = self->node_id, .curve = opts->curve};
     if (!(self->ctrl = sd3_link_new_connect(self->ctx, opts->controller, &co, err)))
         goto fail;
     self->start_ms = sd3_node_now_ms();
@@ -291,7 +291,8 @@ sd3_node_send_peer(sd3_node_t *self, const char *addr, sd3_msg_t **msg_p, sd3_er
         }
         char ident[SD3_WIRE_ID_MAX + 8];
         snprintf(ident, sizeof ident, "%s/peer", self->node_id);
-        sd3_link_opts_t lo = {.hwm = 64, .identity = ident, .send_timeout_ms = 30000};
+        sd3_link_opts_t lo = {.hwm = 64, .identity = ident, .send_timeout_ms = 30000,
+                              .curve = self->o.curve};
         if (!(link = sd3_link_new_connect(self->ctx, addr, &lo, err))) {
             sd3_msg_destroy(msg_p);
             return err->code;

@@ -43,6 +43,8 @@ typedef struct {
     int heartbeat_ms;           // 0: 500
     sd3_vae_tile_t vae_tile;    // vae: tiled decode (0: whole)
     void *zmq_ctx;              // shared context (the "all" role); NULL: own
+    struct sd3_curve *curve;    // CurveZMQ on the data ROUTER and every DEALER (sd3_curve.h);
+                                // NULL: plain. Borrowed; made in zmq_ctx, outlives the node
 } sd3_node_opts_t;
 
 typedef struct sd3_node sd3_node_t;

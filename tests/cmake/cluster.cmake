@@ -25,3 +25,8 @@ if(EXISTS ${_cl}/test_cluster_chaos.c)
   sd3_test(test_cluster_chaos ${_cl}/test_cluster_chaos.c LABELS cluster TIMEOUT 190)
   add_dependencies(test_cluster_chaos sd3d sd3ctl)
 endif()
+# CurveZMQ keys across a cluster (issue 8 §3).
+if(EXISTS ${_cl}/test_cluster_keys.c)
+  sd3_test(test_cluster_keys ${_cl}/test_cluster_keys.c LABELS cluster TIMEOUT 60)
+  add_dependencies(test_cluster_keys sd3d sd3ctl)
+endif()
