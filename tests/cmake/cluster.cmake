@@ -22,7 +22,7 @@ foreach(t test_cluster_failover test_cluster_restart)
 endforeach()
 # SD3_CHAOS_REQUESTS=N (default 100) sets the request count; the test bounds itself below.
 if(EXISTS ${_cl}/test_cluster_chaos.c)
-  sd3_test(test_cluster_chaos ${_cl}/test_cluster_chaos.c LABELS cluster TIMEOUT 190)
+  sd3_test(test_cluster_chaos ${_cl}/test_cluster_chaos.c LABELS cluster TIMEOUT 420)
   add_dependencies(test_cluster_chaos sd3d sd3ctl)
 endif()
 # CurveZMQ keys across a cluster (issue 8 §3).
