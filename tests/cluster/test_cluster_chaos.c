@@ -179,7 +179,7 @@ main(void)
     int n = env ? atoi(env) : 100;
     if (n < 4 || n > 1000)
         n = 100;
-    cu_setup(n <= 100 ? 175 : 175 + n);
+    cu_setup(n <= 100 ? 400 : 400 + n); // below the ctest TIMEOUT of 420
     char model[1024], client_ep[1200], extra[1400];
     snprintf(model, sizeof model, "%s/tiny", sd3_test_tmpdir());
     CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);
