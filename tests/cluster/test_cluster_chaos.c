@@ -23,7 +23,7 @@ typedef struct {
     char id[64];
     bool acked;
     int results, errors;
-    double t_submit, t_done;
+    double t_submit, t_done, t_heard, t_reattach;
     unsigned char *png;
     size_t png_size;
     char message[512];
@@ -45,10 +45,13 @@ s_pump(sd3_client_t *cl, s_req_t *r, int n, int ms)
 {
     sd3_msg_t *msg = NULL;
     sd3_err_t err = {0};
-    if (sd3_client_recv(cl, ms, &msg, &err) == 0) {
+    // Drain everything that is waiting (the first wait up to ms), so a burst of PROGRESS
+    // never backs up the controller's pipe to this client.
+    for (int wait = ms; sd3_client_recv(cl, wait, &msg, &err) == 0; wait = 0) {
         for (int i = 0; i < n; i++) {
             if (strcmp(r[i].id, msg->request_id) != 0)
                 continue;
+            r[i].t_heard = cu_now();
             if (msg->type == SD3_MSG_ACK) {
                 r[i].acked = true;
             } else if (msg->type == SD3_MSG_RESULT) {
@@ -99,13 +102,27 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
     }
     double t0 = cu_now(), next_kill = t0 + 0.6, restart_at[N_VICTIMS] = {0};
     bool controller_killed = false;
-    int open = n;
+    int open = n, reattached = 0;
     unsigned seed = 12345;
     while (open > 0 && cu_now() - t0 < 200) {
         open = s_pump(cl, r, n, 50);
         if (!chaos)
             continue;
         double now = cu_now();
+        // A client that hears nothing about a request re-attaches with its id (the journal
+        // answers a finished one with its PNG): a RESULT in flight when the controller died
+        // is gone, the request is not. Only after the kills stopped, and 5 s of silence.
+        for (int i = 0; now - t0 > 45 && i < n; i++) {
+            double heard = r[i].t_heard > r[i].t_submit ? r[i].t_heard : r[i].t_submit;
+            heard = r[i].t_reattach > heard ? r[i].t_reattach : heard;
+            if (r[i].results + r[i].errors == 0 && now - heard > 5) {
+                cu_request(w, s_prompt(i % N_PAIRS), (uint64_t)(30 + i % N_PAIRS), STEPS);
+                w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
+                CHECK(sd3_client_submit(cl, r[i].id, w, NULL, &err) == 0);
+                r[i].t_reattach = now;
+                reattached++;
+            }
+        }
         for (int v = 0; v < N_VICTIMS; v++)
             if (restart_at[v] > 0 && now >= restart_at[v]) {
                 CHECK(cu_restart(s_victims[v]) == 0);
@@ -150,7 +167,8 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
                   (extra && extra->type != SD3_MSG_RESULT && extra->type != SD3_MSG_ERROR),
               "%s: a message after every request was answered", tag);
     sd3_msg_destroy(&extra);
-    printf("%s run: %d/%d images bit-identical in %.1f s\n", tag, ok, n, cu_now() - t0);
+    printf("%s run: %d/%d images bit-identical in %.1f s (%d re-attaches)\n", tag, ok, n,
+           cu_now() - t0, reattached);
     free(r);
     free(w);
     sd3_client_destroy(&cl);
