@@ -53,6 +53,8 @@ s_usage(FILE *out)
             "                         how this process's tensors travel (default raw f32)\n"
             "  --no-t5 --cache-mb N   encoder: skip T5; prompt-cache size\n"
             "  --vae-tile N[:OVERLAP] vae: tiled decode\n"
+            "  --batch-max N          mmdit: merge at most N same-shaped steps into one batch\n"
+            "                         (default 4; 1: never)\n"
             "  --queue N --inflight N controller: queue bound (64); requests per pipeline\n"
             "                         (default stages + 1)\n"
             "  --deadline-ms N --node-timeout-ms N --client-timeout-ms N\n"
@@ -86,7 +88,7 @@ typedef struct {
     const char *backend, *node_id, *http, *addr_file, *journal;
     const char *curve_secret, *curve_allow, *curve_server_pub, *http_token_file;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
-    long cache_mb, range_a, range_b, tile, overlap;
+    long cache_mb, range_a, range_b, tile, overlap, batch_max;
     bool no_t5;
     sd3_codec_opts_t codec;
 } s_args_t;
@@ -148,6 +150,8 @@ s_parse(int argc, char **argv, s_args_t *a)
             bad = s_long(v, 100, 3600000L, &a->client_timeout_ms);
         } else if (!strcmp(k, "--heartbeat-ms")) {
             bad = s_long(v, 10, 600000L, &a->heartbeat_ms);
+        } else if (!strcmp(k, "--batch-max")) {
+            bad = s_long(v, 1, SD3_NODE_MAX_BATCH, &a->batch_max);
         } else if (!strcmp(k, "--cache-mb")) {
             bad = s_long(v, 1, 1 << 20, &a->cache_mb);
         } else if (!strcmp(k, "--range")) {
@@ -228,6 +232,7 @@ s_node_opts(const s_args_t *a, sd3_wire_role_t role, sd3_node_opts_t *o)
     o->cache_bytes = (size_t)a->cache_mb << 20;
     o->codec = a->codec;
     o->heartbeat_ms = (int)a->heartbeat_ms;
+    o->batch_max = (int)a->batch_max;
     o->vae_tile = (sd3_vae_tile_t){.tile = (int)a->tile, .overlap = (int)a->overlap};
 }
 

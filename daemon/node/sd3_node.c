@@ -339,16 +339,30 @@ sd3_node_run(sd3_node_t *self, volatile sig_atomic_t *stop, sd3_err_t *err)
             sd3_msg_destroy(&msg);
         }
         if (items[1].revents & ZMQ_POLLIN) {
-            sd3_msg_t *msg = NULL;
-            sd3_wire_peer_t from;
-            sd3_err_t e = {0};
-            if (sd3_link_recv(self->data, 0, &from, &msg, &e) == 0) {
-                s_count(&self->stats.bytes_in, msg);
-                sd3_stage_host_handle(self, &from, &msg);
-            } else if (e.code == SD3_EPROTO) {
-                self->stats.refused++;
+            // Everything waiting, up to a batch: an mmdit stage merges same-shaped steps.
+            sd3_msg_t *msgs[SD3_NODE_MAX_BATCH] = {0};
+            sd3_wire_peer_t from[SD3_NODE_MAX_BATCH];
+            int cap = self->o.role != SD3_WIRE_ROLE_MMDIT ? 1
+                      : self->o.batch_max > 0             ? self->o.batch_max
+                                                          : SD3_NODE_BATCH_DEFAULT;
+            if (cap > SD3_NODE_MAX_BATCH)
+                cap = SD3_NODE_MAX_BATCH;
+            int nm = 0;
+            for (int tries = 0; nm < cap && tries < 2 * cap; tries++) {
+                sd3_err_t e = {0};
+                if (sd3_link_recv(self->data, 0, &from[nm], &msgs[nm], &e) == 0) {
+                    s_count(&self->stats.bytes_in, msgs[nm]);
+                    nm++;
+                } else if (e.code == SD3_EPROTO) {
+                    self->stats.refused++; // answered by the link; look for more
+                } else {
+                    break; // nothing more waiting (or a socket error, seen by the next poll)
+                }
             }
-            sd3_msg_destroy(&msg);
+            if (nm > 0)
+                sd3_stage_host_handle_many(self, from, msgs, nm);
+            for (int i = 0; i < nm; i++)
+                sd3_msg_destroy(&msgs[i]);
         }
         for (int i = 0; i < self->n_peers && 2 + i < n; i++) {
             if (!(items[2 + i].revents & ZMQ_POLLIN))
@@ -363,7 +377,9 @@ sd3_node_run(sd3_node_t *self, volatile sig_atomic_t *stop, sd3_err_t *err)
             sd3_msg_destroy(&msg);
         }
     }
-    sd3_log_info("node", "node=%s stopping steps=%llu refused=%llu", self->node_id,
-                 (unsigned long long)self->stats.steps, (unsigned long long)self->stats.refused);
+    sd3_log_info("node", "node=%s stopping steps=%llu refused=%llu batches=%llu batched=%llu",
+                 self->node_id, (unsigned long long)self->stats.steps,
+                 (unsigned long long)self->stats.refused, (unsigned long long)self->stats.batches,
+                 (unsigned long long)self->stats.batched_steps);
     return 0;
 }

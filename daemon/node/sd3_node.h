@@ -42,6 +42,8 @@ typedef struct {
     sd3_codec_opts_t codec;     // how activations and latents leave this node
     int heartbeat_ms;           // 0: 500
     sd3_vae_tile_t vae_tile;    // vae: tiled decode (0: whole)
+    int batch_max;              // mmdit: steps of different requests merged into one batch
+                                // at most (0: SD3_NODE_BATCH_DEFAULT; 1: never merge)
     void *zmq_ctx;              // shared context (the "all" role); NULL: own
     struct sd3_curve *curve;    // CurveZMQ on the data ROUTER and every DEALER (sd3_curve.h);
                                 // NULL: plain. Borrowed; made in zmq_ctx, outlives the node
@@ -81,12 +83,15 @@ int64_t sd3_node_now_ms(void);
 #define SD3_NODE_MAX_PEERS 16
 #define SD3_NODE_MAX_REQS  256 // requests a stage holds at once
 #define SD3_NODE_RECENT    512 // ids of finished or cancelled requests remembered
+#define SD3_NODE_MAX_BATCH 16  // steps merged into one batch at most (--batch-max)
+#define SD3_NODE_BATCH_DEFAULT 4
 
 // Per-node counters reported in heartbeats and `sd3ctl status`.
 typedef struct {
     uint64_t bytes_in, bytes_out; // tensor bytes received / sent (decoded size)
     uint64_t steps, refused;
     uint64_t cache_hits, cache_misses;
+    uint64_t batches, batched_steps; // merged batches run, and the steps they held
 } sd3_node_stats_t;
 
 // What an mmdit stage holds for one request between its steps.
@@ -144,6 +149,11 @@ void sd3_heartbeat_reset(sd3_node_t *self);
 // ROUTER (NULL: the message came from the controller). Errors about a request are answered
 // with ERROR to the controller (and to `from` when the message came on the data socket).
 void sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t **msg_p);
+// The n messages that were waiting on the data socket, in order (from[i] sent msgs[i]). An
+// mmdit stage merges the STEPs (or LATENTs) of different requests with the same shapes into
+// one batch of at most batch_max; any other message runs the batch so far first.
+void sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t **msgs,
+                                int n);
 // Forgets every request (shutdown).
 void sd3_stage_host_clear(sd3_node_t *self);
 // Sends *msg_p to the controller (takes it), counting its tensor bytes.

@@ -287,7 +287,21 @@ done:
 
 // ---- mmdit -------------------------------------------------------------------------------
 
-static void s_run_first(sd3_node_t *self, sd3_node_req_t *req);
+// One step of one request between its arrival and its blocks: the activations entering
+// this range (and the skip-layer pass's, when it runs) and where an error goes.
+typedef struct {
+    sd3_node_req_t *req;
+    const sd3_wire_peer_t *from; // a peer's message, or NULL (errors to the controller only)
+    int step;
+    sd3_mmdit_act_t act, skip;
+} s_work_t;
+
+static void
+s_work_fini(sd3_node_t *self, s_work_t *w)
+{
+    sd3_mmdit_act_fini(self->be, &w->act);
+    sd3_mmdit_act_fini(self->be, &w->skip);
+}
 
 // Sends the activations of step `step` to the next range.
 static int
@@ -373,32 +387,61 @@ s_advance(sd3_node_t *self, sd3_node_req_t *req, int step)
         req->next_step = step + 1;
 }
 
-// First range: step req->job->st.step from the latent in the job.
+// After this range's blocks ran on w: the last range finishes the step, the others send it
+// on and expect the next one. req may be closed (and zeroed) on return.
+static int
+s_work_after(sd3_node_t *self, s_work_t *w, sd3_err_t *err)
+{
+    sd3_node_req_t *req = w->req;
+    const bool last = req->stage_index == req->n_stages - 1;
+    int rc = last ? s_finish(self, req, &w->act, &w->skip, err)
+                  : s_send_step(self, req, w->step, &w->act, &w->skip, err);
+    if (rc == 0 && !last)
+        s_advance(self, req, w->step);
+    return rc;
+}
+
+// Runs w's blocks and what follows; an error goes to w's sender and the controller.
+static void
+s_work_run(sd3_node_t *self, s_work_t *w)
+{
+    sd3_err_t err = {0};
+    char id[SD3_WIRE_ID_MAX];
+    snprintf(id, sizeof id, "%s", w->req->id);
+    const int64_t t0 = sd3_node_now_ms();
+    int rc = sd3_dit_stage_blocks(self->dit, w->req->slg_layers, &w->act, &w->skip, &err);
+    if (rc == 0)
+        rc = s_work_after(self, w, &err);
+    if (rc != 0)
+        s_fail(self, w->from, id, (uint32_t)w->step, &err);
+    else
+        sd3_log_debug("mmdit", "req=%s step=%d ms=%lld", id, w->step,
+                      (long long)(sd3_node_now_ms() - t0));
+    s_work_fini(self, w);
+}
+
+// First range: embeds step req->job->st.step (from the latent in the job) into w.
+static int
+s_first_prepare(sd3_node_t *self, sd3_node_req_t *req, s_work_t *w, sd3_err_t *err)
+{
+    memset(w, 0, sizeof *w);
+    w->req = req;
+    w->step = req->job->st.step;
+    return sd3_dit_stage_embed(self->dit, req->job, &w->act, &w->skip, err);
+}
+
+// First range: runs step req->job->st.step.
 static void
 s_run_first(sd3_node_t *self, sd3_node_req_t *req)
 {
-    sd3_mmdit_act_t act, skip;
+    s_work_t w;
     sd3_err_t err = {0};
-    const int step = req->job->st.step;
-    int64_t t0 = sd3_node_now_ms();
-    int rc = sd3_dit_stage_embed(self->dit, req->job, &act, &skip, &err);
-    if (rc != 0)
-        goto fail;
-    rc = sd3_dit_stage_blocks(self->dit, req->slg_layers, &act, &skip, &err);
-    if (rc == 0)
-        rc = req->n_stages == 1 ? s_finish(self, req, &act, &skip, &err)
-                                : s_send_step(self, req, step, &act, &skip, &err);
-    sd3_mmdit_act_fini(self->be, &act);
-    sd3_mmdit_act_fini(self->be, &skip);
-    if (rc != 0)
-        goto fail;
-    sd3_log_debug("mmdit", "req=%s step=%d ms=%lld", req->id, step,
-                  (long long)(sd3_node_now_ms() - t0));
-    if (req->used && req->n_stages > 1)
-        s_advance(self, req, step);
-    return;
-fail:
-    s_fail(self, NULL, req->id, (uint32_t)step, &err);
+    if (s_first_prepare(self, req, &w, &err) != 0) {
+        s_work_fini(self, &w);
+        s_fail(self, NULL, req->id, (uint32_t)w.step, &err);
+        return;
+    }
+    s_work_run(self, &w);
 }
 
 static void
@@ -574,12 +617,14 @@ s_expected(sd3_node_req_t *req, const sd3_msg_t *msg, sd3_err_t *err)
     return 1;
 }
 
-static void
-s_step(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
+// A STEP (not to the first range) made ready to run: 1 with *w filled, or 0 when it was
+// dropped (a duplicate, an old attempt, a closed request) or answered with an error.
+static int
+s_step_prepare(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg, s_work_t *w)
 {
-    sd3_mmdit_act_t act = {0}, skip = {0};
     sd3_err_t err = {0};
     sd3_node_req_t *req = NULL;
+    memset(w, 0, sizeof *w);
     int rc = s_check_step_generic(self, msg, &err);
     if (rc != 0)
         goto fail;
@@ -587,7 +632,7 @@ s_step(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
         if (s_recent(self, msg->request_id)) {
             sd3_log_debug("mmdit", "req=%s step=%u of a closed request dropped", msg->request_id,
                           msg->step);
-            return;
+            return 0;
         }
         sd3_err_set(&err, SD3_ENOTFOUND, "STEP for request '%s', which this stage does not hold",
                     msg->request_id);
@@ -600,44 +645,37 @@ s_step(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     if ((rc = s_expected(req, msg, &err)) <= 0) {
         if (rc < 0)
             goto fail;
-        return;
+        return 0;
     }
-    if (s_act_from_msg(self, req, msg, false, &act, &err) != 0)
+    if (s_act_from_msg(self, req, msg, false, &w->act, &err) != 0)
         goto fail;
-    if (sd3_msg_tensor(msg, "sx") && s_act_from_msg(self, req, msg, true, &skip, &err) != 0)
+    if (sd3_msg_tensor(msg, "sx") && s_act_from_msg(self, req, msg, true, &w->skip, &err) != 0)
         goto fail;
-    const int step = (int)msg->step;
-    if ((rc = sd3_dit_stage_blocks(self->dit, req->slg_layers, &act, &skip, &err)) != 0)
-        goto fail;
-    if (req->stage_index == req->n_stages - 1) {
-        if ((rc = s_finish(self, req, &act, &skip, &err)) != 0)
-            goto fail;
-    } else {
-        if ((rc = s_send_step(self, req, step, &act, &skip, &err)) != 0)
-            goto fail;
-        s_advance(self, req, step);
-    }
-    sd3_mmdit_act_fini(self->be, &act);
-    sd3_mmdit_act_fini(self->be, &skip);
-    return;
+    w->req = req;
+    w->from = from;
+    w->step = (int)msg->step;
+    return 1;
 fail:
-    sd3_mmdit_act_fini(self->be, &act);
-    sd3_mmdit_act_fini(self->be, &skip);
+    s_work_fini(self, w);
     s_fail(self, from, msg->request_id, msg->step, &err);
+    return 0;
 }
 
-static void
-s_latent(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
+// A LATENT (to the first range) made ready to run, as s_step_prepare.
+static int
+s_latent_prepare(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg,
+                 s_work_t *w)
 {
     sd3_err_t err = {0};
     sd3_node_req_t *req = NULL;
     int rc;
+    memset(w, 0, sizeof *w);
     if (sd3_msg_expect(msg, "latent", SD3_F32, 4, (int64_t[]){1, self->cfg.in_channels, -1, -1},
                        &err) != 0)
         goto fail;
     if (!(req = s_find(self, msg->request_id))) {
         if (s_recent(self, msg->request_id))
-            return;
+            return 0;
         sd3_err_set(&err, SD3_ENOTFOUND, "LATENT for request '%s', which this stage does not hold",
                     msg->request_id);
         goto fail;
@@ -650,7 +688,7 @@ s_latent(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     if ((rc = s_expected(req, msg, &err)) <= 0) {
         if (rc < 0)
             goto fail;
-        return;
+        return 0;
     }
     if (sd3_msg_expect(msg, "latent", SD3_F32, 4,
                        (int64_t[]){1, self->cfg.in_channels, req->lat_h, req->lat_w}, &err) != 0)
@@ -659,10 +697,133 @@ s_latent(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     if (lat->data != req->job->x->data)
         memcpy(req->job->x->data, lat->data, sd3_tensor_nbytes(lat));
     req->job->st.step = (int)msg->step;
-    s_run_first(self, req);
-    return;
+    if (s_first_prepare(self, req, w, &err) != 0) {
+        s_work_fini(self, w);
+        s_fail(self, NULL, req->id, msg->step, &err);
+        return 0;
+    }
+    return 1;
 fail:
     s_fail(self, from, msg->request_id, msg->step, &err);
+    return 0;
+}
+
+static void
+s_step(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
+{
+    s_work_t w;
+    if (s_step_prepare(self, from, msg, &w))
+        s_work_run(self, &w);
+}
+
+static void
+s_latent(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
+{
+    s_work_t w;
+    if (s_latent_prepare(self, from, msg, &w))
+        s_work_run(self, &w);
+}
+
+// ---- merged steps ------------------------------------------------------------------------
+
+// Whether w can join a batch holding a: same shapes and range position, no skip-layer pass
+// (its blocks differ per request), another request.
+static bool
+s_mergeable(const s_work_t *a, const s_work_t *w)
+{
+    return !a->skip.x && !w->skip.x && a->req != w->req && a->act.batch == w->act.batch &&
+           a->act.n_ctx == w->act.n_ctx && a->act.grid_h == w->act.grid_h &&
+           a->act.grid_w == w->act.grid_w && a->act.next_block == w->act.next_block &&
+           !a->act.ctx == !w->act.ctx;
+}
+
+// Runs the n prepared steps of g as one batch (one alone: as it is). If the merge itself
+// fails (memory), each runs on its own: merging never costs a request.
+static void
+s_run_group(sd3_node_t *self, s_work_t *g, int n)
+{
+    if (n == 1) {
+        s_work_run(self, &g[0]);
+        return;
+    }
+    sd3_mmdit_act_t parts[SD3_NODE_MAX_BATCH], out[SD3_NODE_MAX_BATCH], merged;
+    sd3_err_t err = {0};
+    for (int i = 0; i < n; i++)
+        parts[i] = g[i].act;
+    const int64_t t0 = sd3_node_now_ms();
+    if (sd3_mmdit_act_merge(self->be, parts, n, &merged, &err) != 0 ||
+        sd3_dit_stage_blocks(self->dit, 0, &merged, NULL, &err) != 0 ||
+        sd3_mmdit_act_split(self->be, &merged, n, out, &err) != 0) {
+        sd3_log_warn("mmdit", "node=%s merging %d steps failed (%s): running them one by one",
+                     self->node_id, n, err.msg);
+        sd3_mmdit_act_fini(self->be, &merged);
+        for (int i = 0; i < n; i++)
+            s_work_run(self, &g[i]);
+        return;
+    }
+    sd3_mmdit_act_fini(self->be, &merged);
+    self->stats.batches++;
+    self->stats.batched_steps += (uint64_t)n;
+    char ids[256];
+    size_t at = 0;
+    ids[0] = 0;
+    for (int i = 0; i < n && at < sizeof ids; i++)
+        at += (size_t)snprintf(ids + at, sizeof ids - at, "%s%s", i ? "," : "", g[i].req->id);
+    sd3_log_info("mmdit", "node=%s merged n=%d reqs=%s blocks=[%d,%d) tokens=%dx%d ms=%lld",
+                 self->node_id, n, ids, self->o.layer_begin, self->o.layer_end,
+                 g[0].act.grid_h, g[0].act.grid_w, (long long)(sd3_node_now_ms() - t0));
+    for (int i = 0; i < n; i++) {
+        sd3_err_t e = {0};
+        char id[SD3_WIRE_ID_MAX];
+        snprintf(id, sizeof id, "%s", g[i].req->id);
+        sd3_mmdit_act_fini(self->be, &g[i].act);
+        g[i].act = out[i];
+        if (s_work_after(self, &g[i], &e) != 0)
+            s_fail(self, g[i].from, id, (uint32_t)g[i].step, &e);
+        s_work_fini(self, &g[i]);
+    }
+}
+
+void
+sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t **msgs,
+                           int n)
+{
+    s_work_t g[SD3_NODE_MAX_BATCH];
+    int ng = 0;
+    int cap = self->o.batch_max > 0 ? self->o.batch_max : SD3_NODE_BATCH_DEFAULT;
+    if (cap > SD3_NODE_MAX_BATCH)
+        cap = SD3_NODE_MAX_BATCH;
+    for (int i = 0; i < n; i++) {
+        sd3_msg_t *msg = msgs[i];
+        const bool step_like = self->o.role == SD3_WIRE_ROLE_MMDIT && cap > 1 &&
+                               (msg->type == SD3_MSG_STEP || msg->type == SD3_MSG_LATENT);
+        bool again = false; // a second message for a request in the batch: run the batch first
+        for (int j = 0; step_like && j < ng; j++)
+            again = again || !strcmp(g[j].req->id, msg->request_id);
+        if (ng > 0 && (!step_like || again || ng == cap)) {
+            s_run_group(self, g, ng);
+            ng = 0;
+        }
+        if (!step_like) {
+            sd3_stage_host_handle(self, &from[i], &msgs[i]);
+            continue;
+        }
+        s_work_t w;
+        if (!(msg->type == SD3_MSG_STEP ? s_step_prepare(self, &from[i], msg, &w)
+                                        : s_latent_prepare(self, &from[i], msg, &w)))
+            continue;
+        if (w.skip.x) { // the skip-layer pass runs other blocks: this step goes alone
+            s_work_run(self, &w);
+            continue;
+        }
+        if (ng > 0 && !s_mergeable(&g[0], &w)) {
+            s_run_group(self, g, ng);
+            ng = 0;
+        }
+        g[ng++] = w;
+    }
+    if (ng > 0)
+        s_run_group(self, g, ng);
 }
 
 // ---- dispatch ----------------------------------------------------------------------------

@@ -140,6 +140,11 @@ struct sd3_backend {
     const sd3_backend_ops_t *ops;
     sd3_dtype_t act_dtype; // activation dtype: SD3_F32 on cpu, SD3_BF16 on cuda
     int n_threads;
+    // Batch invariance: whether linear gives a row the same bits whatever the other rows of
+    // the call (its M). OpenBLAS and cuBLAS pick kernels and tiles by shape, so neither
+    // promises it (cpu and cuda: false); a merged batch of requests then runs each linear
+    // once per request, and the rest of the block (norms, modulation, attention) once.
+    bool linear_batch_invariant;
     void *impl;            // backend-private state
 };
 

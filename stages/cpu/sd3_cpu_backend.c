@@ -425,6 +425,7 @@ sd3_cpu_backend_new(int n_threads, sd3_err_t *err)
     be->ops = &s_cpu_ops;
     be->act_dtype = SD3_F32;
     be->n_threads = n_threads;
+    be->linear_batch_invariant = false; // sgemm's kernel depends on M
     be->impl = cpu;
     if (!(cpu->pool = sd3_cpu_pool_new(n_threads)))
         goto oom;

@@ -581,6 +581,7 @@ sd3_cuda_backend_new(int device, sd3_err_t *err)
     be->ops = &s_cuda_ops;
     be->act_dtype = SD3_BF16;
     be->n_threads = 1;
+    be->linear_batch_invariant = false; // cuBLAS picks its algorithm per shape
     be->impl = st;
     cu = &st->cu;
     cu->device = device;

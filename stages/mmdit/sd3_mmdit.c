@@ -149,7 +149,30 @@ int
 sd3_mmdit_linear(sd3_mmdit_t *self, sd3_tensor_t *y, const sd3_tensor_t *x,
                  const sd3_mmdit_linear_t *lin, sd3_err_t *err)
 {
-    return self->be->ops->linear(self->be, y, x, lin->w, lin->b, err);
+    sd3_backend_t *be = self->be;
+    const int g = self->row_groups;
+    if (g > 1 && !be->linear_batch_invariant && x->ndim >= 2 && y->ndim == x->ndim) {
+        // A merged batch on a backend whose GEMM picks its kernel by M: each request's rows
+        // on their own, so every row meets the call it meets alone (batch invariance).
+        const int64_t K = x->shape[x->ndim - 1], N = y->shape[y->ndim - 1];
+        const int64_t M = K > 0 ? sd3_tensor_numel(x) / K : 0;
+        if (M % g == 0) {
+            const int64_t m = M / g;
+            int64_t xs[SD3_MAX_DIM], ys[SD3_MAX_DIM];
+            memcpy(xs, x->shape, sizeof xs);
+            memcpy(ys, y->shape, sizeof ys);
+            xs[0] /= g; // the batch dim: whole requests (sd3_mmdit_blocks checks)
+            ys[0] /= g;
+            for (int i = 0; i < g; i++) {
+                sd3_tensor_t xv = sd3_mmdit_view(x, i * m * K, x->ndim, xs);
+                sd3_tensor_t yv = sd3_mmdit_view(y, i * m * N, y->ndim, ys);
+                if (be->ops->linear(be, &yv, &xv, lin->w, lin->b, err))
+                    return err->code;
+            }
+            return 0;
+        }
+    }
+    return be->ops->linear(be, y, x, lin->w, lin->b, err);
 }
 
 int
@@ -283,12 +306,17 @@ sd3_mmdit_blocks(sd3_mmdit_t *self, sd3_mmdit_act_t *act, uint64_t skip, sd3_err
         (act->ctx &&
          sd3_tensor_expect(act->ctx, "ctx", SD3_DTYPE_COUNT, 3, (int64_t[]){B, L, C}, err)))
         return err->code ? err->code : SD3_EINVAL;
+    if (act->group < 0 || (act->group > 0 && B % act->group != 0))
+        return sd3_err_set(err, SD3_EINVAL, "mmdit blocks: batch %lld is not whole groups of %d",
+                           (long long)B, act->group);
     if (sd3_mmdit_ws_ensure(self, (int)B, (int)N, (int)L, err))
         return err->code;
     sd3_tensor_t silu_c = sd3_mmdit_view(self->ws.silu_c, 0, 2, (int64_t[]){B, C}); // [B, C]
     if (self->be->ops->act(self->be, &silu_c, act->c, SD3_ACT_SILU, err))
         return err->code;
-    for (int i = self->first; i < self->last; i++) {
+    self->row_groups = act->group > 0 ? (int)(B / act->group) : 1;
+    int rc = 0;
+    for (int i = self->first; i < self->last && rc == 0; i++) {
         if ((skip >> i) & 1u) {
             // Skipped (SLG): x and ctx pass through. A skipped last block still ends the
             // context stream, which nothing after it reads.
@@ -296,11 +324,13 @@ sd3_mmdit_blocks(sd3_mmdit_t *self, sd3_mmdit_act_t *act, uint64_t skip, sd3_err
                 sd3_mmdit_free(self, &act->ctx);
         } else if (sd3_mmdit_block_forward(self, &self->blocks[i - self->first], act, &silu_c,
                                            err)) {
-            return sd3_err_prefix(err, "mmdit block %d", i);
+            rc = sd3_err_prefix(err, "mmdit block %d", i);
+            break;
         }
         act->next_block = i + 1;
     }
-    return 0;
+    self->row_groups = 1;
+    return rc;
 }
 
 int

@@ -61,9 +61,21 @@ typedef struct {
     sd3_tensor_t *x;    // [B, N, C]
     sd3_tensor_t *ctx;  // [B, L, C]; NULL after the last (pre-only) block
     sd3_tensor_t *c;    // [B, C] conditioning t_emb + y_emb
+    int group;          // rows of one request when several are merged (0: one request)
 } sd3_mmdit_act_t;
 
 void sd3_mmdit_act_fini(sd3_backend_t *be, sd3_mmdit_act_t *act);
+
+// Merging requests into one batch (a stage serving several requests of the same shape).
+// Merge: the n activations (same batch, context length, grid and next block, all with or
+// all without a context stream) stacked along the batch into *out (fresh backend tensors,
+// out->group = parts' batch). The parts are left as they are. Split: the reverse, into n
+// fresh activations of batch out->group each. The blocks of a merged batch give every
+// request the bits it would get alone (sd3_backend_t.linear_split_rows).
+int sd3_mmdit_act_merge(sd3_backend_t *be, const sd3_mmdit_act_t *parts, int n,
+                        sd3_mmdit_act_t *out, sd3_err_t *err);
+int sd3_mmdit_act_split(sd3_backend_t *be, const sd3_mmdit_act_t *merged, int n,
+                        sd3_mmdit_act_t *parts, sd3_err_t *err);
 
 // Optional debug tap: called with intermediate tensors (backend memory, borrowed for the
 // call) named as in TESTVECTORS-dit.md §2 without the "dbg." prefix: "x_patch",

@@ -59,6 +59,7 @@ struct sd3_mmdit {
     // final layer (last == depth)
     sd3_mmdit_linear_t final_mod, final_linear;
     sd3_mmdit_ws_t ws;
+    int row_groups; // inside sd3_mmdit_blocks: requests merged in the batch (1: one)
     sd3_mmdit_tap_fn tap;
     void *tap_user;
 };

@@ -2,13 +2,14 @@
 # `sd3ctl up` and always stopped; each bounds its own time below the TIMEOUT.
 set(_cl ${CMAKE_CURRENT_SOURCE_DIR}/cluster)
 sd3_test(test_cluster_split      ${_cl}/test_cluster_split.c      LABELS cluster TIMEOUT 180)
-foreach(t test_cluster_concurrent test_cluster_queue test_cluster_cancel test_cluster_bad)
+foreach(t test_cluster_concurrent test_cluster_queue test_cluster_cancel test_cluster_bad
+          test_cluster_batch)
   if(EXISTS ${_cl}/${t}.c)
     sd3_test(${t} ${_cl}/${t}.c LABELS cluster TIMEOUT 120)
   endif()
 endforeach()
 foreach(t test_cluster_split test_cluster_concurrent test_cluster_queue test_cluster_cancel
-          test_cluster_bad)
+          test_cluster_bad test_cluster_batch)
   if(TARGET ${t})
     add_dependencies(${t} sd3d sd3ctl)
   endif()
@@ -29,4 +30,10 @@ endif()
 if(EXISTS ${_cl}/test_cluster_keys.c)
   sd3_test(test_cluster_keys ${_cl}/test_cluster_keys.c LABELS cluster TIMEOUT 60)
   add_dependencies(test_cluster_keys sd3d sd3ctl)
+endif()
+# A client that does not read while PROGRESS floods still gets every RESULT (issue 8 §1):
+# the controller and its nodes as threads of the test, the client over inproc.
+if(EXISTS ${_cl}/test_cluster_flood.c)
+  sd3_test(test_cluster_flood ${_cl}/test_cluster_flood.c LABELS cluster TIMEOUT 100)
+  add_dependencies(test_cluster_flood sd3ctl)
 endif()
