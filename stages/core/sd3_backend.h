@@ -148,6 +148,26 @@ struct sd3_backend {
     void *impl;            // backend-private state
 };
 
+// ---- shape checks every backend makes the same way ------------------------------------------
+// Messages start with the backend's name ("cpu modulate: ..."); dtype and placement checks
+// stay with each backend.
+
+// x [B, T, C] (or [B, C]: T = 1) against mod [B, n*C] and chunk indices c1, c2 < n.
+typedef struct {
+    int64_t B, T, C, mod_cols;
+} sd3_mod_dims_t;
+int sd3_backend_check_mod(const char *be_name, const char *op, const sd3_tensor_t *x,
+                          const sd3_tensor_t *mod, int c1, int c2, sd3_mod_dims_t *d,
+                          sd3_err_t *err);
+// copy2d's block inside dst and src seen as [B, rows, cols] (sd3_tensor_as3, into d and s).
+int sd3_backend_check_copy2d(const char *be_name, const sd3_tensor_t *dst, int64_t dst_row,
+                             int64_t dst_col, const sd3_tensor_t *src, int64_t src_row,
+                             int64_t src_col, int64_t n_rows, int64_t n_cols, int64_t d[3],
+                             int64_t s[3], sd3_err_t *err);
+// x [B, C, H, W], y [B, C, 2H, 2W], y not aliasing x.
+int sd3_backend_check_upsample2x(const char *be_name, const sd3_tensor_t *y,
+                                 const sd3_tensor_t *x, sd3_err_t *err);
+
 // Creates a backend by name ("cpu", "cuda"). n_threads 0 = all cores. NULL + err if the
 // name is unknown or not built in ("cuda" without SD3_HAVE_CUDA: SD3_ENOTSUP).
 sd3_backend_t *sd3_backend_new(const char *name, int n_threads, sd3_err_t *err);

@@ -119,6 +119,35 @@ sd3_tensor_destroy(sd3_tensor_t **self_p)
 }
 
 int64_t
+sd3_tensor_rows(const sd3_tensor_t *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i + 1 < t->ndim; i++)
+        n *= t->shape[i];
+    return n;
+}
+
+int64_t
+sd3_tensor_cols(const sd3_tensor_t *t)
+{
+    return t->ndim ? t->shape[t->ndim - 1] : 1;
+}
+
+void
+sd3_tensor_as3(const sd3_tensor_t *t, int64_t d[3])
+{
+    if (t->ndim == 1) {
+        d[0] = 1, d[1] = 1, d[2] = t->shape[0];
+    } else if (t->ndim == 2) {
+        d[0] = 1, d[1] = t->shape[0], d[2] = t->shape[1];
+    } else if (t->ndim == 3) {
+        d[0] = t->shape[0], d[1] = t->shape[1], d[2] = t->shape[2];
+    } else {
+        d[0] = t->shape[0] * t->shape[1], d[1] = t->shape[2], d[2] = t->shape[3];
+    }
+}
+
+int64_t
 sd3_tensor_numel(const sd3_tensor_t *self)
 {
     // A zero dim first: [2^27, 2^27, 671, 0] passes sd3_shape_numel (0 elements) but its

@@ -47,6 +47,11 @@ void sd3_tensor_view_init(sd3_tensor_t *self, sd3_dtype_t dtype, int ndim, const
 
 int64_t sd3_tensor_numel(const sd3_tensor_t *self);
 size_t sd3_tensor_nbytes(const sd3_tensor_t *self);
+// t as a matrix: cols = the last dim (1 for a scalar), rows = the product of the others.
+int64_t sd3_tensor_rows(const sd3_tensor_t *t);
+int64_t sd3_tensor_cols(const sd3_tensor_t *t);
+// t seen as [B, rows, cols]: 1-D [1, 1, n], 2-D [1, r, c], 3-D as is, 4-D [a*b, c, d].
+void sd3_tensor_as3(const sd3_tensor_t *t, int64_t d[3]);
 // numel of a shape with overflow and sign checks: 0 and *out, or -1.
 int sd3_shape_numel(int ndim, const int64_t *shape, size_t *out);
 // Writes "[2,154,1536]" into buf.

@@ -12,7 +12,7 @@
  *  computed by exactly one task with a fixed order of operations, so the bits are the same
  *  for any thread count (no atomics in float reductions).
  *
- *  Shapes: "rows" is the product of all dims but the last (sd3_backend.h).  */
+ *  Shapes: "rows" is the product of all dims but the last (sd3_tensor_rows).  */
 #pragma once
 #include "sd3_backend.h"
 
@@ -40,9 +40,6 @@ sd3_cpu_pool_t *sd3_cpu_backend_pool(sd3_backend_t *be);
 // ---- helpers -----------------------------------------------------------------------------
 // Widens n elements of W (F32, F16, BF16, F8_E4M3, F64) to f32; AVX-512 where built with it.
 void sd3_cpu_widen(sd3_dtype_t dtype, const void *src, float *dst, size_t n);
-// Rows and last dim of a tensor (ndim >= 1).
-int64_t sd3_cpu_rows(const sd3_tensor_t *t);
-int64_t sd3_cpu_cols(const sd3_tensor_t *t);
 // Checks that t is a host F32 tensor; names it in the error.
 int sd3_cpu_check_f32(const sd3_tensor_t *t, const char *op, const char *what, sd3_err_t *err);
 // Same shape check (dims and sizes).

@@ -197,21 +197,6 @@ sd3_cpu_backend_pool(sd3_backend_t *be)
 
 // ---- helpers -----------------------------------------------------------------------------
 
-int64_t
-sd3_cpu_rows(const sd3_tensor_t *t)
-{
-    int64_t n = 1;
-    for (int i = 0; i + 1 < t->ndim; i++)
-        n *= t->shape[i];
-    return n;
-}
-
-int64_t
-sd3_cpu_cols(const sd3_tensor_t *t)
-{
-    return t->ndim ? t->shape[t->ndim - 1] : 1;
-}
-
 int
 sd3_cpu_check_f32(const sd3_tensor_t *t, const char *op, const char *what, sd3_err_t *err)
 {

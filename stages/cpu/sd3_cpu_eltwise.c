@@ -141,10 +141,10 @@ sd3_cpu_softmax(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_e
     if (sd3_cpu_check_f32(x, "softmax", "x", err) || sd3_cpu_check_f32(y, "softmax", "y", err) ||
         sd3_cpu_check_same(x, y, "softmax", "y", err))
         return SD3_EINVAL;
-    int64_t D = sd3_cpu_cols(x);
+    int64_t D = sd3_tensor_cols(x);
     s_rows_job_t job = {.x = x->data,
                         .y = y->data,
-                        .rows = sd3_cpu_rows(x),
+                        .rows = sd3_tensor_rows(x),
                         .D = D,
                         .rows_per_task = D > 0 && D < SD3_ELT_BLOCK ? SD3_ELT_BLOCK / D : 1};
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be),
@@ -188,7 +188,7 @@ sd3_cpu_add(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *a, const sd3
     for (int i = 0; same && i < a->ndim; i++)
         same = a->shape[i] == b->shape[i];
     if (!same) {
-        if (b->ndim != 1 || b->shape[0] != sd3_cpu_cols(a))
+        if (b->ndim != 1 || b->shape[0] != sd3_tensor_cols(a))
             return sd3_err_set(err, SD3_EINVAL,
                                "cpu add: a %s and b %s: want equal shapes or "
                                "b [D] with a [..., D]",
@@ -218,24 +218,11 @@ static int
 s_mod_check(const char *op, const sd3_tensor_t *x, const sd3_tensor_t *mod, int c1, int c2,
             s_mod_job_t *job, sd3_err_t *err)
 {
-    char sx[96], sm[96];
-    if (sd3_cpu_check_f32(mod, op, "mod", err))
+    sd3_mod_dims_t d;
+    if (sd3_cpu_check_f32(mod, op, "mod", err) ||
+        sd3_backend_check_mod("cpu", op, x, mod, c1, c2, &d, err))
         return SD3_EINVAL;
-    if (x->ndim != 3 && x->ndim != 2)
-        return sd3_err_set(err, SD3_EINVAL, "cpu %s: x is %s, want [B, T, C]", op,
-                           sd3_shape_str(x->ndim, x->shape, sx, sizeof sx));
-    job->B = x->shape[0];
-    job->T = x->ndim == 3 ? x->shape[1] : 1;
-    job->C = x->shape[x->ndim - 1];
-    int64_t n_chunks = job->C > 0 && mod->ndim == 2 ? mod->shape[1] / job->C : 0;
-    if (mod->ndim != 2 || mod->shape[0] != job->B || job->C == 0 || mod->shape[1] % job->C != 0 ||
-        c1 < 0 || c1 >= n_chunks || c2 < 0 || c2 >= n_chunks)
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cpu %s: x %s, mod %s, chunks %d,%d: want mod "
-                           "[B, n*C] and chunks < n",
-                           op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
-                           sd3_shape_str(mod->ndim, mod->shape, sm, sizeof sm), c1, c2);
-    job->mod_cols = mod->shape[1];
+    job->B = d.B, job->T = d.T, job->C = d.C, job->mod_cols = d.mod_cols;
     job->rows_per_task = job->C < SD3_ELT_BLOCK ? SD3_ELT_BLOCK / job->C : 1;
     return 0;
 }
@@ -341,40 +328,16 @@ s_up_task(void *ctx, int64_t task, int thread)
 int
 sd3_cpu_upsample2x(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_err_t *err)
 {
-    char sx[96], sy[96];
     if (sd3_cpu_check_f32(x, "upsample2x", "x", err) ||
-        sd3_cpu_check_f32(y, "upsample2x", "y", err))
+        sd3_cpu_check_f32(y, "upsample2x", "y", err) ||
+        sd3_backend_check_upsample2x("cpu", y, x, err))
         return SD3_EINVAL;
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
-        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cpu upsample2x: x %s, y %s: want [B, C, H, W] "
-                           "and [B, C, 2H, 2W]",
-                           sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
-                           sd3_shape_str(y->ndim, y->shape, sy, sizeof sy));
-    if (x->data == y->data && sd3_tensor_numel(x) > 0)
-        return sd3_err_set(err, SD3_EINVAL, "cpu upsample2x: y must not alias x");
     s_up_job_t job = {.x = x->data, .y = y->data, .H = x->shape[2], .W = x->shape[3]};
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be), x->shape[0] * x->shape[1], s_up_task, &job);
     return 0;
 }
 
 // ---- copy2d ------------------------------------------------------------------------------
-
-// A tensor seen as [B, rows, cols]: 1-D is [1, 1, n], 2-D [1, r, c], 4-D [a*b, c, d].
-static void
-s_as3(const sd3_tensor_t *t, int64_t d[3])
-{
-    if (t->ndim == 1) {
-        d[0] = 1, d[1] = 1, d[2] = t->shape[0];
-    } else if (t->ndim == 2) {
-        d[0] = 1, d[1] = t->shape[0], d[2] = t->shape[1];
-    } else if (t->ndim == 3) {
-        d[0] = t->shape[0], d[1] = t->shape[1], d[2] = t->shape[2];
-    } else {
-        d[0] = t->shape[0] * t->shape[1], d[1] = t->shape[2], d[2] = t->shape[3];
-    }
-}
 
 int
 sd3_cpu_copy2d(sd3_backend_t *be, sd3_tensor_t *dst, int64_t dst_row, int64_t dst_col,
@@ -386,18 +349,9 @@ sd3_cpu_copy2d(sd3_backend_t *be, sd3_tensor_t *dst, int64_t dst_row, int64_t ds
     if (sd3_cpu_check_f32(dst, "copy2d", "dst", err) ||
         sd3_cpu_check_f32(src, "copy2d", "src", err))
         return SD3_EINVAL;
-    s_as3(dst, d);
-    s_as3(src, s);
-    if (d[0] != s[0] || n_rows < 0 || n_cols < 0 || dst_row < 0 || dst_col < 0 || src_row < 0 ||
-        src_col < 0 || dst_row > d[1] - n_rows || dst_col > d[2] - n_cols ||
-        src_row > s[1] - n_rows || src_col > s[2] - n_cols)
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cpu copy2d: block %lldx%lld from [%lld,%lld] of [%lld,%lld,%lld] to "
-                           "[%lld,%lld] of [%lld,%lld,%lld] is out of bounds or batches differ",
-                           (long long)n_rows, (long long)n_cols, (long long)src_row,
-                           (long long)src_col, (long long)s[0], (long long)s[1], (long long)s[2],
-                           (long long)dst_row, (long long)dst_col, (long long)d[0], (long long)d[1],
-                           (long long)d[2]);
+    if (sd3_backend_check_copy2d("cpu", dst, dst_row, dst_col, src, src_row, src_col, n_rows,
+                                 n_cols, d, s, err))
+        return SD3_EINVAL;
     const float *sp = src->data;
     float *dp = dst->data;
     for (int64_t b = 0; b < d[0]; b++)

@@ -50,9 +50,9 @@ s_check(const char *op, const sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_
         w->dtype != SD3_F8_E4M3)
         return sd3_err_set(err, SD3_EINVAL, "cpu %s: W '%s' is %s, want F32/F16/BF16/F8_E4M3", op,
                            w->name ? w->name : "?", sd3_dtype_name(w->dtype));
-    int64_t K = sd3_cpu_cols(x);
-    if (w->ndim != 2 || w->shape[1] != K || w->shape[0] < 0 || sd3_cpu_cols(y) != w->shape[0] ||
-        sd3_cpu_rows(y) != sd3_cpu_rows(x))
+    int64_t K = sd3_tensor_cols(x);
+    if (w->ndim != 2 || w->shape[1] != K || w->shape[0] < 0 || sd3_tensor_cols(y) != w->shape[0] ||
+        sd3_tensor_rows(y) != sd3_tensor_rows(x))
         return sd3_err_set(err, SD3_EINVAL,
                            "cpu %s: x %s, W '%s' %s, y %s: want x [..., K], "
                            "W [N, K], y [..., N] with the same rows",
@@ -170,7 +170,7 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
     float *bias = NULL;
     if (s_check("linear", y, x, w, b, err) != 0)
         return SD3_EINVAL;
-    int64_t M = sd3_cpu_rows(x), K = sd3_cpu_cols(x), N = w->shape[0];
+    int64_t M = sd3_tensor_rows(x), K = sd3_tensor_cols(x), N = w->shape[0];
     if (K > INT32_MAX || N > INT32_MAX || M > INT32_MAX)
         return sd3_err_set(err, SD3_EINVAL, "cpu linear: sizes past 2^31");
     int rc = sd3_cpu_vec_f32(b, N, "linear", "bias", &bias, err);
@@ -225,7 +225,7 @@ sd3_cpu_linear_ref(sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w
     float *bias = NULL, *wrow = NULL;
     if (s_check("linear_ref", y, x, w, b, err) != 0)
         return SD3_EINVAL;
-    int64_t M = sd3_cpu_rows(x), K = sd3_cpu_cols(x), N = w->shape[0];
+    int64_t M = sd3_tensor_rows(x), K = sd3_tensor_cols(x), N = w->shape[0];
     int rc = sd3_cpu_vec_f32(b, N, "linear_ref", "bias", &bias, err);
     if (rc != 0)
         return rc;

@@ -117,7 +117,7 @@ sd3_cpu_layernorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, con
         sd3_cpu_check_f32(y, "layernorm", "y", err) ||
         sd3_cpu_check_same(x, y, "layernorm", "y", err))
         return SD3_EINVAL;
-    int64_t D = sd3_cpu_cols(x);
+    int64_t D = sd3_tensor_cols(x);
     int rc = sd3_cpu_vec_f32(w, D, "layernorm", "weight", &wf, err);
     if (rc == 0)
         rc = sd3_cpu_vec_f32(b, D, "layernorm", "bias", &bf, err);
@@ -129,7 +129,7 @@ sd3_cpu_layernorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, con
                         .y = y->data,
                         .w = wf,
                         .b = bf,
-                        .rows = sd3_cpu_rows(x),
+                        .rows = sd3_tensor_rows(x),
                         .D = D,
                         .rows_per_task = s_rows_per_task(D),
                         .eps = eps};
@@ -149,14 +149,14 @@ sd3_cpu_rmsnorm(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const
     if (sd3_cpu_check_f32(x, "rmsnorm", "x", err) || sd3_cpu_check_f32(y, "rmsnorm", "y", err) ||
         sd3_cpu_check_same(x, y, "rmsnorm", "y", err))
         return SD3_EINVAL;
-    int64_t D = sd3_cpu_cols(x);
+    int64_t D = sd3_tensor_cols(x);
     int rc = sd3_cpu_vec_f32(w, D, "rmsnorm", "weight", &wf, err);
     if (rc != 0)
         return rc;
     s_norm_job_t job = {.x = x->data,
                         .y = y->data,
                         .w = wf,
-                        .rows = sd3_cpu_rows(x),
+                        .rows = sd3_tensor_rows(x),
                         .D = D,
                         .rows_per_task = s_rows_per_task(D),
                         .eps = eps};

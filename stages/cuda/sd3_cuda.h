@@ -112,8 +112,6 @@ int sd3_cuda_check_same(const sd3_tensor_t *a, const sd3_tensor_t *b, const char
 // An optional 1-D device vector of n elements (NULL ok).
 int sd3_cuda_check_vec(const sd3_tensor_t *v, int64_t n, const char *op, const char *what,
                        sd3_err_t *err);
-int64_t sd3_cuda_rows(const sd3_tensor_t *t);
-int64_t sd3_cuda_cols(const sd3_tensor_t *t);
 
 // ---- element access in kernels: any of f32 / f16 / bf16, chosen per tensor at run time ---
 // The branch is uniform across a launch, so it costs a few instructions, not divergence.

@@ -128,8 +128,8 @@ sd3_cuda_softmax(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_
     if (sd3_cuda_check(x, "softmax", "x", err) || sd3_cuda_check(y, "softmax", "y", err) ||
         sd3_cuda_check_same(x, y, "softmax", "y", err))
         return SD3_EINVAL;
-    rows = sd3_cuda_rows(x);
-    D = sd3_cuda_cols(x);
+    rows = sd3_tensor_rows(x);
+    D = sd3_tensor_cols(x);
     if (rows == 0 || D == 0)
         return 0;
     if (rows > 0x7fffffff)
@@ -168,7 +168,7 @@ sd3_cuda_add(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *a, const sd
     for (int i = 0; same && i < a->ndim; i++)
         same = a->shape[i] == b->shape[i];
     if (!same) {
-        if (b->ndim != 1 || b->shape[0] != sd3_cuda_cols(a))
+        if (b->ndim != 1 || b->shape[0] != sd3_tensor_cols(a))
             return sd3_err_set(err, SD3_EINVAL,
                                "cuda add: a %s and b %s: want equal shapes or b [D] with a "
                                "[..., D]",
@@ -191,35 +191,16 @@ fail:
 
 // ---- modulate, gate_add ----------------------------------------------------------------------
 
-typedef struct {
-    int64_t B, T, C, mod_cols;
-} s_mod_dims_t;
+typedef sd3_mod_dims_t s_mod_dims_t; // by value into the kernels
 
 // x [B, T, C] (or [B, C]: T = 1) against mod [B, n*C] and two chunk indices.
 static int
 s_mod_check(const char *op, const sd3_tensor_t *x, const sd3_tensor_t *mod, int c1, int c2,
             s_mod_dims_t *d, sd3_err_t *err)
 {
-    char sx[96], sm[96];
-    int64_t n_chunks;
     if (sd3_cuda_check(mod, op, "mod", err))
         return SD3_EINVAL;
-    if (x->ndim != 3 && x->ndim != 2)
-        return sd3_err_set(err, SD3_EINVAL, "cuda %s: x is %s, want [B, T, C]", op,
-                           sd3_shape_str(x->ndim, x->shape, sx, sizeof sx));
-    d->B = x->shape[0];
-    d->T = x->ndim == 3 ? x->shape[1] : 1;
-    d->C = x->shape[x->ndim - 1];
-    n_chunks = d->C > 0 && mod->ndim == 2 ? mod->shape[1] / d->C : 0;
-    if (mod->ndim != 2 || mod->shape[0] != d->B || d->C == 0 || mod->shape[1] % d->C != 0 ||
-        c1 < 0 || c1 >= n_chunks || c2 < 0 || c2 >= n_chunks)
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cuda %s: x %s, mod %s, chunks %d,%d: want mod [B, n*C] and chunks "
-                           "< n",
-                           op, sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
-                           sd3_shape_str(mod->ndim, mod->shape, sm, sizeof sm), c1, c2);
-    d->mod_cols = mod->shape[1];
-    return 0;
+    return sd3_backend_check_mod("cuda", op, x, mod, c1, c2, d, err);
 }
 
 // y = x * (1 + mod[b, scale]) + mod[b, shift]   (same formula and order as the CPU)
@@ -314,22 +295,13 @@ int
 sd3_cuda_upsample2x(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, sd3_err_t *err)
 {
     sd3_cuda_t *cu = (sd3_cuda_t *)be->impl;
-    char sx[96], sy[96];
     int64_t n;
-    if (sd3_cuda_check(x, "upsample2x", "x", err) || sd3_cuda_check(y, "upsample2x", "y", err))
+    if (sd3_cuda_check(x, "upsample2x", "x", err) || sd3_cuda_check(y, "upsample2x", "y", err) ||
+        sd3_backend_check_upsample2x("cuda", y, x, err))
         return SD3_EINVAL;
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] ||
-        y->shape[1] != x->shape[1] || y->shape[2] != 2 * x->shape[2] ||
-        y->shape[3] != 2 * x->shape[3])
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cuda upsample2x: x %s, y %s: want [B, C, H, W] and [B, C, 2H, 2W]",
-                           sd3_shape_str(x->ndim, x->shape, sx, sizeof sx),
-                           sd3_shape_str(y->ndim, y->shape, sy, sizeof sy));
     n = sd3_tensor_numel(y);
     if (n == 0)
         return 0;
-    if (x->data == y->data)
-        return sd3_err_set(err, SD3_EINVAL, "cuda upsample2x: y must not alias x");
     k_upsample2x<<<s_blocks(cu, n), S_THREADS, 0, cu->stream>>>(
         y->data, y->dtype, x->data, x->dtype, x->shape[0] * x->shape[1], x->shape[2],
         x->shape[3]);
@@ -340,21 +312,6 @@ fail:
 }
 
 // ---- copy2d --------------------------------------------------------------------------------------
-
-// A tensor seen as [B, rows, cols]: 1-D is [1, 1, n], 2-D [1, r, c], 4-D [a*b, c, d].
-static void
-s_as3(const sd3_tensor_t *t, int64_t d[3])
-{
-    if (t->ndim == 1) {
-        d[0] = 1, d[1] = 1, d[2] = t->shape[0];
-    } else if (t->ndim == 2) {
-        d[0] = 1, d[1] = t->shape[0], d[2] = t->shape[1];
-    } else if (t->ndim == 3) {
-        d[0] = t->shape[0], d[1] = t->shape[1], d[2] = t->shape[2];
-    } else {
-        d[0] = t->shape[0] * t->shape[1], d[1] = t->shape[2], d[2] = t->shape[3];
-    }
-}
 
 typedef struct {
     int64_t B, n_rows, n_cols;
@@ -386,19 +343,9 @@ sd3_cuda_copy2d(sd3_backend_t *be, sd3_tensor_t *dst, int64_t dst_row, int64_t d
     int from_dt;
     if (sd3_cuda_check(dst, "copy2d", "dst", err) || sd3_cuda_check(src, "copy2d", "src", err))
         return SD3_EINVAL;
-    s_as3(dst, d);
-    s_as3(src, s);
-    if (d[0] != s[0] || n_rows < 0 || n_cols < 0 || dst_row < 0 || dst_col < 0 || src_row < 0 ||
-        src_col < 0 || dst_row > d[1] - n_rows || dst_col > d[2] - n_cols ||
-        src_row > s[1] - n_rows || src_col > s[2] - n_cols)
-        return sd3_err_set(err, SD3_EINVAL,
-                           "cuda copy2d: block %lldx%lld from [%lld,%lld] of [%lld,%lld,%lld] "
-                           "to [%lld,%lld] of [%lld,%lld,%lld] is out of bounds or batches "
-                           "differ",
-                           (long long)n_rows, (long long)n_cols, (long long)src_row,
-                           (long long)src_col, (long long)s[0], (long long)s[1], (long long)s[2],
-                           (long long)dst_row, (long long)dst_col, (long long)d[0],
-                           (long long)d[1], (long long)d[2]);
+    if (sd3_backend_check_copy2d("cuda", dst, dst_row, dst_col, src, src_row, src_col, n_rows,
+                                 n_cols, d, s, err))
+        return SD3_EINVAL;
     n = d[0] * n_rows * n_cols;
     if (n == 0)
         return 0;

@@ -192,10 +192,10 @@ sd3_cuda_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x,
                            "through weight())",
                            sd3_dtype_name(x->dtype), sd3_dtype_name(w->dtype),
                            sd3_dtype_name(y->dtype));
-    K = sd3_cuda_cols(x);
-    M = sd3_cuda_rows(x);
+    K = sd3_tensor_cols(x);
+    M = sd3_tensor_rows(x);
     N = w->ndim == 2 ? w->shape[0] : -1;
-    shape_ok = w->ndim == 2 && w->shape[1] == K && y->ndim == x->ndim && sd3_cuda_cols(y) == N;
+    shape_ok = w->ndim == 2 && w->shape[1] == K && y->ndim == x->ndim && sd3_tensor_cols(y) == N;
     for (int i = 0; shape_ok && i + 1 < x->ndim; i++)
         shape_ok = x->shape[i] == y->shape[i];
     if (!shape_ok)

@@ -67,8 +67,8 @@ s_rownorm(sd3_backend_t *be, const char *op, sd3_tensor_t *y, const sd3_tensor_t
     if (sd3_cuda_check(x, op, "x", err) || sd3_cuda_check(y, op, "y", err) ||
         sd3_cuda_check_same(x, y, op, "y", err))
         return SD3_EINVAL;
-    D = sd3_cuda_cols(x);
-    rows = sd3_cuda_rows(x);
+    D = sd3_tensor_cols(x);
+    rows = sd3_tensor_rows(x);
     if (sd3_cuda_check_vec(w, D, op, "weight", err) || sd3_cuda_check_vec(b, D, op, "bias", err))
         return SD3_EINVAL;
     if (!(eps >= 0.0f))

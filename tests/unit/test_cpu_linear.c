@@ -96,10 +96,10 @@ s_case(sd3_backend_t *be1, sd3_backend_t *be2, int ndim, const int64_t *xshape, 
     // fp32 sums of K products in two orders: error grows like K * 2^-24 * |terms|.
     double tol = 4e-7 * (double)(K + 1) * scale * (wdtype == SD3_F8_E4M3 ? 4 : 1);
     CHECK_MSG(worst <= tol, "M=%lld K=%lld N=%lld %s bias=%d: max diff %g > %g",
-              (long long)sd3_cpu_rows(x), (long long)K, (long long)N, sd3_dtype_name(wdtype),
+              (long long)sd3_tensor_rows(x), (long long)K, (long long)N, sd3_dtype_name(wdtype),
               with_bias, worst, tol);
     CHECK_MSG(memcmp(y1->data, y2->data, n * 4) == 0,
-              "M=%lld K=%lld N=%lld %s: 1 and 2 threads differ", (long long)sd3_cpu_rows(x),
+              "M=%lld K=%lld N=%lld %s: 1 and 2 threads differ", (long long)sd3_tensor_rows(x),
               (long long)K, (long long)N, sd3_dtype_name(wdtype));
     sd3_tensor_destroy(&x);
     sd3_tensor_destroy(&w);

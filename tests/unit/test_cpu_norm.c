@@ -64,7 +64,7 @@ s_expect(int kind, const sd3_tensor_t *x, const sd3_tensor_t *w, const sd3_tenso
         D = x->shape[1] / 32 * HW;
         rows = x->shape[0] * 32;
     } else {
-        D = sd3_cpu_cols(x);
+        D = sd3_tensor_cols(x);
         rows = n / (D ? D : 1);
     }
     for (int64_t r = 0; r < rows; r++) {
