@@ -44,6 +44,21 @@ sd3_backend_available(void)
 // ---- shared shape checks -----------------------------------------------------------------
 
 int
+sd3_backend_check_same(const char *be_name, const sd3_tensor_t *a, const sd3_tensor_t *b,
+                       const char *op, const char *what, sd3_err_t *err)
+{
+    bool same = a->ndim == b->ndim;
+    for (int i = 0; same && i < a->ndim; i++)
+        same = a->shape[i] == b->shape[i];
+    if (same)
+        return 0;
+    char sa[96], sb[96];
+    return sd3_err_set(err, SD3_EINVAL, "%s %s: %s is %s, want %s", be_name, op, what,
+                       sd3_shape_str(b->ndim, b->shape, sb, sizeof sb),
+                       sd3_shape_str(a->ndim, a->shape, sa, sizeof sa));
+}
+
+int
 sd3_backend_check_mod(const char *be_name, const char *op, const sd3_tensor_t *x,
                       const sd3_tensor_t *mod, int c1, int c2, sd3_mod_dims_t *d,
                       sd3_err_t *err)

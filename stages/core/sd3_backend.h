@@ -152,6 +152,9 @@ struct sd3_backend {
 // Messages start with the backend's name ("cpu modulate: ..."); dtype and placement checks
 // stay with each backend.
 
+// b has a's shape (dims and sizes); the error names b as `what`.
+int sd3_backend_check_same(const char *be_name, const sd3_tensor_t *a, const sd3_tensor_t *b,
+                           const char *op, const char *what, sd3_err_t *err);
 // x [B, T, C] (or [B, C]: T = 1) against mod [B, n*C] and chunk indices c1, c2 < n.
 typedef struct {
     int64_t B, T, C, mod_cols;

@@ -219,15 +219,7 @@ int
 sd3_cpu_check_same(const sd3_tensor_t *a, const sd3_tensor_t *b, const char *op, const char *what,
                    sd3_err_t *err)
 {
-    bool same = a->ndim == b->ndim;
-    for (int i = 0; same && i < a->ndim; i++)
-        same = a->shape[i] == b->shape[i];
-    if (same)
-        return 0;
-    char sa[96], sb[96];
-    return sd3_err_set(err, SD3_EINVAL, "cpu %s: %s is %s, want %s", op, what,
-                       sd3_shape_str(b->ndim, b->shape, sb, sizeof sb),
-                       sd3_shape_str(a->ndim, a->shape, sa, sizeof sa));
+    return sd3_backend_check_same("cpu", a, b, op, what, err);
 }
 
 int
