@@ -1,12 +1,17 @@
-/*  sd3ctl_bench - `sd3ctl bench WHAT`: dispatch, and the measurements all benches share  */
+/*  sd3ctl_bench - `sd3ctl bench WHAT`: dispatch, and the measurements all benches share
+ *  (clocks, memory, the sgemm peak, checked number options: sd3ctl_bench.h)  */
+#include "sd3ctl_bench.h"
+
+#include "sd3ctl.h"
+
 #include <cblas.h>
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3ctl.h"
 
 static double
 s_now(void)
@@ -14,6 +19,57 @@ s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double
+sd3_bench_wall(void)
+{
+    return s_now();
+}
+
+double
+sd3_bench_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int
+sd3_bench_arg_int(const char *what, const char *option, const char *text, long min, long max,
+                  int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = text && *text ? strtol(text, &end, 10) : 0;
+    // strtol skips leading blanks; a number is only what starts with a sign or a digit
+    bool lead = text && (*text == '-' || *text == '+' || (*text >= '0' && *text <= '9'));
+    if (!lead || !end || *end || errno == ERANGE || v < min || v > max || v < -2147483647L - 1 ||
+        v > 2147483647L) {
+        fprintf(stderr, "sd3ctl bench %s: %s '%s': want a whole number in %ld..%ld\n", what, option,
+                text ? text : "", min, max);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int
+sd3_bench_arg_double(const char *what, const char *option, const char *text, double min, double max,
+                     double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = text && *text ? strtod(text, &end) : 0;
+    bool lead =
+        text && (*text == '-' || *text == '+' || *text == '.' || (*text >= '0' && *text <= '9'));
+    if (!lead || !end || *end || errno == ERANGE || !isfinite(v) || v < min || v > max) {
+        fprintf(stderr, "sd3ctl bench %s: %s '%s': want a number in %g..%g\n", what, option,
+                text ? text : "", min, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 double
@@ -86,9 +142,8 @@ sd3ctl_bench(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } whats[] = {
-        {"ops", sd3_bench_ops},           {"mmdit", sd3_bench_mmdit},
-        {"encode", sd3_bench_encode},     {"vae", sd3_bench_vae},
-        {"generate", sd3_bench_generate}, {"cluster", sd3_bench_cluster},
+        {"ops", sd3_bench_ops}, {"mmdit", sd3_bench_mmdit},       {"encode", sd3_bench_encode},
+        {"vae", sd3_bench_vae}, {"generate", sd3_bench_generate}, {"cluster", sd3_bench_cluster},
     };
     if (argc < 2) {
         fprintf(stderr, "usage: sd3ctl bench ops|mmdit|encode|vae|generate|cluster [options]\n");
@@ -99,4 +154,32 @@ sd3ctl_bench(int argc, char **argv)
             return whats[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "sd3ctl bench: unknown benchmark '%s'\n", argv[1]);
     return 2;
+}
+
+static uint64_t
+s_xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static double
+s_unit(uint64_t *s) // (0, 1]
+{
+    return ((double)(s_xorshift(s) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
+void
+sd3_bench_fill_activations(float *x, size_t n, uint64_t seed)
+{
+    uint64_t st = seed;
+    for (size_t i = 0; i < n; i++) {
+        double g = sqrt(-2.0 * log(s_unit(&st))) * cos(6.283185307179586 * s_unit(&st));
+        double r = s_unit(&st);
+        if (r < 0.001)
+            g *= 50.0 + 750.0 * r * 1000.0;
+        x[i] = (float)g;
+    }
 }

@@ -16,6 +16,7 @@
 #include "sd3_log.h"
 #include "sd3_t5.h"
 #include "sd3ctl.h"
+#include "sd3ctl_bench.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,13 +62,16 @@ sd3_bench_encode(int argc, char **argv)
             prompt = argv[++i];
         else if (!strcmp(argv[i], "--no-t5"))
             no_t5 = true;
-        else if (!strcmp(argv[i], "--t5-tokens") && v)
-            t5_tokens = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && v)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && v)
-            reps = atoi(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--t5-tokens") && v) {
+            if (sd3_bench_arg_int("encode", "--t5-tokens", argv[++i], 2, 4096, &t5_tokens) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--threads") && v) {
+            if (sd3_bench_arg_int("encode", "--threads", argv[++i], 0, 1024, &threads) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--reps") && v) {
+            if (sd3_bench_arg_int("encode", "--reps", argv[++i], 1, 100, &reps) != 0)
+                return 2;
+        } else {
             s_usage();
             return 2;
         }

@@ -9,6 +9,13 @@
  *  machine measured in the same run. Without --model it writes a random checkpoint of the
  *  architecture in the SD3.5 layout (model file + text_encoders/, our own tokenizer files
  *  beside it) under /tmp once and reuses it. A benchmark prints figures; it is not a test.  */
+#include "sd3_arch.h"
+#include "sd3_local.h"
+#include "sd3_tok.h"
+#include "sd3_weights_write.h"
+#include "sd3ctl.h"
+#include "sd3ctl_bench.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +23,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "sd3_arch.h"
-#include "sd3_local.h"
-#include "sd3_tok.h"
-#include "sd3_weights_write.h"
-#include "sd3ctl.h"
 
 typedef struct {
     double steps[SD3_GEN_MAX_STEPS + 1];
@@ -65,15 +66,18 @@ sd3_bench_generate(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--arch") && v)
             arch_name = argv[++i];
-        else if (!strcmp(a, "--size") && v)
-            size = atoi(argv[++i]);
-        else if (!strcmp(a, "--steps") && v)
-            steps = atoi(argv[++i]);
-        else if (!strcmp(a, "--model") && v)
+        else if (!strcmp(a, "--size") && v) {
+            if (sd3_bench_arg_int("generate", "--size", argv[++i], 16, 16384, &size) != 0)
+                return 2;
+        } else if (!strcmp(a, "--steps") && v) {
+            if (sd3_bench_arg_int("generate", "--steps", argv[++i], 1, 1000, &steps) != 0)
+                return 2;
+        } else if (!strcmp(a, "--model") && v)
             model = argv[++i];
-        else if (!strcmp(a, "--threads") && v)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--dtype") && v)
+        else if (!strcmp(a, "--threads") && v) {
+            if (sd3_bench_arg_int("generate", "--threads", argv[++i], 0, 1024, &threads) != 0)
+                return 2;
+        } else if (!strcmp(a, "--dtype") && v)
             dtype_name = argv[++i];
         else if (!strcmp(a, "--no-t5"))
             no_t5 = true;
@@ -107,8 +111,8 @@ sd3_bench_generate(int argc, char **argv)
             opts.dtype = dt;
             opts.want[SD3_COMP_T5] = !no_t5;
             opts.origin = "sd3ctl bench generate (random weights)";
-            fprintf(stderr, "bench generate: writing a random %s checkpoint to %s ...\n",
-                    arch_name, path);
+            fprintf(stderr, "bench generate: writing a random %s checkpoint to %s ...\n", arch_name,
+                    path);
             char tokdir[600];
             snprintf(tokdir, sizeof tokdir, "%s/tokenizers", path);
             if (sd3_weights_mkmodel(arch, &opts, 1, path, &err) != 0 ||
@@ -145,8 +149,8 @@ sd3_bench_generate(int argc, char **argv)
         const sd3_mmdit_config_t *cfg = sd3_local_config(local);
         int n_img = (size / 16) * (size / 16);
         double flops = 2.0 * sd3_mmdit_flops(cfg, n_img, 154, 0, cfg->depth);
-        printf("bench generate: %s %dx%d, %d steps, T5 %s, %d threads\n",
-               sd3_local_arch(local), size, size, steps, no_t5 ? "off" : "on", threads);
+        printf("bench generate: %s %dx%d, %d steps, T5 %s, %d threads\n", sd3_local_arch(local),
+               size, size, steps, no_t5 ? "off" : "on", threads);
         printf("  sgemm peak (OpenBLAS, 1024^3, now): %.1f GFLOP/s\n", peak);
         printf("  encode prompt + negative: %.2f s\n", res.seconds_encode);
         for (int i = 0; i < times.n; i++)

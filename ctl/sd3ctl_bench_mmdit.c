@@ -22,6 +22,7 @@
 #include "sd3_weights_io.h"
 #include "sd3_weights_write.h"
 #include "sd3ctl.h"
+#include "sd3ctl_bench.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,15 +78,19 @@ sd3_bench_mmdit(int argc, char **argv)
             model = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && v)
             dtype_name = argv[++i];
-        else if (!strcmp(argv[i], "--size") && v)
-            size = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--steps") && v)
-            steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--blocks") && v)
-            blocks = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && v)
-            threads = atoi(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--size") && v) {
+            if (sd3_bench_arg_int("mmdit", "--size", argv[++i], 16, 8192, &size) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--steps") && v) {
+            if (sd3_bench_arg_int("mmdit", "--steps", argv[++i], 1, 1000, &steps) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--blocks") && v) {
+            if (sd3_bench_arg_int("mmdit", "--blocks", argv[++i], 0, 64, &blocks) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--threads") && v) {
+            if (sd3_bench_arg_int("mmdit", "--threads", argv[++i], 0, 1024, &threads) != 0)
+                return 2;
+        } else {
             s_usage();
             return 2;
         }

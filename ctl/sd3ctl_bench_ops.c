@@ -11,6 +11,7 @@
  *  Prints figures; it checks nothing.  */
 #include "sd3_backend.h"
 #include "sd3ctl.h"
+#include "sd3ctl_bench.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -87,11 +88,13 @@ sd3_bench_ops(int argc, char **argv)
     int threads = 0, reps = 1, rc = 1;
     const char *only = "";
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            if (sd3_bench_arg_int("ops", "--threads", argv[++i], 0, 1024, &threads) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+            if (sd3_bench_arg_int("ops", "--reps", argv[++i], 1, 1000, &reps) != 0)
+                return 2;
+        } else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else if (!strcmp(argv[i], "--cpu-time"))
             s_clock = CLOCK_PROCESS_CPUTIME_ID;

@@ -7,10 +7,13 @@
  *  64x64 and 8 steps at once and times them to the last RESULT: images/min. The controller
  *  logs its time spent per STEP_DONE (receive, checkpoint, PROGRESS) when it stops; that
  *  figure is read back from its log. On a machine with fewer cores than processes the
- *  stages share the cores, so the figures say what the pipeline costs, not what it gains.  */
+ *  stages share the cores, so the figures say what the pipeline costs, not what it gains.
+ *  The temporary folder (model, cluster files, logs) is removed at the end.  */
 #include "sd3_client.h"
 #include "sd3ctl.h"
 
+#include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,23 @@ s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int
+s_remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) != 0 ? -1 : 0;
+}
+
+// rm -r of the bench's own temporary folder (FTW_PHYS: links are removed, not followed).
+static void
+s_remove_tree(const char *dir)
+{
+    if (nftw(dir, s_remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        fprintf(stderr, "bench cluster: could not remove all of %s\n", dir);
 }
 
 static int
@@ -89,8 +109,10 @@ s_one(const char *dir, const char *model, int stages, double *per_min, double *o
     if ((f = fopen(addr, "r"))) {
         while (fgets(line, sizeof line, f)) {
             const char *p = strstr(line, "overhead_us_per_step=");
-            if (p)
-                *overhead_us = atof(p + 21);
+            char *end = NULL;
+            double us = p ? strtod(p + 21, &end) : 0;
+            if (p && end != p + 21 && isfinite(us) && us >= 0) // a garbled line is skipped
+                *overhead_us = us;
         }
         fclose(f);
     }
@@ -110,8 +132,10 @@ sd3_bench_pipeline(void)
     char *mk[] = {"mkmodel",  "--arch",    "tiny-sd3-medium", "--depth", "4",
                   "--layout", "diffusers", "--dtype",         "f16",     "-o",
                   model,      NULL};
-    if (sd3ctl_mkmodel(11, mk) != 0)
+    if (sd3ctl_mkmodel(11, mk) != 0) {
+        s_remove_tree(dir);
         return 1;
+    }
     printf("local cluster on loopback, tiny sd3-medium 4 blocks deep, 64x64, 8 steps, one "
            "thread per process, %ld cores; in flight = stages\n",
            sysconf(_SC_NPROCESSORS_ONLN));
@@ -120,5 +144,6 @@ sd3_bench_pipeline(void)
         double per_min, us;
         rc |= s_one(dir, model, s, &per_min, &us) != 0;
     }
+    s_remove_tree(dir); // the model, cluster files, run folders and logs
     return rc;
 }

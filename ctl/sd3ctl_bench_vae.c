@@ -12,6 +12,7 @@
  *  Prints figures; it is not a test.  */
 #include "sd3_vae.h"
 #include "sd3ctl.h"
+#include "sd3ctl_bench.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,23 +111,30 @@ sd3_bench_vae(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool v = i + 1 < argc;
-        if (!strcmp(a, "--size") && v)
-            width = height = atoi(argv[++i]);
-        else if (!strcmp(a, "--width") && v)
-            width = atoi(argv[++i]);
-        else if (!strcmp(a, "--height") && v)
-            height = atoi(argv[++i]);
-        else if (!strcmp(a, "--model") && v)
+        if (!strcmp(a, "--size") && v) {
+            if (sd3_bench_arg_int("vae", "--size", argv[++i], 8, 16384, &width) != 0)
+                return 2;
+            height = width;
+        } else if (!strcmp(a, "--width") && v) {
+            if (sd3_bench_arg_int("vae", "--width", argv[++i], 8, 16384, &width) != 0)
+                return 2;
+        } else if (!strcmp(a, "--height") && v) {
+            if (sd3_bench_arg_int("vae", "--height", argv[++i], 8, 16384, &height) != 0)
+                return 2;
+        } else if (!strcmp(a, "--model") && v)
             model = argv[++i];
-        else if (!strcmp(a, "--threads") && v)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--backend") && v)
+        else if (!strcmp(a, "--threads") && v) {
+            if (sd3_bench_arg_int("vae", "--threads", argv[++i], 0, 1024, &threads) != 0)
+                return 2;
+        } else if (!strcmp(a, "--backend") && v)
             backend = argv[++i];
-        else if (!strcmp(a, "--tile") && v)
-            tile.tile = atoi(argv[++i]);
-        else if (!strcmp(a, "--overlap") && v)
-            tile.overlap = atoi(argv[++i]);
-        else if (!strcmp(a, "--no-encode"))
+        else if (!strcmp(a, "--tile") && v) {
+            if (sd3_bench_arg_int("vae", "--tile", argv[++i], 0, 2048, &tile.tile) != 0)
+                return 2;
+        } else if (!strcmp(a, "--overlap") && v) {
+            if (sd3_bench_arg_int("vae", "--overlap", argv[++i], 0, 2048, &tile.overlap) != 0)
+                return 2;
+        } else if (!strcmp(a, "--no-encode"))
             encode = false;
         else {
             s_usage();

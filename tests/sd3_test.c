@@ -1,10 +1,12 @@
 /*  sd3_test - helpers shared by the test programs (see sd3_test.h)  */
 #include "sd3_test.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int sd3_test_failures = 0;
@@ -76,4 +78,38 @@ sd3_test_maxdiff(const float *a, const float *b, size_t n)
             worst = d;
     }
     return worst;
+}
+
+int
+sd3_test_run(const char *exe, const char *const *args, char *out, size_t cap)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/out.txt", sd3_test_tmpdir());
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        const char *argv[62] = {exe};
+        for (int i = 0; args[i] && i < 60; i++)
+            argv[i + 1] = args[i];
+        execv(exe, (char *const *)argv);
+        _exit(126);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return -1;
+    if (out && cap > 0) {
+        FILE *f = fopen(path, "rb");
+        size_t n = f ? fread(out, 1, cap - 1, f) : 0;
+        if (f)
+            fclose(f);
+        out[n] = '\0';
+    }
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
 }

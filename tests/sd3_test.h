@@ -38,5 +38,9 @@ const char *sd3_test_data_path(const char *rel);
 const char *sd3_test_tmpdir(void);
 // Deterministic random numbers for tests (xorshift), uniform in [-1, 1).
 float sd3_test_randf(unsigned long long *state);
+// Runs exe with args (NULL-terminated, argv[0] excluded; at most 60), its stdout and stderr
+// into <tmp>/out.txt, read back into out (NUL-terminated, cut at cap - 1) when out is given.
+// The exit code, 128 + signal when it died of one, or -1 when it could not run.
+int sd3_test_run(const char *exe, const char *const *args, char *out, size_t cap);
 // max |a-b| over n floats.
 double sd3_test_maxdiff(const float *a, const float *b, size_t n);

@@ -15,13 +15,11 @@
 #include "sd3_schedule.h"
 #include "sd3_test.h"
 
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define S_SD3CTL SD3_BINARY_DIR "/sd3ctl"
@@ -31,28 +29,7 @@
 static int
 s_run(const char *const *args)
 {
-    char out[512];
-    snprintf(out, sizeof out, "%s/out.txt", sd3_test_tmpdir());
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        const char *argv[32] = {S_SD3CTL};
-        for (int i = 0; args[i] && i < 30; i++)
-            argv[i + 1] = args[i];
-        execv(S_SD3CTL, (char *const *)argv);
-        _exit(126);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid)
-        return -1;
-    if (WIFSIGNALED(status))
-        return 128 + WTERMSIG(status);
-    return WEXITSTATUS(status);
+    return sd3_test_run(S_SD3CTL, args, NULL, 0);
 }
 
 // True when the last run's output holds `needle`.
