@@ -3,14 +3,11 @@
  *  A cluster file (deploy/local/NAME.cluster) is INI: one [cluster] section, one [controller]
  *  section, then one section per node named "[ROLE NAME]" (ROLE = encoder, mmdit or vae).
  *  INI rather than JSON because people write these by hand, a line comment (#) explains a
- *  choice, and there is no nesting to express. Keys:
- *    [cluster]     model (PATH or "default": the embedded tiny model), tokenizers, run_dir
- *                  (logs, pids and the controller's address file), threads, backend, codec,
- *                  wire_dtype (defaults for every node)
- *    [controller]  listen (client endpoint), stages (stage endpoint), queue, inflight,
- *                  http, deadline_ms, client_timeout_ms, node_timeout_ms, journal (FILE)
- *    [ROLE NAME]   listen (default tcp://127.0.0.1:*), range A:B (mmdit), threads, backend,
- *                  codec, wire_dtype
+ *  choice, and there is no nesting to express. The keys and every rule are in
+ *  daemon/controller/sd3_cluster_file.h (the parser, fuzzed); `up` also checks, from the
+ *  model's depth, that the mmdit ranges form whole pipelines. CurveZMQ: the curve_* keys
+ *  of a member become its --curve-secret/--curve-allow/--curve-server-pub, and `up` polls
+ *  the controller with [cluster] client_curve_secret / client_curve_server_pub.
  *  `up` starts the controller (waiting for its address file), then every node with
  *  --controller set to the stage endpoint, each as its own `sd3d` process (the binary next
  *  to sd3ctl) in its own session, stdout+stderr into RUN_DIR/NAME.log, pids into
@@ -21,7 +18,10 @@
  *  `up CLUSTER_FILE --restart NAME` starts one member again (a node by its section name, or
  *  "controller", which binds the endpoints of its address file again so the nodes find it)
  *  with the same flags, its log appended, and records its new pid; it does not wait.  */
+#include "sd3_arch.h"
 #include "sd3_client.h"
+#include "sd3_cluster_file.h"
+#include "sd3_weights.h"
 #include "sd3ctl.h"
 
 #include <ctype.h>
@@ -36,187 +36,44 @@
 #include <time.h>
 #include <unistd.h>
 
-#define S_MAX_NODES 64
-#define S_STR       512
+#define S_MAX_NODES SD3_CLUSTER_FILE_MAX_NODES
+#define S_STR       SD3_CLUSTER_FILE_STR
 
-typedef struct {
-    char role[16], name[64], listen[S_STR], range[32], threads[16], backend[16], codec[32],
-        wire_dtype[16];
-} s_node_t;
+typedef sd3_cluster_file_t s_cluster_t;
+typedef sd3_cluster_node_t s_node_t;
 
-typedef struct {
-    char model[S_STR], tokenizers[S_STR], run_dir[S_STR], threads[16], backend[16], codec[32],
-        wire_dtype[16];
-    char listen[S_STR], stages[S_STR], queue[16], inflight[16], http[S_STR], deadline[16],
-        client_to[16], node_to[16], journal[S_STR];
-    s_node_t nodes[S_MAX_NODES];
-    int n_nodes;
-} s_cluster_t;
-
-static char *
-s_trim(char *s)
-{
-    while (isspace((unsigned char)*s))
-        s++;
-    char *e = s + strlen(s);
-    while (e > s && isspace((unsigned char)e[-1]))
-        *--e = '\0';
-    return s;
-}
-
-static int
-s_set(char *dst, size_t cap, const char *v, const char *path, int line)
-{
-    if (strlen(v) >= cap) {
-        fprintf(stderr, "%s:%d: value too long (at most %zu bytes)\n", path, line, cap - 1);
-        return -1;
-    }
-    snprintf(dst, cap, "%s", v);
-    return 0;
-}
-
-#define SET(field) s_set(field, sizeof field, v, path, line)
-
-// Parses a cluster file; prints the first problem with file:line and returns -1.
+// Reads and checks a cluster file; prints the first problem (file:line) and returns -1.
 static int
 s_parse(const char *path, s_cluster_t *c)
 {
-    memset(c, 0, sizeof *c);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "sd3ctl: %s: %s\n", path, strerror(errno));
+    sd3_err_t err = {0};
+    if (sd3_cluster_file_load(path, c, &err) != 0) {
+        fprintf(stderr, "sd3ctl: %s\n", err.msg);
         return -1;
     }
-    char buf[2048];
-    int line = 0, rc = 0;
-    enum { NONE, CLUSTER, CONTROLLER, NODE } sec = NONE;
-    s_node_t *node = NULL;
-    while (rc == 0 && fgets(buf, sizeof buf, f)) {
-        line++;
-        char *hash = strchr(buf, '#');
-        if (hash)
-            *hash = '\0';
-        char *s = s_trim(buf);
-        if (!*s)
-            continue;
-        if (*s == '[') {
-            char *end = strchr(s, ']');
-            if (!end || *s_trim(end + 1)) {
-                fprintf(stderr, "%s:%d: want [SECTION]\n", path, line);
-                rc = -1;
-                break;
-            }
-            *end = '\0';
-            char *name = s_trim(s + 1), *sp = strpbrk(name, " \t");
-            if (sp)
-                *sp++ = '\0';
-            if (!strcmp(name, "cluster") && !sp) {
-                sec = CLUSTER;
-            } else if (!strcmp(name, "controller") && !sp) {
-                sec = CONTROLLER;
-            } else if ((!strcmp(name, "encoder") || !strcmp(name, "mmdit") ||
-                        !strcmp(name, "vae")) &&
-                       sp && *s_trim(sp)) {
-                if (c->n_nodes == S_MAX_NODES) {
-                    fprintf(stderr, "%s:%d: more than %d nodes\n", path, line, S_MAX_NODES);
-                    rc = -1;
-                    break;
-                }
-                node = &c->nodes[c->n_nodes++];
-                snprintf(node->role, sizeof node->role, "%s", name);
-                const char *nn = s_trim(sp);
-                if (strlen(nn) >= sizeof node->name || strpbrk(nn, "/ \t")) {
-                    fprintf(stderr, "%s:%d: node name '%s': 1..63 bytes, no '/' or spaces\n", path,
-                            line, nn);
-                    rc = -1;
-                    break;
-                }
-                snprintf(node->name, sizeof node->name, "%s", nn);
-                sec = NODE;
-            } else {
-                fprintf(stderr,
-                        "%s:%d: unknown section [%s%s%s] (cluster, controller, "
-                        "'encoder NAME', 'mmdit NAME', 'vae NAME')\n",
-                        path, line, name, sp ? " " : "", sp ? sp : "");
-                rc = -1;
-                break;
-            }
-            continue;
-        }
-        char *eq = strchr(s, '=');
-        if (!eq || sec == NONE) {
-            fprintf(stderr, "%s:%d: want KEY = VALUE inside a section\n", path, line);
-            rc = -1;
-            break;
-        }
-        *eq = '\0';
-        char *k = s_trim(s), *v = s_trim(eq + 1);
-        int known = 1;
-        if (sec == CLUSTER) {
-            if (!strcmp(k, "model"))
-                rc = SET(c->model);
-            else if (!strcmp(k, "tokenizers"))
-                rc = SET(c->tokenizers);
-            else if (!strcmp(k, "run_dir"))
-                rc = SET(c->run_dir);
-            else if (!strcmp(k, "threads"))
-                rc = SET(c->threads);
-            else if (!strcmp(k, "backend"))
-                rc = SET(c->backend);
-            else if (!strcmp(k, "codec"))
-                rc = SET(c->codec);
-            else if (!strcmp(k, "wire_dtype"))
-                rc = SET(c->wire_dtype);
-            else if (strcmp(k, "name") != 0)
-                known = 0;
-        } else if (sec == CONTROLLER) {
-            if (!strcmp(k, "listen"))
-                rc = SET(c->listen);
-            else if (!strcmp(k, "stages"))
-                rc = SET(c->stages);
-            else if (!strcmp(k, "queue"))
-                rc = SET(c->queue);
-            else if (!strcmp(k, "inflight"))
-                rc = SET(c->inflight);
-            else if (!strcmp(k, "http"))
-                rc = SET(c->http);
-            else if (!strcmp(k, "deadline_ms"))
-                rc = SET(c->deadline);
-            else if (!strcmp(k, "client_timeout_ms"))
-                rc = SET(c->client_to);
-            else if (!strcmp(k, "node_timeout_ms"))
-                rc = SET(c->node_to);
-            else if (!strcmp(k, "journal"))
-                rc = SET(c->journal);
-            else
-                known = 0;
-        } else {
-            if (!strcmp(k, "listen"))
-                rc = SET(node->listen);
-            else if (!strcmp(k, "range"))
-                rc = SET(node->range);
-            else if (!strcmp(k, "threads"))
-                rc = SET(node->threads);
-            else if (!strcmp(k, "backend"))
-                rc = SET(node->backend);
-            else if (!strcmp(k, "codec"))
-                rc = SET(node->codec);
-            else if (!strcmp(k, "wire_dtype"))
-                rc = SET(node->wire_dtype);
-            else
-                known = 0;
-        }
-        if (!known) {
-            fprintf(stderr, "%s:%d: unknown key '%s'\n", path, line, k);
-            rc = -1;
-        }
-    }
-    fclose(f);
-    if (rc != 0)
+    return 0;
+}
+
+// The model's depth, to check that the mmdit ranges form whole pipelines.
+static int
+s_check_ranges(const s_cluster_t *c, const char *file, const char *model)
+{
+    int n_mmdit = 0;
+    for (int i = 0; i < c->n_nodes; i++)
+        n_mmdit += !strcmp(c->nodes[i].role, "mmdit");
+    if (n_mmdit == 0)
+        return 0;
+    sd3_err_t err = {0};
+    sd3_model_t *m = sd3_model_open(model, &err);
+    static sd3_arch_t arch;
+    int rc = m ? sd3_arch_from_model(m, &arch, &err) : -1;
+    sd3_model_destroy(&m);
+    if (rc != 0) {
+        fprintf(stderr, "sd3ctl up: model %s: %s\n", model, err.msg);
         return -1;
-    if (!c->run_dir[0] || !c->model[0] || !c->listen[0] || !c->stages[0]) {
-        fprintf(stderr, "%s: needs [cluster] model and run_dir, [controller] listen and stages\n",
-                path);
+    }
+    if (sd3_cluster_file_check_ranges(c, arch.mmdit.depth, file, &err) != 0) {
+        fprintf(stderr, "sd3ctl up: %s\n", err.msg);
         return -1;
     }
     return 0;
@@ -330,58 +187,90 @@ s_tail(const char *log)
     fprintf(stderr, "---- %s (end) ----\n%s\n", log, buf);
 }
 
+// Arguments of one sd3d: pointers into the cluster file and into num (formatted numbers).
+typedef struct {
+    char *v[72];
+    int n;
+    char num[8][24];
+    int n_num;
+} s_argv_t;
+
 static void
-s_add(char **args, int *n, const char *flag, const char *value)
+s_add(s_argv_t *a, const char *flag, const char *value)
 {
     if (!value || !value[0])
         return;
-    args[(*n)++] = (char *)flag;
-    args[(*n)++] = (char *)value;
+    a->v[a->n++] = (char *)flag;
+    a->v[a->n++] = (char *)value;
 }
 
-static int
+// A number of the cluster file; `unset` (0 or -1) passes nothing.
+static void
+s_add_long(s_argv_t *a, const char *flag, long value, long unset)
+{
+    if (value == unset)
+        return;
+    char *buf = a->num[a->n_num++];
+    snprintf(buf, sizeof a->num[0], "%ld", value);
+    s_add(a, flag, buf);
+}
+
+static void
+s_add_keys(s_argv_t *a, const sd3_cluster_keys_t *k)
+{
+    s_add(a, "--curve-secret", k->secret);
+    s_add(a, "--curve-allow", k->allow);
+    s_add(a, "--curve-server-pub", k->server_pub);
+}
+
+static void
 s_controller_args(const s_cluster_t *c, char *sd3d, char *model, const char *listen,
-                  const char *stages, char *addr_file, char **args)
+                  const char *stages, char *addr_file, s_argv_t *a)
 {
-    int n = 0;
-    args[n++] = sd3d;
-    s_add(args, &n, "--role", "controller");
-    s_add(args, &n, "--listen", listen);
-    s_add(args, &n, "--stage-listen", stages);
-    s_add(args, &n, "--model", model);
-    s_add(args, &n, "--queue", c->queue);
-    s_add(args, &n, "--inflight", c->inflight);
-    s_add(args, &n, "--http", c->http);
-    s_add(args, &n, "--deadline-ms", c->deadline);
-    s_add(args, &n, "--client-timeout-ms", c->client_to);
-    s_add(args, &n, "--node-timeout-ms", c->node_to);
-    s_add(args, &n, "--codec", c->codec);
-    s_add(args, &n, "--wire-dtype", c->wire_dtype);
-    s_add(args, &n, "--journal", c->journal);
-    s_add(args, &n, "--addr-file", addr_file);
-    args[n] = NULL;
-    return n;
+    memset(a, 0, sizeof *a);
+    a->v[a->n++] = sd3d;
+    s_add(a, "--role", "controller");
+    s_add(a, "--listen", listen);
+    s_add(a, "--stage-listen", stages);
+    s_add(a, "--model", model);
+    s_add_long(a, "--queue", c->queue, 0);
+    s_add_long(a, "--inflight", c->inflight, 0);
+    s_add(a, "--http", c->http);
+    s_add_long(a, "--deadline-ms", c->deadline_ms, 0);
+    s_add_long(a, "--client-timeout-ms", c->client_timeout_ms, 0);
+    s_add_long(a, "--node-timeout-ms", c->node_timeout_ms, 0);
+    s_add(a, "--codec", c->codec);
+    s_add(a, "--wire-dtype", c->wire_dtype);
+    s_add(a, "--journal", c->journal);
+    s_add_keys(a, &c->controller_keys);
+    s_add(a, "--addr-file", addr_file);
+    a->v[a->n] = NULL;
 }
 
-static int
-s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model,
-            const char *stage_ep, char **args)
+// The node's fields already hold the [cluster] defaults (sd3_cluster_file.h).
+static void
+s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model, const char *stage_ep,
+            s_argv_t *a)
 {
-    int n = 0;
-    args[n++] = sd3d;
-    s_add(args, &n, "--role", nd->role);
-    s_add(args, &n, "--node-id", nd->name);
-    s_add(args, &n, "--listen", nd->listen[0] ? nd->listen : "tcp://127.0.0.1:*");
-    s_add(args, &n, "--controller", stage_ep);
-    s_add(args, &n, "--model", model);
-    s_add(args, &n, "--tokenizers", !strcmp(nd->role, "encoder") ? c->tokenizers : NULL);
-    s_add(args, &n, "--range", nd->range);
-    s_add(args, &n, "--threads", nd->threads[0] ? nd->threads : c->threads);
-    s_add(args, &n, "--backend", nd->backend[0] ? nd->backend : c->backend);
-    s_add(args, &n, "--codec", nd->codec[0] ? nd->codec : c->codec);
-    s_add(args, &n, "--wire-dtype", nd->wire_dtype[0] ? nd->wire_dtype : c->wire_dtype);
-    args[n] = NULL;
-    return n;
+    memset(a, 0, sizeof *a);
+    a->v[a->n++] = sd3d;
+    s_add(a, "--role", nd->role);
+    s_add(a, "--node-id", nd->name);
+    s_add(a, "--listen", nd->listen[0] ? nd->listen : "tcp://127.0.0.1:*");
+    s_add(a, "--controller", stage_ep);
+    s_add(a, "--model", model);
+    s_add(a, "--tokenizers", !strcmp(nd->role, "encoder") ? c->tokenizers : NULL);
+    if (nd->range_begin >= 0) {
+        char *buf = a->num[a->n_num++];
+        snprintf(buf, sizeof a->num[0], "%d:%d", nd->range_begin, nd->range_end);
+        s_add(a, "--range", buf);
+    }
+    s_add_long(a, "--threads", nd->threads, -1);
+    s_add(a, "--backend", nd->backend);
+    s_add(a, "--codec", nd->codec);
+    s_add(a, "--wire-dtype", nd->wire_dtype);
+    s_add_keys(a, &nd->keys);
+    a->v[a->n] = NULL;
 }
 
 // `up CLUSTER_FILE --restart NAME`: one member again, with the endpoints the cluster has.
@@ -406,9 +295,9 @@ s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
         fprintf(stderr, "sd3ctl up --restart: %s: no endpoints recorded\n", addr_file);
         return 1;
     }
-    char *args[64];
+    static s_argv_t args;
     if (!strcmp(name, "controller")) {
-        s_controller_args(c, sd3d, model, client_ep, stage_ep, addr_file, args);
+        s_controller_args(c, sd3d, model, client_ep, stage_ep, addr_file, &args);
     } else {
         int i = 0;
         while (i < c->n_nodes && strcmp(c->nodes[i].name, name) != 0)
@@ -417,10 +306,10 @@ s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
             fprintf(stderr, "sd3ctl up --restart: no member '%s' in the cluster file\n", name);
             return 2;
         }
-        s_node_args(c, &c->nodes[i], sd3d, model, stage_ep, args);
+        s_node_args(c, &c->nodes[i], sd3d, model, stage_ep, &args);
     }
     snprintf(log, sizeof log, "%s/%s.log", c->run_dir, name);
-    pid_t pid = s_spawn(sd3d, args, log, true);
+    pid_t pid = s_spawn(sd3d, args.v, log, true);
     if (pid < 0) {
         fprintf(stderr, "sd3ctl up --restart: fork: %s\n", strerror(errno));
         return 1;
@@ -456,15 +345,24 @@ s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
     return 0;
 }
 
+static int s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp);
+
 int
 sd3ctl_up(int argc, char **argv)
 {
     const char *file = NULL, *restart = NULL;
     long timeout_s = 60;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
-            timeout_s = atol(argv[++i]);
-        else if (!strcmp(argv[i], "--restart") && i + 1 < argc)
+        if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+            char *end;
+            const char *v = argv[++i];
+            errno = 0;
+            timeout_s = strtol(v, &end, 10);
+            if (end == v || *end || errno || timeout_s < 1 || timeout_s > 86400) {
+                fprintf(stderr, "sd3ctl up: --timeout '%s': want seconds in [1, 86400]\n", v);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--restart") && i + 1 < argc)
             restart = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: sd3ctl up CLUSTER_FILE [--timeout S] [--restart NAME]\n");
@@ -480,9 +378,21 @@ sd3ctl_up(int argc, char **argv)
         fprintf(stderr, "usage: sd3ctl up CLUSTER_FILE [--timeout S]\n");
         return 2;
     }
-    static s_cluster_t c;
-    if (s_parse(file, &c) != 0)
+    s_cluster_t c;
+    if (s_parse(file, &c) != 0) {
+        sd3_cluster_file_fini(&c);
         return 2;
+    }
+    int rc = s_up(file, restart, timeout_s, &c);
+    sd3_cluster_file_fini(&c);
+    return rc;
+}
+
+// `up` once the file is parsed; *cp is borrowed.
+static int
+s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
+{
+    const s_cluster_t c = *cp; // a shallow copy: the nodes stay the caller's
     char sd3d[4200], model[S_STR], path[S_STR + 64], addr_file[S_STR + 32];
     sd3_err_t err = {0};
     if (s_sd3d_path(sd3d, sizeof sd3d) != 0) {
@@ -501,6 +411,8 @@ sd3ctl_up(int argc, char **argv)
     }
     if (restart)
         return s_restart(&c, sd3d, model, restart);
+    if (s_check_ranges(&c, file, model) != 0)
+        return 2;
     if (mkdir(c.run_dir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "sd3ctl up: %s: %s\n", c.run_dir, strerror(errno));
         return 1;
@@ -521,11 +433,11 @@ sd3ctl_up(int argc, char **argv)
     int n_all = 0, rc = 1;
 
     // 1. the controller, then its bound addresses
-    char *args[64];
-    s_controller_args(&c, sd3d, model, c.listen, c.stages, addr_file, args);
+    static s_argv_t args;
+    s_controller_args(&c, sd3d, model, c.listen, c.stages, addr_file, &args);
     char log[S_STR + 80];
     snprintf(log, sizeof log, "%s/controller.log", c.run_dir);
-    pid_t pid = s_spawn(sd3d, args, log, false);
+    pid_t pid = s_spawn(sd3d, args.v, log, false);
     if (pid < 0) {
         fprintf(stderr, "sd3ctl up: fork: %s\n", strerror(errno));
         fclose(pids);
@@ -566,9 +478,9 @@ sd3ctl_up(int argc, char **argv)
     int n_mmdit = 0;
     for (int i = 0; i < c.n_nodes; i++) {
         const s_node_t *nd = &c.nodes[i];
-        s_node_args(&c, nd, sd3d, model, stage_ep, args);
+        s_node_args(&c, nd, sd3d, model, stage_ep, &args);
         snprintf(log, sizeof log, "%s/%s.log", c.run_dir, nd->name);
-        if ((pid = s_spawn(sd3d, args, log, false)) < 0) {
+        if ((pid = s_spawn(sd3d, args.v, log, false)) < 0) {
             fprintf(stderr, "sd3ctl up: fork: %s\n", strerror(errno));
             goto fail;
         }
@@ -578,7 +490,10 @@ sd3ctl_up(int argc, char **argv)
         n_mmdit += !strcmp(nd->role, "mmdit");
     }
     // 3. wait until every node is registered and the pipelines formed
-    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
+    sd3_client_opts_t copts = {
+        .curve_secret = c.client_keys.secret[0] ? c.client_keys.secret : NULL,
+        .curve_server_pub = c.client_keys.server_pub[0] ? c.client_keys.server_pub : NULL};
+    sd3_client_t *cl = sd3_client_new(client_ep, &copts, &err);
     if (!cl) {
         fprintf(stderr, "sd3ctl up: %s\n", err.msg);
         goto fail;
@@ -644,10 +559,12 @@ sd3ctl_down(int argc, char **argv)
         return 2;
     }
     if (argc == 2) {
-        static s_cluster_t c;
-        if (s_parse(argv[1], &c) != 0)
-            return 2;
+        s_cluster_t c;
+        int rc = s_parse(argv[1], &c);
         snprintf(run_dir, sizeof run_dir, "%s", c.run_dir);
+        sd3_cluster_file_fini(&c);
+        if (rc != 0)
+            return 2;
     } else {
         char last[256];
         s_last_path(last, sizeof last);

@@ -105,10 +105,10 @@ cu_local_png(const char *model, const char *prompt, const char *args, size_t *n)
     return cu_read(out, n);
 }
 
-// Writes a cluster file (header + nodes text) and starts it; *client gets the client endpoint.
+// Writes the cluster file TMP/name.cluster with `text` (its run_dir must be TMP/run-name) and
+// starts it; *client gets the client endpoint.
 static int
-cu_up(const char *name, const char *model, const char *controller_extra, const char *nodes,
-      char *client, size_t cap)
+cu_up_text(const char *name, const char *text, char *client, size_t cap)
 {
     const char *tmp = sd3_test_tmpdir();
     char run[1024], cmd[4096], addr[1200];
@@ -118,10 +118,7 @@ cu_up(const char *name, const char *model, const char *controller_extra, const c
     FILE *f = fopen(cu_cluster_file, "w");
     if (!f)
         return -1;
-    fprintf(f,
-            "[cluster]\nmodel = %s\nrun_dir = %s\nthreads = 1\n\n[controller]\n"
-            "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\n%s\n\n%s",
-            model, run, controller_extra ? controller_extra : "", nodes);
+    fputs(text, f);
     fclose(f);
     double t0 = cu_now();
     snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --timeout 60", SD3_BINARY_DIR, cu_cluster_file);
@@ -142,6 +139,19 @@ cu_up(const char *name, const char *model, const char *controller_extra, const c
         fclose(f);
     printf("cluster %s up in %.1f s at %s\n", name, cu_now() - t0, client);
     return client[0] ? 0 : -1;
+}
+
+// Writes a cluster file (header + nodes text) and starts it; *client gets the client endpoint.
+__attribute__((unused)) static int
+cu_up(const char *name, const char *model, const char *controller_extra, const char *nodes,
+      char *client, size_t cap)
+{
+    static char text[16384];
+    snprintf(text, sizeof text,
+             "[cluster]\nmodel = %s\nrun_dir = %s/run-%s\nthreads = 1\n\n[controller]\n"
+             "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\n%s\n\n%s",
+             model, sd3_test_tmpdir(), name, controller_extra ? controller_extra : "", nodes);
+    return cu_up_text(name, text, client, cap);
 }
 
 // Outcome of one request driven by cu_run.
@@ -268,4 +278,101 @@ cu_request(sd3_wire_generate_t *w, const char *prompt, uint64_t seed, int steps)
     w->width = w->height = 64;
     w->steps = (uint32_t)steps;
     w->seed = seed;
+}
+
+// ---- reference images of the reliability tests (failover, restart) ------------------------
+
+#define CU_MAX_REFS 8
+
+// The two-pipeline cluster they run: [0,1) -> [1,2) and [0,2), one encoder, one vae.
+#define CU_NODES_TWO_PIPELINES                                                                     \
+    "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"               \
+    "[mmdit b0]\nrange = 0:2\n"
+
+// Request i is (prompts[i % n], seed0 + i % n), 64x64, `steps` DPM++ 2M steps; png[k] is the
+// one-process PNG of the k-th pair, made from the tiny depth-2 model in TMP/tiny.
+typedef struct {
+    char model[1024];
+    const char *const *prompts;
+    int n, seed0, steps;
+    unsigned char *png[CU_MAX_REFS];
+    size_t size[CU_MAX_REFS];
+} cu_refs_t;
+
+// Makes the model and the n reference PNGs; 0, or -1 when any failed (each is CHECKed).
+__attribute__((unused)) static int
+cu_refs_make(cu_refs_t *r, const char *const *prompts, int n, int seed0, int steps)
+{
+    memset(r, 0, sizeof *r);
+    r->prompts = prompts;
+    r->n = n < CU_MAX_REFS ? n : CU_MAX_REFS;
+    r->seed0 = seed0;
+    r->steps = steps;
+    snprintf(r->model, sizeof r->model, "%s/tiny", sd3_test_tmpdir());
+    int rc = cu_mkmodel("tiny-sd3-medium", 2, r->model);
+    CHECK(rc == 0);
+    for (int k = 0; k < r->n && rc == 0; k++) {
+        char args[256];
+        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d --sampler dpmpp_2m", steps,
+                 seed0 + k);
+        r->png[k] = cu_local_png(r->model, prompts[k], args, &r->size[k]);
+        CHECK(r->png[k] != NULL);
+        rc = r->png[k] ? 0 : -1;
+    }
+    return rc;
+}
+
+__attribute__((unused)) static void
+cu_refs_free(cu_refs_t *r)
+{
+    for (int k = 0; k < r->n; k++)
+        free(r->png[k]);
+    memset(r, 0, sizeof *r);
+}
+
+// Submits request i of the references under the id reqs[i].id (set by the caller).
+__attribute__((unused)) static int
+cu_refs_submit(sd3_client_t *cl, const cu_refs_t *r, cu_req_t *reqs, int i)
+{
+    static sd3_wire_generate_t w;
+    sd3_err_t err = {0};
+    cu_request(&w, r->prompts[i % r->n], (uint64_t)(r->seed0 + i % r->n), r->steps);
+    w.sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
+    int rc = sd3_client_submit(cl, reqs[i].id, &w, NULL, &err);
+    CHECK_MSG(rc == 0, "submit %s: %s", reqs[i].id, err.msg);
+    return rc;
+}
+
+// Every request got exactly one RESULT, no ERROR, and the PNG of its reference; frees the
+// PNGs. Returns how many were byte-equal.
+__attribute__((unused)) static int
+cu_refs_check(const cu_refs_t *r, cu_req_t *reqs, int n)
+{
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        int k = i % r->n;
+        CHECK_MSG(reqs[i].results == 1 && reqs[i].errors == 0, "%s: %d results, %d errors (%s)",
+                  reqs[i].id, reqs[i].results, reqs[i].errors, reqs[i].message);
+        bool same = r->png[k] && reqs[i].png && reqs[i].png_size == r->size[k] &&
+                    !memcmp(reqs[i].png, r->png[k], r->size[k]);
+        CHECK_MSG(same, "%s: PNG differs from its one-process PNG", reqs[i].id);
+        ok += same;
+        free(reqs[i].png);
+        reqs[i].png = NULL;
+    }
+    return ok;
+}
+
+// Once every request is answered, nothing else may come within 0.5 s but PROGRESS (a
+// duplicate RESULT or ERROR would).
+__attribute__((unused)) static void
+cu_check_no_late_answer(sd3_client_t *cl)
+{
+    sd3_msg_t *late = NULL;
+    sd3_err_t err = {0};
+    int rc = sd3_client_recv(cl, 500, &late, &err);
+    CHECK_MSG(rc == SD3_ETIMEDOUT ||
+                  (late && late->type != SD3_MSG_RESULT && late->type != SD3_MSG_ERROR),
+              "a message after every request was answered");
+    sd3_msg_destroy(&late);
 }

@@ -22,21 +22,10 @@ int
 main(void)
 {
     cu_setup(150);
-    char model[1024], client_ep[1200];
-    snprintf(model, sizeof model, "%s/tiny", sd3_test_tmpdir());
-    CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);
-    unsigned char *ref[3];
-    size_t ref_n[3];
-    for (int k = 0; k < 3; k++) { // request i: (prompt i % 3, seed 10 + i % 3)
-        char args[256];
-        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d --sampler dpmpp_2m", STEPS,
-                 10 + k);
-        ref[k] = cu_local_png(model, s_prompts[k], args, &ref_n[k]);
-        CHECK(ref[k] != NULL);
-    }
-    CHECK(cu_up("failover", model, "node_timeout_ms = 1500\n",
-                "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"
-                "[mmdit b0]\nrange = 0:2\n",
+    char client_ep[1200];
+    static cu_refs_t refs; // request i: (prompt i % 3, seed 10 + i % 3)
+    CHECK(cu_refs_make(&refs, s_prompts, 3, 10, STEPS) == 0);
+    CHECK(cu_up("failover", refs.model, "node_timeout_ms = 1500\n", CU_NODES_TWO_PIPELINES,
                 client_ep, sizeof client_ep) == 0);
     sd3_err_t err = {0};
     sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
@@ -44,15 +33,11 @@ main(void)
     if (!cl)
         return TEST_RESULT();
     static cu_req_t reqs[N_REQ];
-    sd3_wire_generate_t *w = calloc(1, sizeof *w);
     double t0 = cu_now();
     for (int i = 0; i < N_REQ; i++) {
         snprintf(reqs[i].id, sizeof reqs[i].id, "f%02d", i);
-        if (i >= N_WAVE1)
-            continue;
-        cu_request(w, s_prompts[i % 3], (uint64_t)(10 + i % 3), STEPS);
-        w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
-        CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
+        if (i < N_WAVE1)
+            cu_refs_submit(cl, &refs, reqs, i);
     }
     // 1. a1 dies once a request is a few steps in
     int phase = 0;
@@ -75,11 +60,8 @@ main(void)
             // the running requests the vae
             CHECK(cu_kill("enc0") == 0);
             CHECK(cu_kill("vae0") == 0);
-            for (int i = N_WAVE1; i < N_REQ; i++) {
-                cu_request(w, s_prompts[i % 3], (uint64_t)(10 + i % 3), STEPS);
-                w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
-                CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
-            }
+            for (int i = N_WAVE1; i < N_REQ; i++)
+                cu_refs_submit(cl, &refs, reqs, i);
             phase = 2;
             t_phase = cu_now();
         } else if (phase == 2 && cu_now() - t_phase > 1.0) {
@@ -93,22 +75,8 @@ main(void)
     }
     double secs = cu_now() - t0;
     CHECK_MSG(phase == 3, "the test stopped in phase %d", phase);
-    int ok = 0;
-    for (int i = 0; i < N_REQ; i++) {
-        int k = i % 3;
-        CHECK_MSG(reqs[i].results == 1 && reqs[i].errors == 0, "%s: %d results, %d errors (%s)",
-                  reqs[i].id, reqs[i].results, reqs[i].errors, reqs[i].message);
-        bool same = ref[k] && reqs[i].png && reqs[i].png_size == ref_n[k] &&
-                    !memcmp(reqs[i].png, ref[k], ref_n[k]);
-        CHECK_MSG(same, "%s: PNG differs from its one-process PNG", reqs[i].id);
-        ok += same;
-        free(reqs[i].png);
-    }
-    sd3_msg_t *extra = NULL; // a duplicate RESULT would show up here
-    CHECK_MSG(sd3_client_recv(cl, 500, &extra, &err) == SD3_ETIMEDOUT ||
-                  (extra && extra->type != SD3_MSG_RESULT && extra->type != SD3_MSG_ERROR),
-              "a message after every request was answered");
-    sd3_msg_destroy(&extra);
+    int ok = cu_refs_check(&refs, reqs, N_REQ);
+    cu_check_no_late_answer(cl);
     int resumed = cu_log_count("controller", "resumes from step=");
     int resumed_mid = resumed - cu_log_count("controller", "resumes from step=0 ");
     CHECK_MSG(resumed_mid >= 1, "no request resumed from a checkpoint past step 0 (%d resumes)",
@@ -132,9 +100,7 @@ main(void)
            "%.1f s\n",
            ok, N_REQ, resumed, resumed_mid, secs);
     sd3_client_destroy(&cl);
-    for (int k = 0; k < 3; k++)
-        free(ref[k]);
-    free(w);
+    cu_refs_free(&refs);
     cu_down();
     return TEST_RESULT();
 }

@@ -21,37 +21,23 @@ int
 main(void)
 {
     cu_setup(150);
-    char model[1024], client_ep[1200], extra[1400];
-    snprintf(model, sizeof model, "%s/tiny", sd3_test_tmpdir());
-    CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);
-    unsigned char *ref[3];
-    size_t ref_n[3];
-    for (int k = 0; k < 3; k++) {
-        char args[256];
-        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d --sampler dpmpp_2m", STEPS,
-                 20 + k);
-        ref[k] = cu_local_png(model, s_prompts[k], args, &ref_n[k]);
-        CHECK(ref[k] != NULL);
-    }
+    char client_ep[1200], extra[1400];
+    static cu_refs_t refs; // request i: (prompt i % 3, seed 20 + i % 3)
+    CHECK(cu_refs_make(&refs, s_prompts, 3, 20, STEPS) == 0);
     snprintf(extra, sizeof extra, "node_timeout_ms = 2000\njournal = %s/journal.db\n",
              sd3_test_tmpdir());
-    CHECK(cu_up("restart", model, extra,
-                "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"
-                "[mmdit b0]\nrange = 0:2\n",
-                client_ep, sizeof client_ep) == 0);
+    CHECK(cu_up("restart", refs.model, extra, CU_NODES_TWO_PIPELINES, client_ep,
+                sizeof client_ep) == 0);
     sd3_err_t err = {0};
     sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
     CHECK(cl != NULL);
     if (!cl)
         return TEST_RESULT();
     static cu_req_t reqs[N_REQ];
-    sd3_wire_generate_t *w = calloc(1, sizeof *w);
     double t0 = cu_now();
     for (int i = 0; i < N_REQ; i++) {
         snprintf(reqs[i].id, sizeof reqs[i].id, "r%02d", i);
-        cu_request(w, s_prompts[i % 3], (uint64_t)(20 + i % 3), STEPS);
-        w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
-        CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
+        cu_refs_submit(cl, &refs, reqs, i);
     }
     bool killed = false;
     while (cu_now() - t0 < 120) {
@@ -70,22 +56,8 @@ main(void)
     }
     double secs = cu_now() - t0;
     CHECK(killed);
-    int ok = 0;
-    for (int i = 0; i < N_REQ; i++) {
-        int k = i % 3;
-        CHECK_MSG(reqs[i].results == 1 && reqs[i].errors == 0, "%s: %d results, %d errors (%s)",
-                  reqs[i].id, reqs[i].results, reqs[i].errors, reqs[i].message);
-        bool same = ref[k] && reqs[i].png && reqs[i].png_size == ref_n[k] &&
-                    !memcmp(reqs[i].png, ref[k], ref_n[k]);
-        CHECK_MSG(same, "%s: PNG differs from its one-process PNG", reqs[i].id);
-        ok += same;
-        free(reqs[i].png);
-    }
-    sd3_msg_t *late = NULL; // a duplicate RESULT would show up here
-    CHECK_MSG(sd3_client_recv(cl, 500, &late, &err) == SD3_ETIMEDOUT ||
-                  (late && late->type != SD3_MSG_RESULT && late->type != SD3_MSG_ERROR),
-              "a message after every request was answered");
-    sd3_msg_destroy(&late);
+    int ok = cu_refs_check(&refs, reqs, N_REQ);
+    cu_check_no_late_answer(cl);
     int recovered = cu_log_count("controller", "recovered from the journal");
     int resumed_mid = recovered - cu_log_count("controller", "recovered from the journal step=0 ");
     CHECK_MSG(recovered >= 1 && resumed_mid >= 1,
@@ -99,16 +71,14 @@ main(void)
     CHECK_MSG(system(cmd) == 0, "%s failed", cmd);
     size_t n = 0;
     unsigned char *png = cu_read(out, &n);
-    CHECK_MSG(png && n == ref_n[1] && !memcmp(png, ref[1], n),
+    CHECK_MSG(png && n == refs.size[1] && !memcmp(png, refs.png[1], n),
               "the re-attached client's PNG differs from r01's");
     free(png);
     printf("%d/%d images bit-identical across a controller SIGKILL; %d recovered (%d past step "
            "0); %.1f s\n",
            ok, N_REQ, recovered, resumed_mid, secs);
     sd3_client_destroy(&cl);
-    for (int k = 0; k < 3; k++)
-        free(ref[k]);
-    free(w);
+    cu_refs_free(&refs);
     cu_down();
     return TEST_RESULT();
 }

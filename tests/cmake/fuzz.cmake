@@ -4,7 +4,8 @@
 #
 # Plain build (ctest -L fuzz): each replayer runs its corpus tests/fuzz/corpus-<x>/ (seeds +
 # past crashers) once. The replayers of envelope, tokenizers and http_body are registered in
-# wire.cmake, tok.cmake and http.cmake; this file registers safetensors, png and codec.
+# wire.cmake, tok.cmake and http.cmake; this file registers safetensors, png, codec and
+# cluster_file (its corpus is tests/fuzz/corpus-cluster/).
 # Seeds are rewritten with `fuzz_<x> --write-seeds tests/fuzz/corpus-<x>`.
 #
 # -DSD3_FUZZ=ON with clang (CC=clang CXX=clang++): a libFuzzer binary fuzz_<x>_lf for EVERY
@@ -22,6 +23,9 @@ foreach(sd3_fuzz_x safetensors png codec)
            ARGS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus-${sd3_fuzz_x})
   target_include_directories(fuzz_${sd3_fuzz_x} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
 endforeach()
+sd3_test(fuzz_cluster_file fuzz/fuzz_cluster_file.c LABELS fuzz TIMEOUT 120
+         ARGS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus-cluster)
+target_include_directories(fuzz_cluster_file PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
 
 if(SD3_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang" OR NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
@@ -31,7 +35,7 @@ if(SD3_FUZZ)
     set(SD3_FUZZ_SAN -fsanitize=address,undefined -fno-sanitize-recover=undefined
                      -fno-omit-frame-pointer -g)
     add_library(sd3fuzz STATIC ${SD3_BASE_SRC} ${SD3_STAGES_SRC} ${SD3_DAEMON_SRC}
-                ${SD3_DAEMON_GEN} ${CMAKE_SOURCE_DIR}/daemon/sd3_daemon_stub.c)
+                ${SD3_DAEMON_GEN})
     add_dependencies(sd3fuzz sd3daemon) # sd3.pb-c.c is generated for that target
     target_include_directories(sd3fuzz PUBLIC ${SD3_PROTO_OUT})
     target_compile_options(sd3fuzz PRIVATE -fsanitize=fuzzer-no-link ${SD3_FUZZ_SAN})

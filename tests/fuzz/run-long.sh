@@ -37,6 +37,7 @@ corpus_of() {
     case $1 in
     fuzz_tokenizers) echo "$here/corpus-tok" ;;
     fuzz_http_body) echo "$here/corpus-http" ;;
+    fuzz_cluster_file) echo "$here/corpus-cluster" ;;
     *) echo "$here/corpus-${1#fuzz_}" ;;
     esac
 }
