@@ -266,6 +266,8 @@ s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model, c
         s_add(a, "--range", buf);
     }
     s_add_long(a, "--threads", nd->threads, -1);
+    if (!strcmp(nd->role, "mmdit"))
+        s_add_long(a, "--batch-max", nd->batch_max, -1);
     s_add(a, "--backend", nd->backend);
     s_add(a, "--codec", nd->codec);
     s_add(a, "--wire-dtype", nd->wire_dtype);

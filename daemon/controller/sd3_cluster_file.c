@@ -46,6 +46,7 @@ static const s_key_t s_cluster_keys[] = {
     {"run_dir", S_STR, F(run_dir), 0, 0},
     {"name", S_IGNORE, 0, 0, 0, 0},
     {"threads", S_LONG, F(threads), 0, 1024},
+    {"batch_max", S_LONG, F(batch_max), 1, 16},
     {"backend", S_BACKEND, F(backend), 0, 0},
     {"codec", S_CODEC, F(codec), 0, 0},
     {"wire_dtype", S_DTYPE, F(wire_dtype), 0, 0},
@@ -77,6 +78,7 @@ static const s_key_t s_node_keys[] = {
     {"listen", S_STR, N(listen), 0, 0},
     {"range", S_RANGE, 0, 0, 0, SD3_CLUSTER_FILE_MAX_DEPTH},
     {"threads", S_LONG, N(threads), 0, 1024},
+    {"batch_max", S_LONG, N(batch_max), 1, 16},
     {"backend", S_BACKEND, N(backend), 0, 0},
     {"codec", S_CODEC, N(codec), 0, 0},
     {"wire_dtype", S_DTYPE, N(wire_dtype), 0, 0},
@@ -305,6 +307,7 @@ s_section(s_parser_t *p, sd3_cluster_file_t *out, char *s, sd3_err_t *err)
     node->line = p->line;
     node->range_begin = node->range_end = -1;
     node->threads = -1;
+    node->batch_max = -1;
     p->node = node;
     p->sec = S_NODE;
     memset(p->seen_node, 0, sizeof p->seen_node);
@@ -399,6 +402,8 @@ s_finish(s_parser_t *p, sd3_cluster_file_t *out, sd3_err_t *err)
         snprintf(member, sizeof member, "[%s %s]", nd->role, nd->name);
         if (nd->threads < 0)
             nd->threads = out->threads;
+        if (nd->batch_max < 0)
+            nd->batch_max = out->batch_max;
         if (!nd->backend[0])
             memcpy(nd->backend, out->backend, sizeof nd->backend);
         if (!nd->codec[0])
@@ -440,6 +445,7 @@ sd3_cluster_file_parse(const char *text, size_t n, const char *name_for_errors,
 {
     memset(out, 0, sizeof *out);
     out->threads = -1;
+    out->batch_max = -1;
     s_parser_t p = {.name = name_for_errors ? name_for_errors : "cluster file"};
     if (!text && n)
         return sd3_err_set(err, SD3_EINVAL, "%s: no text", p.name);

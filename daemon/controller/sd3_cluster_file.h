@@ -6,15 +6,16 @@
  *  starts a comment anywhere on a line; blank lines are skipped; "KEY = VALUE" lines (blanks
  *  around both trimmed) belong to the section above them. Keys:
  *    [cluster]     model (PATH or "default"), tokenizers, run_dir, name (ignored), and the
- *                  defaults of every node: threads, backend, codec, wire_dtype,
+ *                  defaults of every node: threads, batch_max, backend, codec, wire_dtype,
  *                  curve_secret, curve_allow, curve_server_pub (the controller inherits the
  *                  three curve_* too); keys_dir (relative key paths are taken inside it);
  *                  client_curve_secret, client_curve_server_pub (the keys `sd3ctl up` uses
  *                  to ask the controller for STATUS; needed when the controller has keys)
  *    [controller]  listen, stages, queue, inflight, http, deadline_ms, client_timeout_ms,
  *                  node_timeout_ms, journal, curve_secret, curve_allow, curve_server_pub
- *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, backend, codec,
- *                  wire_dtype, curve_secret, curve_allow, curve_server_pub
+ *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, batch_max
+ *                  (mmdit: --batch-max, 1..16), backend, codec, wire_dtype, curve_secret,
+ *                  curve_allow, curve_server_pub
  *  The curve_* keys name the files of `sd3d --curve-secret/--curve-allow/--curve-server-pub`
  *  (daemon/wire/sd3_curve.h); a member with an allow or server-pub file needs a secret.
  *
@@ -56,6 +57,7 @@ typedef struct {
     int range_begin, range_end; // mmdit blocks [begin, end); both -1 when not given (all)
     int range_line;             // line of its range key, 0 when none
     long threads;               // -1: not given
+    long batch_max;             // -1: not given
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t keys;
 } sd3_cluster_node_t;
@@ -64,7 +66,8 @@ typedef struct {
     // [cluster]
     char model[SD3_CLUSTER_FILE_STR], tokenizers[SD3_CLUSTER_FILE_STR],
         run_dir[SD3_CLUSTER_FILE_STR], keys_dir[SD3_CLUSTER_FILE_STR];
-    long threads; // -1: not given
+    long threads;   // -1: not given
+    long batch_max; // -1: not given
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t default_keys; // [cluster] curve_*: of every member that sets none
     sd3_cluster_keys_t client_keys;  // secret + server_pub that `sd3ctl up` itself uses

@@ -37,6 +37,8 @@ s_write(const sd3_cluster_file_t *c, size_t *n)
         fprintf(f, "tokenizers = %s\n", c->tokenizers);
     if (c->threads >= 0)
         fprintf(f, "threads = %ld\n", c->threads);
+    if (c->batch_max >= 0)
+        fprintf(f, "batch_max = %ld\n", c->batch_max);
     if (c->backend[0])
         fprintf(f, "backend = %s\n", c->backend);
     if (c->codec[0])
@@ -74,6 +76,8 @@ s_write(const sd3_cluster_file_t *c, size_t *n)
             fprintf(f, "range = %d:%d\n", nd->range_begin, nd->range_end);
         if (nd->threads >= 0)
             fprintf(f, "threads = %ld\n", nd->threads);
+        if (nd->batch_max >= 0)
+            fprintf(f, "batch_max = %ld\n", nd->batch_max);
         if (nd->backend[0])
             fprintf(f, "backend = %s\n", nd->backend);
         if (nd->codec[0])
@@ -101,6 +105,7 @@ s_same(const sd3_cluster_file_t *a, const sd3_cluster_file_t *b)
 {
     if (strcmp(a->model, b->model) || strcmp(a->run_dir, b->run_dir) ||
         strcmp(a->tokenizers, b->tokenizers) || a->threads != b->threads ||
+        a->batch_max != b->batch_max ||
         strcmp(a->backend, b->backend) || strcmp(a->codec, b->codec) ||
         strcmp(a->wire_dtype, b->wire_dtype) || strcmp(a->listen, b->listen) ||
         strcmp(a->stages, b->stages) || strcmp(a->http, b->http) ||
@@ -114,7 +119,8 @@ s_same(const sd3_cluster_file_t *a, const sd3_cluster_file_t *b)
         const sd3_cluster_node_t *x = &a->nodes[i], *y = &b->nodes[i];
         if (strcmp(x->role, y->role) || strcmp(x->name, y->name) || strcmp(x->listen, y->listen) ||
             x->range_begin != y->range_begin || x->range_end != y->range_end ||
-            x->threads != y->threads || strcmp(x->backend, y->backend) ||
+            x->threads != y->threads || x->batch_max != y->batch_max ||
+            strcmp(x->backend, y->backend) ||
             strcmp(x->codec, y->codec) || strcmp(x->wire_dtype, y->wire_dtype) ||
             memcmp(&x->keys, &y->keys, sizeof x->keys))
             return 0;
