@@ -80,20 +80,24 @@ sd3ctl_status(int argc, char **argv)
     printf("steps: %llu, mean %.1f ms between steps of a request\n",
            (unsigned long long)st.step_count,
            st.step_count ? 1000.0 * st.step_seconds_sum / (double)st.step_count : 0.0);
-    printf("\nnodes (%d):\n  %-12s %-8s %-9s %-5s %-8s %-9s %-6s %-16s %-12s %s\n", st.n_nodes,
-           "id", "role", "blocks", "alive", "inflight", "last seen", "link", "codec", "sent",
-           "received");
+    printf("\nnodes (%d):\n  %-12s %-8s %-9s %-5s %-8s %-9s %-6s %-16s %-12s %-12s %s\n",
+           st.n_nodes, "id", "role", "blocks", "alive", "inflight", "last seen", "link", "codec",
+           "sent", "received", "merged");
     for (int i = 0; i < st.n_nodes; i++) {
         const sd3_wire_node_info_t *n = &st.nodes[i];
-        char range[32] = "-", sent[32], recv[32];
+        char range[32] = "-", sent[32], recv[32], merged[48] = "-";
         if (n->node.role == SD3_WIRE_ROLE_MMDIT)
             snprintf(range, sizeof range, "[%u,%u)", n->node.layer_begin, n->node.layer_end);
         s_bytes(sent, sizeof sent, n->bytes_sent);
         s_bytes(recv, sizeof recv, n->bytes_received);
-        printf("  %-12s %-8s %-9s %-5s %-8u %-9.1f %-6s %-16s %-12s %s\n", n->node.node_id,
-               s_role(n->node.role), range, n->alive ? "yes" : "NO", n->inflight,
-               (double)n->last_seen_ms / 1000.0, n->link == SD3_WIRE_LINK_NCCL ? "nccl" : "zmq",
-               n->node.codec[0] ? n->node.codec : "raw", sent, recv);
+        if (n->node.role == SD3_WIRE_ROLE_MMDIT) // merged batches / the steps they held
+            snprintf(merged, sizeof merged, "%llu/%llu", (unsigned long long)n->batches,
+                     (unsigned long long)n->batched_steps);
+        printf("  %-12s %-8s %-9s %-5s %-8u %-9.1f %-6s %-16s %-12s %-12s %s\n",
+               n->node.node_id, s_role(n->node.role), range, n->alive ? "yes" : "NO",
+               n->inflight, (double)n->last_seen_ms / 1000.0,
+               n->link == SD3_WIRE_LINK_NCCL ? "nccl" : "zmq",
+               n->node.codec[0] ? n->node.codec : "raw", sent, recv, merged);
     }
     printf("\npipelines (%d):\n", st.n_pipelines);
     for (int p = 0; p < st.n_pipelines; p++) {

@@ -239,6 +239,7 @@ s_controller_args(const s_cluster_t *c, char *sd3d, char *model, const char *lis
     s_add_long(a, "--deadline-ms", c->deadline_ms, 0);
     s_add_long(a, "--client-timeout-ms", c->client_timeout_ms, 0);
     s_add_long(a, "--node-timeout-ms", c->node_timeout_ms, 0);
+    s_add_long(a, "--step-timeout-ms", c->step_timeout_ms, 0);
     s_add(a, "--codec", c->codec);
     s_add(a, "--wire-dtype", c->wire_dtype);
     s_add(a, "--journal", c->journal);

@@ -18,11 +18,14 @@
 #include "sd3_node.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 static volatile sig_atomic_t s_stop = 0;
@@ -58,13 +61,17 @@ s_usage(FILE *out)
             "  --queue N --inflight N controller: queue bound (64); requests per pipeline\n"
             "                         (default stages + 1)\n"
             "  --deadline-ms N --node-timeout-ms N --client-timeout-ms N\n"
+            "  --step-timeout-ms N    controller: a request without a step this long resumes\n"
+            "                         on another pipeline (default max(10 s, 20 x median\n"
+            "                         step); -1: never)\n"
             "  --addr-file PATH       controller: write the bound endpoints there\n"
             "  --journal FILE         controller: crash-safe request journal (SQLite); a\n"
             "                         restart with the same file resumes every request\n"
             "  --http ADDR            controller: serve the HTTP API at ADDR (127.0.0.1:8080)\n"
             "  --heartbeat-ms N       nodes: heartbeat period (500)\n"
             "  --curve-secret FILE    CurveZMQ on every tcp socket: this node's NAME.key\n"
-            "  --curve-allow FILE     the public keys admitted (needed to bind tcp with keys)\n"
+            "  --curve-allow FILE     the public keys admitted (needed to bind tcp with keys);\n"
+            "                         read again on SIGHUP\n"
             "  --curve-server-pub FILE  the key(s) of the servers this node connects to\n"
             "  --http-token-file FILE controller: the HTTP bearer token (one line)\n");
 }
@@ -88,6 +95,7 @@ typedef struct {
     const char *backend, *node_id, *http, *addr_file, *journal;
     const char *curve_secret, *curve_allow, *curve_server_pub, *http_token_file;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
+    long step_timeout_ms;
     long cache_mb, range_a, range_b, tile, overlap, batch_max;
     bool no_t5;
     sd3_codec_opts_t codec;
@@ -144,6 +152,8 @@ s_parse(int argc, char **argv, s_args_t *a)
             bad = s_long(v, 1, 10000, &a->inflight);
         } else if (!strcmp(k, "--deadline-ms")) {
             bad = s_long(v, 1, 86400000L, &a->deadline_ms);
+        } else if (!strcmp(k, "--step-timeout-ms")) {
+            bad = s_long(v, -1, 86400000L, &a->step_timeout_ms) || a->step_timeout_ms == 0;
         } else if (!strcmp(k, "--node-timeout-ms")) {
             bad = s_long(v, 100, 3600000L, &a->node_timeout_ms);
         } else if (!strcmp(k, "--client-timeout-ms")) {
@@ -248,6 +258,7 @@ s_controller_opts(const s_args_t *a, sd3_controller_opts_t *o)
     o->node_timeout_ms = (int)a->node_timeout_ms;
     o->client_timeout_ms = (int)a->client_timeout_ms;
     o->deadline_ms = (int)a->deadline_ms;
+    o->step_timeout_ms = (int)a->step_timeout_ms;
     o->addr_file = a->addr_file;
     o->codec = a->codec;
     o->journal_path = a->journal;
@@ -303,6 +314,75 @@ s_http(const s_args_t *a, const char *client_endpoint, void *zmq_ctx, sd3_http_t
     return 0;
 }
 
+// ---- SIGHUP: the --curve-allow list is read again, without a restart ----------------------
+// With keys, the SIGHUP handler writes one byte into a pipe (async-signal-safe); a thread
+// reads it and calls sd3_curve_reload (under the curve's lock). A file that does not load
+// leaves the old list in force. Connections already admitted stay; new handshakes see the
+// new list. (sigwait would need SIGHUP blocked in every thread, and OpenBLAS starts its own
+// before main.) Without keys SIGHUP keeps its default action.
+static pthread_t s_hup_thread;
+static bool s_hup_running;
+static int s_hup_pipe[2] = {-1, -1};
+
+static void
+s_on_hup(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    ssize_t n = write(s_hup_pipe[1], "h", 1); // fails only when full: a reload is pending
+    (void)n;
+    errno = saved;
+}
+
+static void *
+s_hup_main(void *arg)
+{
+    sd3_curve_t *curve = arg;
+    char c;
+    for (;;) {
+        ssize_t n = read(s_hup_pipe[0], &c, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n != 1 || c == 's') // 's': s_curve_end stops it
+            return NULL;
+        sd3_err_t err = {0};
+        if (sd3_curve_reload(curve, &err) != 0) // logs "reloaded keys=N" when it worked
+            sd3_log_warn("sd3d", "SIGHUP: the allow list stays as it was: %s", err.msg);
+    }
+}
+
+static void
+s_hup_start(sd3_curve_t *curve)
+{
+    struct sigaction sa;
+    if (pipe(s_hup_pipe) != 0 || fcntl(s_hup_pipe[1], F_SETFL, O_NONBLOCK) != 0 ||
+        pthread_create(&s_hup_thread, NULL, s_hup_main, curve) != 0) {
+        sd3_log_warn("sd3d", "no SIGHUP reload: the allow list is read once");
+        return;
+    }
+    s_hup_running = true;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_hup;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+static void
+s_hup_stop(void)
+{
+    if (!s_hup_running)
+        return;
+    signal(SIGHUP, SIG_IGN);
+    if (write(s_hup_pipe[1], "s", 1) == 1)
+        pthread_join(s_hup_thread, NULL);
+    else
+        pthread_detach(s_hup_thread);
+    close(s_hup_pipe[0]);
+    close(s_hup_pipe[1]);
+    s_hup_pipe[0] = s_hup_pipe[1] = -1;
+    s_hup_running = false;
+}
+
 // With --curve-secret: a ZeroMQ context and the process's sd3_curve in it (*ctx and *curve);
 // without: both NULL (the roles make their own context). 0, or 1 with one line on stderr.
 static int
@@ -326,12 +406,14 @@ s_curve(const s_args_t *a, void **ctx, sd3_curve_t **curve)
     }
     sd3_log_info("sd3d", "curve=on key=%.8s allow=%s", sd3_curve_public_key(*curve),
                  a->curve_allow ? a->curve_allow : "-");
+    s_hup_start(*curve);
     return 0;
 }
 
 static void
 s_curve_end(void **ctx, sd3_curve_t **curve)
 {
+    s_hup_stop(); // before the curve it reloads goes away
     sd3_curve_destroy(curve);
     if (*ctx)
         zmq_ctx_term(*ctx);
@@ -483,10 +565,25 @@ done:
     return rc;
 }
 
+// Activations and latents travel in frames of tens of MiB (x [2, 4096, 2432] f32 is 76 MiB
+// at 1024 px). With glibc's defaults each such block is a fresh mmap (past the 32 MiB
+// ceiling of its dynamic threshold) and ZeroMQ's I/O thread allocates in its own arena, so
+// every hop page-faults its whole frame in again: `sd3ctl bench cluster --only hop --alloc
+// glibc` measured 1.4 s of CPU per 1024 px hop against 77 ms with these settings. One arena
+// and a heap that keeps up to 1 GiB free make the frames reuse warm pages.
+static void
+s_tune_malloc(void)
+{
+    if (!mallopt(M_ARENA_MAX, 1) || !mallopt(M_MMAP_THRESHOLD, 1 << 30) ||
+        !mallopt(M_TRIM_THRESHOLD, 1 << 30))
+        sd3_log_warn("sd3d", "mallopt refused a setting: large frames will page-fault");
+}
+
 int
 main(int argc, char **argv)
 {
     s_args_t a;
+    s_tune_malloc();
     sd3_log_init_from_env();
     int rc = s_parse(argc, argv, &a);
     if (rc != 0)

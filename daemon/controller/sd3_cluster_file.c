@@ -68,6 +68,7 @@ static const s_key_t s_controller_keys[] = {
     {"deadline_ms", S_LONG, F(deadline_ms), 1, 86400000L},
     {"client_timeout_ms", S_LONG, F(client_timeout_ms), 100, 3600000L},
     {"node_timeout_ms", S_LONG, F(node_timeout_ms), 100, 3600000L},
+    {"step_timeout_ms", S_LONG, F(step_timeout_ms), -1, 86400000L}, // -1 off, 0 default
     {"journal", S_STR, F(journal), 0, 0},
     {"curve_secret", S_STR, F(controller_keys.secret), 0, 0},
     {"curve_allow", S_STR, F(controller_keys.allow), 0, 0},
@@ -123,7 +124,10 @@ s_long(const char *s, long lo, long hi, long *out)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi || !isdigit((unsigned char)s[0]))
+    // digits only ("+5", " 5" are refused); a '-' only where the range allows it
+    bool digits = isdigit((unsigned char)s[0]) ||
+                  (lo < 0 && s[0] == '-' && isdigit((unsigned char)s[1]));
+    if (end == s || *end || errno || v < lo || v > hi || !digits)
         return -1;
     *out = v;
     return 0;

@@ -12,7 +12,8 @@
  *                  client_curve_secret, client_curve_server_pub (the keys `sd3ctl up` uses
  *                  to ask the controller for STATUS; needed when the controller has keys)
  *    [controller]  listen, stages, queue, inflight, http, deadline_ms, client_timeout_ms,
- *                  node_timeout_ms, journal, curve_secret, curve_allow, curve_server_pub
+ *                  node_timeout_ms, step_timeout_ms (-1: off), journal, curve_secret,
+ *                  curve_allow, curve_server_pub
  *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, batch_max
  *                  (mmdit: --batch-max, 1..16), backend, codec, wire_dtype, curve_secret,
  *                  curve_allow, curve_server_pub
@@ -74,7 +75,7 @@ typedef struct {
     // [controller] (numbers 0 = not given; the curve_* keys inherited from [cluster])
     char listen[SD3_CLUSTER_FILE_STR], stages[SD3_CLUSTER_FILE_STR], http[SD3_CLUSTER_FILE_STR],
         journal[SD3_CLUSTER_FILE_STR];
-    long queue, inflight, deadline_ms, client_timeout_ms, node_timeout_ms;
+    long queue, inflight, deadline_ms, client_timeout_ms, node_timeout_ms, step_timeout_ms;
     sd3_cluster_keys_t controller_keys;
     int controller_line; // of the [controller] header
     // the nodes, in file order

@@ -42,6 +42,27 @@ typedef struct {
     sd3_wire_heartbeat_t hb;
 } s_node_t;
 
+// What waits for one client whose pipe is full (or who is not connected right now): the
+// messages that must reach it (ACK, RESULT, ERROR, STATUS) in order, and per request at
+// most one PROGRESS, the newest (older ones are dropped). Retried every loop turn.
+typedef struct {
+    sd3_wire_peer_t peer;
+    sd3_msg_t **q; // q[head..n) in sending order
+    int head, n, cap;
+    size_t bytes;        // tensor bytes queued (RESULT PNGs)
+    int64_t last_out_ms; // when the client last took a message (or the queue began)
+    bool unreachable;    // the last try found the client not connected
+    uint64_t progress_dropped;
+} s_outbox_t;
+
+// Bounds of one outbox: past them PROGRESS goes first, then the oldest messages (a RESULT
+// dropped so stays in the journal, where a GENERATE with its id gets it).
+#define S_OUTBOX_MAX_MSGS  8192
+#define S_OUTBOX_MAX_BYTES ((size_t)256 << 20)
+#define S_OUTBOX_MAX_MS                                                                            \
+    60000 // a client that takes nothing for 60 s loses its queue,
+          // one not connected for its client timeout too
+
 struct sd3_request {
     char id[SD3_WIRE_ID_MAX];
     sd3_wire_peer_t client;
@@ -53,6 +74,7 @@ struct sd3_request {
     sd3_tensor_t *latent;       // the newest latent: the checkpoint (enters step steps_done)
     sd3_tensor_t *old_denoised; // DPM++ 2M: D of step steps_done - 1 (NULL: none)
     int retries;                // resumes after a stage error
+    int avoid_pipeline;         // the pipeline it hung on (s_check_steps); -1 none
     int64_t retry_at_ms;        // waiting work is not retried before this
     int pipeline, task_node; // task_node: encoder or vae working on it, -1 none
     bool holds_slot;
@@ -88,6 +110,12 @@ struct sd3_controller {
     int64_t form_due_ms; // pipelines are formed once registrations settle
     sd3_journal_t *journal; // NULL: no journal
     int64_t last_prune_ms;
+    s_outbox_t **outboxes; // clients whose pipe was full: what still has to reach them
+    int n_outboxes, cap_outboxes;
+    uint64_t progress_dropped, results_dropped; // outbox drops (see s_outbox_bound)
+    int step_ms[64];  // the newest step times (ring), for the per-step timeout
+    int n_step_ms, next_step_ms;
+    uint64_t step_timeouts;
 };
 
 static int64_t
@@ -209,14 +237,260 @@ s_req_free(sd3_request_t **req_p)
     *req_p = NULL;
 }
 
+// ---- sending to clients: never blocking, RESULT and ERROR never dropped --------------------
+//
+// A client's pipe (the ROUTER's high-water mark) fills when it reads slower than PROGRESS
+// streams. Then what cannot go now waits in the client's outbox and is retried every loop
+// turn (a ROUTER's POLLOUT says nothing about one peer): PROGRESS is coalesced to the
+// newest per request, and dropped first when an outbox passes its bounds.
+
+static bool
+s_same_peer(const sd3_wire_peer_t *a, const sd3_wire_peer_t *b)
+{
+    return a->routing_id_len == b->routing_id_len &&
+           !memcmp(a->routing_id, b->routing_id, a->routing_id_len);
+}
+
+// The routing id for a log line: printable bytes, others as '?'.
+static const char *
+s_peer_name(const sd3_wire_peer_t *peer, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < peer->routing_id_len && n + 1 < cap; i++) {
+        unsigned char ch = peer->routing_id[i];
+        buf[n++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static size_t
+s_msg_bytes(const sd3_msg_t *msg)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < msg->n_tensors; i++)
+        if (msg->tensors[i].tensor)
+            bytes += sd3_tensor_nbytes(msg->tensors[i].tensor);
+    return bytes;
+}
+
+static s_outbox_t *
+s_outbox_find(const sd3_controller_t *self, const sd3_wire_peer_t *peer)
+{
+    for (int i = 0; i < self->n_outboxes; i++)
+        if (s_same_peer(&self->outboxes[i]->peer, peer))
+            return self->outboxes[i];
+    return NULL;
+}
+
+static void
+s_outbox_free(s_outbox_t **ob_p)
+{
+    s_outbox_t *ob = *ob_p;
+    if (!ob)
+        return;
+    for (int i = ob->head; i < ob->n; i++)
+        sd3_msg_destroy(&ob->q[i]);
+    free(ob->q);
+    free(ob);
+    *ob_p = NULL;
+}
+
+// Removes entry i (head <= i < n) of ob, destroying its message.
+static void
+s_outbox_remove(s_outbox_t *ob, int i)
+{
+    ob->bytes -= s_msg_bytes(ob->q[i]);
+    sd3_msg_destroy(&ob->q[i]);
+    memmove(&ob->q[i], &ob->q[i + 1], sizeof *ob->q * (size_t)(ob->n - i - 1));
+    ob->n--;
+}
+
+// Keeps ob within its bounds: PROGRESS goes first, then the oldest messages, with a warning
+// naming each RESULT or ERROR dropped (the journal still has the RESULT).
+static void
+s_outbox_bound(sd3_controller_t *self, s_outbox_t *ob)
+{
+    char name[SD3_WIRE_ROUTING_ID_MAX + 1];
+    while (ob->n - ob->head > S_OUTBOX_MAX_MSGS || ob->bytes > S_OUTBOX_MAX_BYTES) {
+        int victim = ob->head;
+        for (int i = ob->head; i < ob->n; i++)
+            if (ob->q[i]->type == SD3_MSG_PROGRESS) {
+                victim = i;
+                break;
+            }
+        const sd3_msg_t *m = ob->q[victim];
+        if (m->type == SD3_MSG_PROGRESS) {
+            ob->progress_dropped++;
+            self->progress_dropped++;
+        } else {
+            self->results_dropped += m->type == SD3_MSG_RESULT || m->type == SD3_MSG_ERROR;
+            sd3_log_warn("controller",
+                         "req=%s client=%s %s dropped: the client's queue is past "
+                         "%d messages or %zu MiB%s",
+                         m->request_id[0] ? m->request_id : "-",
+                         s_peer_name(&ob->peer, name, sizeof name), sd3_msg_type_name(m->type),
+                         S_OUTBOX_MAX_MSGS, S_OUTBOX_MAX_BYTES >> 20,
+                         self->journal ? " (a GENERATE with its id gets it from the journal)" : "");
+        }
+        s_outbox_remove(ob, victim);
+    }
+}
+
+// Queues *msg_p (taken) at the end of the outbox of peer (made when there is none).
+static void
+s_outbox_push(sd3_controller_t *self, const sd3_wire_peer_t *peer, sd3_msg_t **msg_p)
+{
+    sd3_msg_t *msg = *msg_p;
+    s_outbox_t *ob = s_outbox_find(self, peer);
+    *msg_p = NULL;
+    if (!ob) {
+        if (self->n_outboxes == self->cap_outboxes) {
+            int cap = self->cap_outboxes ? self->cap_outboxes * 2 : 8;
+            s_outbox_t **o = realloc(self->outboxes, sizeof *o * (size_t)cap);
+            if (!o)
+                goto oom;
+            self->outboxes = o;
+            self->cap_outboxes = cap;
+        }
+        if (!(ob = calloc(1, sizeof *ob)))
+            goto oom;
+        ob->peer = *peer;
+        ob->last_out_ms = s_now_ms();
+        self->outboxes[self->n_outboxes++] = ob;
+    }
+    if (msg->type == SD3_MSG_PROGRESS) { // only the newest per request matters
+        for (int i = ob->head; i < ob->n; i++)
+            if (ob->q[i]->type == SD3_MSG_PROGRESS &&
+                !strcmp(ob->q[i]->request_id, msg->request_id)) {
+                sd3_msg_destroy(&ob->q[i]);
+                ob->q[i] = msg;
+                ob->progress_dropped++;
+                self->progress_dropped++;
+                return;
+            }
+    }
+    if (msg->type == SD3_MSG_RESULT || msg->type == SD3_MSG_ERROR) // its PROGRESS is stale
+        for (int i = ob->n - 1; i >= ob->head; i--)
+            if (ob->q[i]->type == SD3_MSG_PROGRESS &&
+                !strcmp(ob->q[i]->request_id, msg->request_id)) {
+                s_outbox_remove(ob, i);
+                ob->progress_dropped++;
+                self->progress_dropped++;
+            }
+    if (ob->n == ob->cap && ob->head > 0) { // compact before growing
+        memmove(ob->q, ob->q + ob->head, sizeof *ob->q * (size_t)(ob->n - ob->head));
+        ob->n -= ob->head;
+        ob->head = 0;
+    }
+    if (ob->n == ob->cap) {
+        int cap = ob->cap ? ob->cap * 2 : 16;
+        sd3_msg_t **q = realloc(ob->q, sizeof *q * (size_t)cap);
+        if (!q)
+            goto oom;
+        ob->q = q;
+        ob->cap = cap;
+    }
+    ob->q[ob->n++] = msg;
+    ob->bytes += s_msg_bytes(msg);
+    s_outbox_bound(self, ob);
+    return;
+oom:
+    sd3_log_warn("controller", "req=%s %s to a client dropped: out of memory",
+                 msg->request_id[0] ? msg->request_id : "-", sd3_msg_type_name(msg->type));
+    sd3_msg_destroy(&msg);
+}
+
+// Sends *msg_p (taken) to a client without blocking: at once when nothing waits for that
+// client and its pipe has room, else through its outbox. 0, or the error of a send that
+// failed for good (logged at debug; the message is gone).
+static int
+s_send_to_client(sd3_controller_t *self, const sd3_wire_peer_t *to, sd3_msg_t **msg_p)
+{
+    sd3_err_t err = {0};
+    if (!*msg_p)
+        return 0;
+    s_outbox_t *ob = s_outbox_find(self, to);
+    if (!ob || ob->head == ob->n) {
+        int rc = sd3_link_try_send(self->clients, to, msg_p, &err);
+        if (rc == 0)
+            return 0;
+        if (rc != SD3_EFULL && rc != SD3_ENOTFOUND) {
+            sd3_log_debug("controller", "client message not sent: %s", err.msg);
+            return rc;
+        }
+    }
+    s_outbox_push(self, to, msg_p);
+    return 0;
+}
+
 static int
 s_send_client(sd3_controller_t *self, const sd3_request_t *req, sd3_msg_t **msg_p)
 {
-    sd3_err_t err = {0};
-    int rc = sd3_link_send(self->clients, &req->client, msg_p, &err);
-    if (rc != 0)
-        sd3_log_debug("controller", "req=%s client unreachable: %s", req->id, err.msg);
-    return rc;
+    return s_send_to_client(self, &req->client, msg_p);
+}
+
+// Whether a RESULT or ERROR for request id waits in peer's outbox.
+static bool
+s_outbox_has_answer(const sd3_controller_t *self, const sd3_wire_peer_t *peer, const char *id)
+{
+    const s_outbox_t *ob = s_outbox_find(self, peer);
+    for (int i = ob ? ob->head : 0; ob && i < ob->n; i++)
+        if ((ob->q[i]->type == SD3_MSG_RESULT || ob->q[i]->type == SD3_MSG_ERROR) &&
+            !strcmp(ob->q[i]->request_id, id))
+            return true;
+    return false;
+}
+
+// Every loop turn: sends what waits, in order, until a client's pipe is full again; an
+// empty outbox goes away; one whose client took nothing for S_OUTBOX_MAX_MS (not connected:
+// its client timeout) is dropped.
+static void
+s_flush_outboxes(sd3_controller_t *self)
+{
+    int64_t now = s_now_ms();
+    char name[SD3_WIRE_ROUTING_ID_MAX + 1];
+    for (int b = self->n_outboxes - 1; b >= 0; b--) {
+        s_outbox_t *ob = self->outboxes[b];
+        while (ob->head < ob->n) {
+            sd3_err_t err = {0};
+            size_t bytes = s_msg_bytes(ob->q[ob->head]);
+            int rc = sd3_link_try_send(self->clients, &ob->peer, &ob->q[ob->head], &err);
+            ob->unreachable = rc == SD3_ENOTFOUND;
+            if (rc == SD3_EFULL || rc == SD3_ENOTFOUND)
+                break;
+            if (rc != 0)
+                sd3_log_debug("controller", "client message not sent: %s", err.msg);
+            ob->q[ob->head] = NULL; // sent, or gone for good
+            ob->head++;
+            ob->bytes -= bytes;
+            ob->last_out_ms = now;
+        }
+        int client_to = self->o.client_timeout_ms > 0 ? self->o.client_timeout_ms : 10000;
+        int64_t bound =
+            ob->unreachable && client_to < S_OUTBOX_MAX_MS ? client_to : S_OUTBOX_MAX_MS;
+        bool expired = ob->head < ob->n && now - ob->last_out_ms > bound;
+        if (ob->head < ob->n && !expired)
+            continue;
+        if (expired) {
+            int answers = 0;
+            for (int i = ob->head; i < ob->n; i++)
+                answers += ob->q[i]->type == SD3_MSG_RESULT || ob->q[i]->type == SD3_MSG_ERROR;
+            self->results_dropped += (uint64_t)answers;
+            sd3_log_warn("controller",
+                         "client=%s %s for %lld ms: %d messages dropped, "
+                         "%d of them RESULT or ERROR%s",
+                         s_peer_name(&ob->peer, name, sizeof name),
+                         ob->unreachable ? "not connected" : "took nothing", (long long)bound,
+                         ob->n - ob->head, answers, self->journal ? " (kept in the journal)" : "");
+        }
+        if (ob->progress_dropped)
+            sd3_log_debug("controller", "client=%s caught up: %llu PROGRESS dropped",
+                          s_peer_name(&ob->peer, name, sizeof name),
+                          (unsigned long long)ob->progress_dropped);
+        s_outbox_free(&ob);
+        self->outboxes[b] = self->outboxes[--self->n_outboxes];
+    }
 }
 
 static int
@@ -418,7 +692,10 @@ s_launch(sd3_controller_t *self, sd3_request_t *req)
     sd3_pipeline_t *pl = req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
     if (!pl || !pl->alive || !req->holds_slot) {
         s_release_slot(self, req);
-        int pick = sd3_sched_pick(self->sched);
+        // Not on the pipeline it hung on while another one lives (it may be full now).
+        int pick = sd3_sched_pick_except(self->sched, req->avoid_pipeline);
+        if (pick < 0 && sd3_sched_alive_count(self->sched) <= 1)
+            pick = sd3_sched_pick(self->sched);
         if (pick < 0) {
             req->pipeline = -1;
             req->state = S_RESUME;
@@ -593,9 +870,8 @@ s_reply_error(sd3_controller_t *self, const sd3_wire_peer_t *to, const char *id,
     vsnprintf(cause.msg, sizeof cause.msg, fmt, ap);
     va_end(ap);
     sd3_msg_t *msg = sd3_msg_new_error(id, 0, &cause);
-    sd3_err_t e = {0};
     if (msg)
-        sd3_link_send(self->clients, to, &msg, &e);
+        s_send_to_client(self, to, &msg);
 }
 
 // A GENERATE for an id the journal holds as ended: RESULT with its PNG (a client that comes
@@ -605,6 +881,8 @@ s_answer_journalled(sd3_controller_t *self, const sd3_wire_peer_t *from, const c
 {
     sd3_journal_info_t info;
     sd3_err_t err = {0};
+    if (s_outbox_has_answer(self, from, id)) // its answer is on the way to this client
+        return true;
     memset(&info, 0, sizeof info);
     int rc = sd3_journal_get(self->journal, id, &info, &err);
     bool answered = rc == 0 || rc != SD3_ENOTFOUND;
@@ -625,9 +903,8 @@ s_answer_journalled(sd3_controller_t *self, const sd3_wire_peer_t *from, const c
             res->step = info.step;
             res->body_kind = SD3_WIRE_BODY_GENERATE;
             res->body.generate = info.request;
-            sd3_err_t e = {0};
             sd3_log_info("controller", "req=%s result re-sent from the journal", id);
-            sd3_link_send(self->clients, from, &res, &e);
+            s_send_to_client(self, from, &res);
         }
         sd3_tensor_destroy(&png);
     } else if (rc == 0 && (info.state == SD3_JOURNAL_FAILED || info.state == SD3_JOURNAL_CANCELLED)) {
@@ -669,7 +946,7 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     }
     snprintf(req->id, sizeof req->id, "%s", msg->request_id);
     req->client = *from;
-    req->pipeline = req->task_node = -1;
+    req->pipeline = req->task_node = req->avoid_pipeline = -1;
     const sd3_wire_generate_t *w = &msg->body.generate;
     if (w->model[0] && strcmp(w->model, self->arch) != 0) {
         sd3_err_set(&err, SD3_EINVAL, "model '%s' asked for, this cluster serves '%s'", w->model,
@@ -815,13 +1092,11 @@ s_client_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg
     }
     case SD3_MSG_STATUS: {
         sd3_msg_t *reply = sd3_msg_new(SD3_MSG_STATUS, NULL);
-        sd3_err_t e = {0};
         if (!reply)
             return;
         reply->body_kind = SD3_WIRE_BODY_STATUS;
         s_fill_status(self, &reply->body.status);
-        if (sd3_link_send(self->clients, from, &reply, &e) != 0)
-            sd3_log_debug("controller", "status reply not sent: %s", e.msg);
+        s_send_to_client(self, from, &reply);
         return;
     }
     case SD3_MSG_HEARTBEAT:
@@ -967,6 +1242,9 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
         }
     self->step_count++;
     self->step_seconds_sum += secs;
+    self->step_ms[self->next_step_ms] = (int)(now - req->t_last_step_ms);
+    self->next_step_ms = (self->next_step_ms + 1) % 64;
+    self->n_step_ms += self->n_step_ms < 64;
     req->t_last_step_ms = now;
     sd3_msg_t *pg = sd3_msg_new(SD3_MSG_PROGRESS, req->id);
     if (pg) {
@@ -1156,6 +1434,53 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
 
 // ---- timers ------------------------------------------------------------------------------
 
+static int
+s_cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return x < y ? -1 : x > y;
+}
+
+// How long a running request may go without STEP_DONE: step_timeout_ms, or max(10 s, 20 x
+// the median of the newest 64 step times). 0: off.
+static int64_t
+s_step_bound_ms(const sd3_controller_t *self)
+{
+    if (self->o.step_timeout_ms != 0)
+        return self->o.step_timeout_ms > 0 ? self->o.step_timeout_ms : 0;
+    int sorted[64], n = self->n_step_ms;
+    memcpy(sorted, self->step_ms, sizeof sorted[0] * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof sorted[0], s_cmp_int);
+    int64_t median = n ? sorted[n / 2] : 0;
+    return median * 20 > 10000 ? median * 20 : 10000;
+}
+
+// A pipeline that heartbeats but does not move a request on (a hung stage, a lost hop):
+// past the bound the attempt is cancelled there and resumes from its checkpoint on another
+// pipeline (the failover path), at most 20 times.
+static void
+s_check_steps(sd3_controller_t *self, int64_t now)
+{
+    int64_t bound = s_step_bound_ms(self);
+    for (int r = self->n_reqs - 1; bound > 0 && r >= 0; r--) {
+        sd3_request_t *req = self->reqs[r];
+        if ((req->state != S_RUNNING && req->state != S_STARTING) ||
+            now - req->t_last_step_ms <= bound)
+            continue;
+        char why[160];
+        snprintf(why, sizeof why, "pipeline=%d made no step for %lld ms (bound %lld ms)",
+                 req->pipeline, (long long)(now - req->t_last_step_ms), (long long)bound);
+        self->step_timeouts++;
+        if (++req->retries > 20) {
+            s_end(self, req, SD3_ETIMEDOUT, "%s, 20 times", why);
+            continue;
+        }
+        int hung = req->pipeline;
+        s_requeue_resume(self, req, why);
+        req->avoid_pipeline = hung;
+    }
+}
+
 static void
 s_timers(sd3_controller_t *self)
 {
@@ -1185,6 +1510,7 @@ s_timers(sd3_controller_t *self)
         s_node_lost(self, i, "node stopped responding");
         s_form(self);
     }
+    s_check_steps(self, now);
     for (int r = self->n_reqs - 1; r >= 0; r--) {
         sd3_request_t *req = self->reqs[r];
         if (req->deadline_ms && now > req->deadline_ms)
@@ -1219,6 +1545,8 @@ s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
         o->link = SD3_WIRE_LINK_ZMQ;
         o->bytes_sent = n->hb.bytes_sent;
         o->bytes_received = n->hb.bytes_received;
+        o->batches = n->hb.batches;
+        o->batched_steps = n->hb.batched_steps;
         st->cache_hits += n->hb.cache_hits;
         st->cache_misses += n->hb.cache_misses;
     }
@@ -1260,7 +1588,7 @@ s_recover_one(void *user, const sd3_journal_entry_t *e, sd3_err_t *err)
     req->client.routing_id_len =
         e->client_id_len < SD3_WIRE_ROUTING_ID_MAX ? e->client_id_len : SD3_WIRE_ROUTING_ID_MAX;
     memcpy(req->client.routing_id, e->client_id, req->client.routing_id_len);
-    req->pipeline = req->task_node = -1;
+    req->pipeline = req->task_node = req->avoid_pipeline = -1;
     req->attempt = e->attempt + 1;
     req->w = *e->request;
     if (sd3_gen_params_from_wire(&req->p, &req->w, &self->cfg, &why) != 0 ||
@@ -1397,6 +1725,9 @@ sd3_controller_destroy(sd3_controller_t **self_p)
     for (int i = 0; i < self->n_reqs; i++)
         s_req_free(&self->reqs[i]);
     free(self->reqs);
+    for (int i = 0; i < self->n_outboxes; i++)
+        s_outbox_free(&self->outboxes[i]);
+    free(self->outboxes);
     sd3_queue_destroy(&self->queue);
     sd3_sched_destroy(&self->sched);
     sd3_link_destroy(&self->clients);
@@ -1436,7 +1767,8 @@ sd3_controller_run(sd3_controller_t *self, volatile sig_atomic_t *stop, sd3_err_
             {sd3_link_socket(self->stages), 0, ZMQ_POLLIN, 0},
             {sd3_link_socket(self->clients), 0, ZMQ_POLLIN, 0},
         };
-        int rc = zmq_poll(items, 2, 50);
+        // Clients with messages waiting are retried sooner.
+        int rc = zmq_poll(items, 2, self->n_outboxes ? 10 : 50);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -1466,12 +1798,16 @@ sd3_controller_run(sd3_controller_t *self, volatile sig_atomic_t *stop, sd3_err_
             sd3_msg_destroy(&msg);
         }
         s_timers(self);
+        s_flush_outboxes(self);
     }
     sd3_log_info("controller",
-                 "stopping completed=%llu failed=%llu steps=%llu "
-                 "overhead_us_per_step=%.1f",
+                 "stopping completed=%llu failed=%llu steps=%llu progress_dropped=%llu "
+                 "answers_dropped=%llu step_timeouts=%llu overhead_us_per_step=%.1f",
                  (unsigned long long)self->completed, (unsigned long long)self->failed,
                  (unsigned long long)self->overhead_steps,
+                 (unsigned long long)self->progress_dropped,
+                 (unsigned long long)self->results_dropped,
+                 (unsigned long long)self->step_timeouts,
                  self->overhead_steps ? self->overhead_seconds * 1e6 / (double)self->overhead_steps
                                       : 0.0);
     return 0;

@@ -49,6 +49,8 @@ typedef struct {
                               // Borrowed; made in zmq_ctx, outlives the controller
     const char *local_listen; // a second client endpoint on the same ROUTER (e.g.
                               // "inproc://sd3d-clients" for the HTTP front); NULL: none
+    int step_timeout_ms;      // a running request without STEP_DONE this long resumes on
+                              // another pipeline; 0: max(10 s, 20 x the median step); -1: off
 } sd3_controller_opts_t;
 
 typedef struct sd3_controller sd3_controller_t;

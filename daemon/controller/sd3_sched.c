@@ -116,10 +116,16 @@ sd3_sched_node_dead(sd3_sched_t *self, int node)
 int
 sd3_sched_pick(const sd3_sched_t *self)
 {
+    return sd3_sched_pick_except(self, -1);
+}
+
+int
+sd3_sched_pick_except(const sd3_sched_t *self, int except)
+{
     int best = -1;
     for (int p = 0; p < self->n; p++) {
         const sd3_pipeline_t *q = &self->pipes[p];
-        if (!q->alive || q->inflight >= q->max_inflight)
+        if (p == except || !q->alive || q->inflight >= q->max_inflight)
             continue;
         // Least loaded relative to its limit; ties go to the lowest id.
         if (best < 0 || (long)q->inflight * self->pipes[best].max_inflight <

@@ -41,6 +41,8 @@ int sd3_sched_form(sd3_sched_t *self, const sd3_sched_range_t *ranges, int n_ran
 void sd3_sched_node_dead(sd3_sched_t *self, int node);
 // Least-loaded live pipeline with a free slot (ties: the lowest id); -1 when none.
 int sd3_sched_pick(const sd3_sched_t *self);
+// The same, leaving out pipeline `except` (one that let a request hang); -1 when none.
+int sd3_sched_pick_except(const sd3_sched_t *self, int except);
 int sd3_sched_count(const sd3_sched_t *self);
 int sd3_sched_alive_count(const sd3_sched_t *self);
 sd3_pipeline_t *sd3_sched_get(sd3_sched_t *self, int i); // NULL past the end

@@ -75,6 +75,8 @@ sd3_heartbeat_tick(sd3_node_t *self)
     hb->bytes_sent = self->stats.bytes_out;
     hb->bytes_received = self->stats.bytes_in;
     hb->cache_hits = self->stats.cache_hits;
+    hb->batches = self->stats.batches;
+    hb->batched_steps = self->stats.batched_steps;
     hb->cache_misses = self->stats.cache_misses;
     sd3_err_t err = {0};
     if (sd3_node_send_ctrl(self, &msg, &err) != 0)

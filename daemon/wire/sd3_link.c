@@ -4,6 +4,7 @@
 #include "sd3_curve.h"
 #include "sd3_log.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +129,42 @@ sd3_link_send(sd3_link_t *self, const sd3_wire_peer_t *to, sd3_msg_t **msg_p, sd
                          : sd3_wire_send(self->sock, msg_p, err);
     if (rc == SD3_EIO && self->serve)
         sd3_err_prefix(err, "link %s: peer unreachable", self->endpoint);
+    return rc;
+}
+
+int
+sd3_link_try_send(sd3_link_t *self, const sd3_wire_peer_t *to, sd3_msg_t **msg_p, sd3_err_t *err)
+{
+    if (!self->serve)
+        return sd3_link_send(self, to, msg_p, err);
+    if (!to || !to->routing_id_len || to->routing_id_len > SD3_WIRE_ROUTING_ID_MAX) {
+        sd3_msg_destroy(msg_p);
+        return sd3_err_set(err, SD3_EINVAL, "link %s: send: no routing id", self->endpoint);
+    }
+    // The routing id alone first, without waiting: with ROUTER_MANDATORY it is refused at
+    // once when the peer's pipe is full (EAGAIN) or the peer is unknown (EHOSTUNREACH), and
+    // then nothing at all has been sent.
+    if (zmq_send(self->sock, to->routing_id, to->routing_id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        int e = zmq_errno();
+        if (e == EAGAIN)
+            return sd3_err_set(err, SD3_EFULL, "link %s: the peer's queue is full", self->endpoint);
+        if (e == EHOSTUNREACH)
+            return sd3_err_set(err, SD3_ENOTFOUND, "link %s: the peer is not connected",
+                               self->endpoint);
+        sd3_msg_destroy(msg_p);
+        return sd3_err_set(err, SD3_EIO, "link %s: send routing id: %s", self->endpoint,
+                           zmq_strerror(e));
+    }
+    // Accepted: the frames follow into the same pipe, whose high-water mark counts whole
+    // messages, so they do not block.
+    int rc = sd3_wire_send(self->sock, msg_p, err);
+    if (rc != 0) {
+        // The message is half sent (routing id, maybe some frames): one empty last frame ends
+        // it, and the peer gets it as one malformed message that it skips. On a ROUTER that
+        // rolled the message back, a lone frame without MORE is ignored.
+        zmq_send(self->sock, "", 0, ZMQ_DONTWAIT);
+        sd3_err_prefix(err, "link %s", self->endpoint);
+    }
     return rc;
 }
 

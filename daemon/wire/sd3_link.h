@@ -47,6 +47,13 @@ uint64_t sd3_link_rejected(const sd3_link_t *self);
 // link ignores it. SD3_EIO when the peer is unknown or gone, SD3_ETIMEDOUT when its queue
 // stays full past the send timeout.
 int sd3_link_send(sd3_link_t *self, const sd3_wire_peer_t *to, sd3_msg_t **msg_p, sd3_err_t *err);
+// Sends without waiting, for a serve link that must not block on one slow peer (the
+// controller's client ROUTER keeps what does not go in a queue per client). Takes *msg_p
+// when it went out (0) or failed for good (SD3_EINVAL, SD3_ENOMEM, SD3_EIO); leaves it with
+// you, unsent and unchanged, when the peer's queue is at the high-water mark (SD3_EFULL)
+// or the peer is not connected now (SD3_ENOTFOUND). A connect link sends as sd3_link_send.
+int sd3_link_try_send(sd3_link_t *self, const sd3_wire_peer_t *to, sd3_msg_t **msg_p,
+                      sd3_err_t *err);
 // Waits up to timeout_ms (-1 forever, 0 = only what is there) for one message.
 // SD3_ETIMEDOUT when none came; SD3_EPROTO when one came malformed (already answered);
 // SD3_EIO on a socket error. `from` may be NULL on a connect link.

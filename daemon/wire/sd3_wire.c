@@ -317,6 +317,8 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
         nodes[i].link = (Sd3__Link)s->nodes[i].link;
         nodes[i].bytes_sent = s->nodes[i].bytes_sent;
         nodes[i].bytes_received = s->nodes[i].bytes_received;
+        nodes[i].batches = s->nodes[i].batches;
+        nodes[i].batched_steps = s->nodes[i].batched_steps;
         node_ptrs[i] = &nodes[i];
     }
     for (int i = 0; i < np; i++) {
@@ -498,6 +500,8 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         o->link = (sd3_wire_link_t)n->link;
         o->bytes_sent = n->bytes_sent;
         o->bytes_received = n->bytes_received;
+        o->batches = n->batches;
+        o->batched_steps = n->batched_steps;
     }
     s->n_nodes = (int)p->n_nodes;
     for (size_t i = 0; i < p->n_pipelines; i++) {
@@ -587,6 +591,8 @@ s_body_in(const Sd3__Envelope *env, sd3_msg_t *msg, sd3_err_t *err)
         msg->body.heartbeat.bytes_received = env->heartbeat->bytes_received;
         msg->body.heartbeat.cache_hits = env->heartbeat->cache_hits;
         msg->body.heartbeat.cache_misses = env->heartbeat->cache_misses;
+        msg->body.heartbeat.batches = env->heartbeat->batches;
+        msg->body.heartbeat.batched_steps = env->heartbeat->batched_steps;
         break;
     case SD3__ENVELOPE__BODY_JOB:
         msg->body_kind = SD3_WIRE_BODY_JOB;
@@ -699,6 +705,8 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
         hb.bytes_received = msg->body.heartbeat.bytes_received;
         hb.cache_hits = msg->body.heartbeat.cache_hits;
         hb.cache_misses = msg->body.heartbeat.cache_misses;
+        hb.batches = msg->body.heartbeat.batches;
+        hb.batched_steps = msg->body.heartbeat.batched_steps;
         env.body_case = SD3__ENVELOPE__BODY_HEARTBEAT;
         env.heartbeat = &hb;
         break;

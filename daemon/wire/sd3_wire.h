@@ -142,6 +142,7 @@ typedef struct {
     uint64_t free_memory, uptime_ms;
     uint64_t bytes_sent, bytes_received; // tensor bytes so far
     uint64_t cache_hits, cache_misses;   // encoder: prompt-embedding cache
+    uint64_t batches, batched_steps;     // mmdit: merged batches and the steps they held
 } sd3_wire_heartbeat_t;
 
 // What one stage needs to run its part of a request (proto Job).
@@ -171,6 +172,7 @@ typedef struct {
     uint64_t last_seen_ms;
     sd3_wire_link_t link;
     uint64_t bytes_sent, bytes_received; // tensor bytes on the wire over its stage links
+    uint64_t batches, batched_steps;     // mmdit: merged batches and the steps they held
 } sd3_wire_node_info_t;
 
 typedef struct {

@@ -2,7 +2,8 @@
  *  image and lose no request
  *
  *  A cluster with a journal: two pipelines ([0,1) -> [1,2) and [0,2)), two encoders, two
- *  vaes. N requests (SD3_CHAOS_REQUESTS, default 100: ~35 s on 2 shared cores; 200: 59 s),
+ *  vaes. N requests (SD3_CHAOS_REQUESTS, default 200: ~60 s on 2 shared cores; 100 in a
+ *  sanitizer build),
  *  DPM++ 2M, 4 distinct (prompt, seed) pairs. Run 1, undisturbed: every request, the latency
  *  of each (submit -> RESULT). Run 2, the same requests while every ~0.6 s a random stage
  *  (mmdit, encoder or vae) gets SIGKILL and is restarted 0.4-1.2 s later, and once, halfway,
@@ -45,9 +46,10 @@ s_pump(sd3_client_t *cl, s_req_t *r, int n, int ms)
 {
     sd3_msg_t *msg = NULL;
     sd3_err_t err = {0};
-    // Drain everything that is waiting (the first wait up to ms), so a burst of PROGRESS
-    // never backs up the controller's pipe to this client.
-    for (int wait = ms; sd3_client_recv(cl, wait, &msg, &err) == 0; wait = 0) {
+    // One message per call: between calls the test kills and restarts members, so it reads
+    // slower than PROGRESS streams; the controller queues RESULTs per client and drops
+    // PROGRESS first (test_cluster_flood), so nothing that matters is lost.
+    if (sd3_client_recv(cl, ms, &msg, &err) == 0) {
         for (int i = 0; i < n; i++) {
             if (strcmp(r[i].id, msg->request_id) != 0)
                 continue;
@@ -111,7 +113,8 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
         double now = cu_now();
         // A client that hears nothing about a request re-attaches with its id (the journal
         // answers a finished one with its PNG): a RESULT in flight when the controller died
-        // is gone, the request is not. Only after the kills stopped, and 5 s of silence.
+        // (SIGKILL) is gone, the request is not. This is the designed protocol, not a
+        // workaround. Only after the kills stopped, and 5 s of silence.
         for (int i = 0; now - t0 > 45 && i < n; i++) {
             double heard = r[i].t_heard > r[i].t_submit ? r[i].t_heard : r[i].t_submit;
             heard = r[i].t_reattach > heard ? r[i].t_reattach : heard;
@@ -193,11 +196,22 @@ s_stats(double *lat, int n, double *mean, double *p95)
 int
 main(void)
 {
+    // 200 requests (issue 8); 100 in a sanitizer build, which runs 2-3x slower and must stay
+    // inside the same bound.
+#ifdef __SANITIZE_ADDRESS__
+    const int n_default = 100;
+#else
+    const int n_default = 200;
+#endif
     const char *env = getenv("SD3_CHAOS_REQUESTS");
-    int n = env ? atoi(env) : 100;
-    if (n < 4 || n > 1000)
-        n = 100;
-    cu_setup(n <= 100 ? 400 : 400 + n); // below the ctest TIMEOUT of 420
+    char *end = NULL;
+    long nl = env ? strtol(env, &end, 10) : n_default;
+    if (env && (end == env || *end || nl < 4 || nl > 1000)) {
+        fprintf(stderr, "SD3_CHAOS_REQUESTS='%s': want a whole number in 4..1000\n", env);
+        return 2;
+    }
+    const int n = (int)nl;
+    cu_setup(n <= 200 ? 400 : 400 + n); // below the ctest TIMEOUT of 420
     char model[1024], client_ep[1200], extra[1400];
     snprintf(model, sizeof model, "%s/tiny", sd3_test_tmpdir());
     CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);

@@ -10,7 +10,10 @@
  *    - a client with the rogue key gets no answer within 3 s, and the controller logs
  *      "refused ... key=<first 8 of the rogue key>";
  *    - a stage with the intruder key never registers (status lists it absent) and its
- *      refusal is logged too.  */
+ *      refusal is logged too;
+ *    - SIGHUP to the controller re-reads the allow file: an unreadable one is refused with
+ *      a warning and the old list stays (the listed client is still served); with the
+ *      rogue key added, a rogue client is answered.  */
 #include "cluster_util.h"
 
 #include <fcntl.h>
@@ -287,8 +290,35 @@ main(void)
     snprintf(needle2, sizeof needle2, "key=%.8s", pub[4]);
     CHECK_MSG(s_log_count(log_ctrl, "refused", needle2) >= 1,
               "no refusal of the intruder stage (%s) in the controller's log", needle2);
-    printf("rogue client (%s) and intruder stage (%s) refused, %d stages alive\n", needle,
-           needle2, alive);
+    printf("rogue client (%s) and intruder stage (%s) refused, %d stages alive\n", needle, needle2,
+           alive);
+
+    // 5. SIGHUP re-reads the allow file: one that does not load leaves the old list (the
+    //    listed client is still served); with the rogue key added, the rogue gets answers.
+    pid_t ctrl = s_pids[0];
+    CHECK(s_write(allow, "not a key at all\n") == 0);
+    CHECK(kill(ctrl, SIGHUP) == 0);
+    for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "SIGHUP", "stays");)
+        usleep(50000);
+    CHECK_MSG(s_log_count(log_ctrl, "SIGHUP", "stays") == 1,
+              "a bad allow file on SIGHUP: no warning in %s", log_ctrl);
+    CHECK_MSG(kill(ctrl, 0) == 0, "the controller died of SIGHUP");
+    CHECK_MSG(s_alive(cl, "k-rogue", &rogue_seen) == 3, "after a bad reload the listed client "
+                                                        "gets no STATUS");
+    snprintf(text, sizeof text, "%s\n%s\n%s\n", pub[1], pub[2], pub[3]);
+    CHECK(s_write(allow, text) == 0);
+    CHECK(kill(ctrl, SIGHUP) == 0);
+    for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "reloaded", "keys=3");)
+        usleep(50000);
+    CHECK_MSG(s_log_count(log_ctrl, "reloaded", "keys=3") == 1, "no reload in %s", log_ctrl);
+    rogue = sd3_client_new(client_ep, &ro, &err);
+    rc = rogue ? sd3_client_status(rogue, 5000, &st, &err) : -1;
+    CHECK_MSG(rc == 0, "the rogue client, now listed, got no answer (rc %d)", rc);
+    sd3_client_destroy(&rogue);
+    alive = s_alive(cl, "k-rogue", &rogue_seen);
+    CHECK_MSG(alive == 3 && !rogue_seen, "after the reload: alive=%d intruder listed=%d", alive,
+              rogue_seen);
+    printf("SIGHUP: a bad allow file kept the old list; the rogue key added -> served\n");
 
     sd3_client_destroy(&cl);
     free(w);

@@ -21,7 +21,8 @@ foreach(t test_cluster_failover test_cluster_restart)
     add_dependencies(${t} sd3d sd3ctl)
   endif()
 endforeach()
-# SD3_CHAOS_REQUESTS=N (default 100) sets the request count; the test bounds itself below.
+# SD3_CHAOS_REQUESTS=N (default 200, 100 under ASan) sets the request count; the test
+# bounds itself below.
 if(EXISTS ${_cl}/test_cluster_chaos.c)
   sd3_test(test_cluster_chaos ${_cl}/test_cluster_chaos.c LABELS cluster TIMEOUT 420)
   add_dependencies(test_cluster_chaos sd3d sd3ctl)
@@ -36,4 +37,10 @@ endif()
 if(EXISTS ${_cl}/test_cluster_flood.c)
   sd3_test(test_cluster_flood ${_cl}/test_cluster_flood.c LABELS cluster TIMEOUT 100)
   add_dependencies(test_cluster_flood sd3ctl)
+endif()
+# A stage that heartbeats but never finishes a step: the per-step timeout resumes the request
+# on another pipeline (issue 8 §3c). In-process, like test_cluster_flood.
+if(EXISTS ${_cl}/test_cluster_hung.c)
+  sd3_test(test_cluster_hung ${_cl}/test_cluster_hung.c LABELS cluster TIMEOUT 100)
+  add_dependencies(test_cluster_hung sd3ctl)
 endif()

@@ -17,6 +17,15 @@ if(TARGET sd3d)
                        ENVIRONMENT "SD3_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
 
+# `sd3d --http-token-file`: 401 without or with a wrong token, the image with the file's
+# token, exit 2 on a missing or empty file. Skips (77) without curl or python3.
+if(TARGET sd3d)
+  add_test(NAME http_token_file
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/http/token_file.sh $<TARGET_FILE:sd3d>
+                   $<TARGET_FILE:sd3ctl>)
+  set_tests_properties(http_token_file PROPERTIES LABELS cluster TIMEOUT 120 SKIP_RETURN_CODE 77)
+endif()
+
 # -DSD3_FUZZ=ON (clang): the libFuzzer binary, with the parsers compiled in with coverage:
 #   ./build/tests/fuzz_http_body_lf -max_total_time=60 tests/fuzz/corpus-http
 if(SD3_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang")

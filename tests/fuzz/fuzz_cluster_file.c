@@ -50,10 +50,10 @@ s_write(const sd3_cluster_file_t *c, size_t *n)
                 c->client_keys.secret, c->client_keys.server_pub);
     fprintf(f, "[controller]\nlisten = %s\nstages = %s\n", c->listen, c->stages);
     static const char *const nums[] = {"queue", "inflight", "deadline_ms", "client_timeout_ms",
-                                       "node_timeout_ms"};
+                                       "node_timeout_ms", "step_timeout_ms"};
     const long vals[] = {c->queue, c->inflight, c->deadline_ms, c->client_timeout_ms,
-                         c->node_timeout_ms};
-    for (int i = 0; i < 5; i++)
+                         c->node_timeout_ms, c->step_timeout_ms};
+    for (int i = 0; i < 6; i++)
         if (vals[i])
             fprintf(f, "%s = %ld\n", nums[i], vals[i]);
     if (c->http[0])
@@ -111,7 +111,7 @@ s_same(const sd3_cluster_file_t *a, const sd3_cluster_file_t *b)
         strcmp(a->stages, b->stages) || strcmp(a->http, b->http) ||
         strcmp(a->journal, b->journal) || a->queue != b->queue || a->inflight != b->inflight ||
         a->deadline_ms != b->deadline_ms || a->client_timeout_ms != b->client_timeout_ms ||
-        a->node_timeout_ms != b->node_timeout_ms ||
+        a->node_timeout_ms != b->node_timeout_ms || a->step_timeout_ms != b->step_timeout_ms ||
         memcmp(&a->controller_keys, &b->controller_keys, sizeof a->controller_keys) ||
         memcmp(&a->client_keys, &b->client_keys, sizeof a->client_keys) || a->n_nodes != b->n_nodes)
         return 0;

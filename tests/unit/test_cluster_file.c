@@ -93,6 +93,7 @@ s_defaults_and_keys(void)
                        "deadline_ms = 60000\n"
                        "client_timeout_ms = 1000\n"
                        "node_timeout_ms = 1500\n"
+                       "step_timeout_ms = -1\n"
                        "journal = /var/lib/sd3d/j.db\n"
                        "http = 127.0.0.1:8080\n"
                        "[encoder  e0 ]\n"
@@ -106,7 +107,8 @@ s_defaults_and_keys(void)
     CHECK_MSG(s_parse(text, &c, &err) == 0, "%s", err.msg);
     CHECK(c.threads == 2 && !strcmp(c.codec, "zstd") && !strcmp(c.wire_dtype, "bf16"));
     CHECK(!strcmp(c.run_dir, "/tmp/r") && c.inflight == 3 && c.deadline_ms == 60000);
-    CHECK(c.client_timeout_ms == 1000 && c.node_timeout_ms == 1500 && c.queue == 0);
+    CHECK(c.client_timeout_ms == 1000 && c.node_timeout_ms == 1500 && c.step_timeout_ms == -1 &&
+          c.queue == 0);
     CHECK(!strcmp(c.http, "127.0.0.1:8080") && !strcmp(c.journal, "/var/lib/sd3d/j.db"));
     // the controller: its own secret, the [cluster] allow and server-pub, inside keys_dir
     CHECK_MSG(!strcmp(c.controller_keys.secret, "/etc/sd3d/keys/controller.key") &&
@@ -119,12 +121,12 @@ s_defaults_and_keys(void)
     CHECK(c.n_nodes == 3);
     if (c.n_nodes == 3) {
         const sd3_cluster_node_t *e = &c.nodes[0], *m = &c.nodes[1], *v = &c.nodes[2];
-        CHECK(!strcmp(e->name, "e0") && e->line == 24 && e->threads == 2 &&
+        CHECK(!strcmp(e->name, "e0") && e->line == 25 && e->threads == 2 &&
               !strcmp(e->codec, "zstd") && !strcmp(e->wire_dtype, "bf16") && !e->backend[0]);
         CHECK(!strcmp(e->keys.secret, "/etc/sd3d/keys/stage.key") &&
               !strcmp(e->keys.allow, "/etc/sd3d/keys/allow") &&
               !strcmp(e->keys.server_pub, "/etc/sd3d/keys/server.pub"));
-        CHECK(m->range_begin == 0 && m->range_end == 24 && m->range_line == 26);
+        CHECK(m->range_begin == 0 && m->range_end == 24 && m->range_line == 27);
         CHECK(m->threads == 0 && !strcmp(m->backend, "cuda") && !strcmp(m->codec, "raw") &&
               !strcmp(m->wire_dtype, "bf16"));
         CHECK(!strcmp(m->keys.secret, "/abs/m0.key") &&
@@ -133,7 +135,7 @@ s_defaults_and_keys(void)
     }
     CHECK(sd3_cluster_file_check_ranges(&c, 24, NULL, &err) == 0);
     CHECK(sd3_cluster_file_check_ranges(&c, 12, NULL, &err) == SD3_EFORMAT);
-    CHECK_MSG(!strcmp(err.msg, "cluster file:26: [mmdit m0] range 0:24 ends past the model's 12 "
+    CHECK_MSG(!strcmp(err.msg, "cluster file:27: [mmdit m0] range 0:24 ends past the model's 12 "
                                "blocks"),
               "%s", err.msg);
     sd3_cluster_file_fini(&c);
@@ -186,6 +188,8 @@ static const s_bad_t s_bad[] = {
     {HEAD "queue = 0\n", "t.cluster:7: queue = '0': want a whole number in [1, 1000000]"},
     {HEAD "queue = 99999999999999999999\n",
      "t.cluster:7: queue = '99999999999999999999': want a whole number in [1, 1000000]"},
+    {HEAD "step_timeout_ms = -2\n",
+     "t.cluster:7: step_timeout_ms = '-2': want a whole number in [-1, 86400000]"},
     {HEAD "node_timeout_ms = 99\n",
      "t.cluster:7: node_timeout_ms = '99': want a whole number in [100, 3600000]"},
     {HEAD "[mmdit d]\nrange = 1:1\n",
