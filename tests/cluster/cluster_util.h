@@ -376,3 +376,41 @@ cu_check_no_late_answer(sd3_client_t *cl)
               "a message after every request was answered");
     sd3_msg_destroy(&late);
 }
+
+// ---- keys (the CurveZMQ tests) ---------------------------------------------------------------
+
+// `sd3ctl keygen -o DIR/NAME`, then the Z85 public key of DIR/NAME.pub (its first line that
+// is not a # comment, trimmed) into pub. 0, or -1 when either failed.
+__attribute__((unused)) static int
+cu_keygen(const char *dir, const char *name, char *pub, size_t cap)
+{
+    char cmd[2048], path[1200], line[256];
+    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' keygen -o '%s/%s' >/dev/null 2>&1", SD3_BINARY_DIR, dir,
+             name);
+    if (system(cmd) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/%s.pub", dir, name);
+    FILE *f = fopen(path, "r");
+    pub[0] = '\0';
+    while (f && fgets(line, sizeof line, f)) {
+        if (line[0] == '#')
+            continue;
+        line[strcspn(line, " \t\r\n")] = '\0';
+        snprintf(pub, cap, "%s", line);
+        break;
+    }
+    if (f)
+        fclose(f);
+    return strlen(pub) == 40 ? 0 : -1;
+}
+
+// Writes text to path (replacing it). 0, or -1.
+__attribute__((unused)) static int
+cu_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f) == 0 ? 0 : -1;
+}

@@ -14,37 +14,13 @@
  *  Before the per-client outbound queue of the controller, RESULTs sent into the full
  *  pipe were dropped (and every PROGRESS stalled the controller 100 ms): this test failed.  */
 #include "cluster_util.h"
-#include "sd3_controller.h"
-#include "sd3_node.h"
-
-#include <pthread.h>
-#include <zmq.h>
+#include "cluster_inproc.h"
 
 #define N_REQ   30
 #define STEPS   45
 #define N_PAIRS 2
 
 static const char *const s_prompts[N_PAIRS] = {"a cat", "a dog"};
-static volatile sig_atomic_t s_stop;
-
-static void *
-s_controller_thread(void *arg)
-{
-    sd3_err_t err = {0};
-    if (sd3_controller_run(arg, &s_stop, &err) != 0)
-        fprintf(stderr, "flood: controller stopped: %s\n", err.msg);
-    return NULL;
-}
-
-static void *
-s_node_thread(void *arg)
-{
-    sd3_err_t err = {0};
-    if (sd3_node_run(arg, &s_stop, &err) != 0)
-        fprintf(stderr, "flood: node stopped: %s\n", err.msg);
-    return NULL;
-}
-
 // STATUS from the watching client; -1 when it did not answer.
 static int
 s_status(sd3_client_t *watch, sd3_wire_status_t *st)
@@ -69,48 +45,20 @@ main(void)
         ref[k] = cu_local_png(model, s_prompts[k], args, &ref_n[k]);
         CHECK(ref[k] != NULL);
     }
-    void *ctx = zmq_ctx_new();
-    CHECK(ctx != NULL);
     sd3_err_t err = {0};
     sd3_controller_opts_t co = {
         .listen = "inproc://flood-clients",
         .stage_listen = "inproc://flood-stages",
         .model_path = model,
-        .zmq_ctx = ctx,
     };
-    sd3_controller_t *c = ctx ? sd3_controller_new(&co, &err) : NULL;
-    CHECK_MSG(c != NULL, "controller: %s", err.msg);
-    static const sd3_wire_role_t roles[3] = {SD3_WIRE_ROLE_ENCODER, SD3_WIRE_ROLE_MMDIT,
-                                             SD3_WIRE_ROLE_VAE};
     static const char *const names[3] = {"enc0", "m0", "vae0"};
-    sd3_node_t *nodes[3] = {NULL, NULL, NULL};
-    pthread_t threads[4];
-    int n_threads = 0;
-    for (int i = 0; c && i < 3; i++) {
-        char listen[64];
-        snprintf(listen, sizeof listen, "inproc://flood-%s", names[i]);
-        sd3_node_opts_t o = {
-            .role = roles[i],
-            .node_id = names[i],
-            .listen = listen,
-            .controller = co.stage_listen,
-            .model_path = model,
-            .n_threads = 1,
-            .load_t5 = true,
-            .zmq_ctx = ctx,
-        };
-        nodes[i] = sd3_node_new(&o, &err);
-        CHECK_MSG(nodes[i] != NULL, "%s: %s", names[i], err.msg);
-        if (nodes[i] && pthread_create(&threads[n_threads], NULL, s_node_thread, nodes[i]) == 0)
-            n_threads++;
-    }
-    if (c && pthread_create(&threads[n_threads], NULL, s_controller_thread, c) == 0)
-        n_threads++;
-    CHECK(n_threads == 4);
+    cu_inproc_t ip;
+    int up = cu_inproc_start(&ip, &co, "flood", names);
+    void *ctx = ip.ctx;
 
     sd3_client_opts_t clo = {.zmq_ctx = ctx, .identity = "flood"};
     sd3_client_opts_t wo = {.zmq_ctx = ctx, .identity = "watch"};
-    sd3_client_t *cl = n_threads == 4 ? sd3_client_new(co.listen, &clo, &err) : NULL;
+    sd3_client_t *cl = up == 0 ? sd3_client_new(co.listen, &clo, &err) : NULL;
     sd3_client_t *watch = cl ? sd3_client_new(co.listen, &wo, &err) : NULL;
     CHECK(cl && watch);
     static sd3_wire_status_t st;
@@ -198,14 +146,7 @@ main(void)
 
     sd3_client_destroy(&cl);
     sd3_client_destroy(&watch);
-    s_stop = 1;
-    for (int i = 0; i < n_threads; i++)
-        pthread_join(threads[i], NULL);
-    for (int i = 0; i < 3; i++)
-        sd3_node_destroy(&nodes[i]);
-    sd3_controller_destroy(&c);
-    if (ctx)
-        zmq_ctx_term(ctx);
+    cu_inproc_end(&ip);
     for (int k = 0; k < N_PAIRS; k++)
         free(ref[k]);
     free(w);

@@ -10,18 +10,14 @@
  *  CANCEL for each (the failover path cancels the stuck attempt); the fake got no JOB of a
  *  later attempt (the resume avoids the pipeline it hung on while another lives).  */
 #include "cluster_util.h"
-#include "sd3_controller.h"
+#include "cluster_inproc.h"
 #include "sd3_link.h"
-#include "sd3_node.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
-#include <zmq.h>
 
 #define N_REQ 4
 #define STEPS 6
 
-static volatile sig_atomic_t s_stop;
 static atomic_int s_jobs, s_cancels, s_later_jobs;
 
 typedef struct {
@@ -29,24 +25,6 @@ typedef struct {
     const char *stages;
     int depth;
 } s_fake_t;
-
-static void *
-s_controller_thread(void *arg)
-{
-    sd3_err_t err = {0};
-    if (sd3_controller_run(arg, &s_stop, &err) != 0)
-        fprintf(stderr, "hung: controller stopped: %s\n", err.msg);
-    return NULL;
-}
-
-static void *
-s_node_thread(void *arg)
-{
-    sd3_err_t err = {0};
-    if (sd3_node_run(arg, &s_stop, &err) != 0)
-        fprintf(stderr, "hung: node stopped: %s\n", err.msg);
-    return NULL;
-}
 
 // The hung mmdit: REGISTER until ACK, then HEARTBEAT; JOBs are taken and never worked on.
 static void *
@@ -62,7 +40,7 @@ s_fake_thread(void *arg)
     }
     bool registered = false;
     double next_send = 0;
-    while (!s_stop) {
+    while (!cu_inproc_stop) {
         if (cu_now() >= next_send) {
             sd3_msg_t *m = sd3_msg_new(registered ? SD3_MSG_HEARTBEAT : SD3_MSG_REGISTER, NULL);
             if (m && registered) {
@@ -114,50 +92,23 @@ main(void)
     unsigned char *ref = cu_local_png(model, "a hung bell", args, &ref_n);
     CHECK(ref != NULL);
 
-    void *ctx = zmq_ctx_new();
     sd3_err_t err = {0};
     sd3_controller_opts_t co = {
         .listen = "inproc://hung-clients",
         .stage_listen = "inproc://hung-stages",
         .model_path = model,
-        .zmq_ctx = ctx,
         .step_timeout_ms = 1500,
     };
-    sd3_controller_t *c = ctx ? sd3_controller_new(&co, &err) : NULL;
-    CHECK_MSG(c != NULL, "controller: %s", err.msg);
-    static const sd3_wire_role_t roles[3] = {SD3_WIRE_ROLE_ENCODER, SD3_WIRE_ROLE_MMDIT,
-                                             SD3_WIRE_ROLE_VAE};
     static const char *const names[3] = {"enc0", "b-real", "vae0"};
-    sd3_node_t *nodes[3] = {NULL, NULL, NULL};
-    pthread_t threads[5];
-    int n_threads = 0;
-    for (int i = 0; c && i < 3; i++) {
-        char listen[64];
-        snprintf(listen, sizeof listen, "inproc://hung-%s", names[i]);
-        sd3_node_opts_t o = {
-            .role = roles[i],
-            .node_id = names[i],
-            .listen = listen,
-            .controller = co.stage_listen,
-            .model_path = model,
-            .n_threads = 1,
-            .load_t5 = true,
-            .zmq_ctx = ctx,
-        };
-        nodes[i] = sd3_node_new(&o, &err);
-        CHECK_MSG(nodes[i] != NULL, "%s: %s", names[i], err.msg);
-        if (nodes[i] && pthread_create(&threads[n_threads], NULL, s_node_thread, nodes[i]) == 0)
-            n_threads++;
-    }
-    s_fake_t fake = {.ctx = ctx, .stages = co.stage_listen, .depth = 2};
-    if (c && pthread_create(&threads[n_threads], NULL, s_fake_thread, &fake) == 0)
-        n_threads++;
-    if (c && pthread_create(&threads[n_threads], NULL, s_controller_thread, c) == 0)
-        n_threads++;
-    CHECK(n_threads == 5);
+    cu_inproc_t ip;
+    int up = cu_inproc_start(&ip, &co, "hung", names);
+    s_fake_t fake = {.ctx = ip.ctx, .stages = co.stage_listen, .depth = 2};
+    if (up == 0)
+        up = cu_inproc_thread(&ip, s_fake_thread, &fake);
+    void *ctx = ip.ctx;
 
     sd3_client_opts_t clo = {.zmq_ctx = ctx};
-    sd3_client_t *cl = n_threads == 5 ? sd3_client_new(co.listen, &clo, &err) : NULL;
+    sd3_client_t *cl = up == 0 ? sd3_client_new(co.listen, &clo, &err) : NULL;
     CHECK(cl != NULL);
     static sd3_wire_status_t st;
     for (double t0 = cu_now(); cl && cu_now() - t0 < 20; usleep(100000))
@@ -199,14 +150,7 @@ main(void)
            ok, N_REQ, secs, jobs, cancels);
 
     sd3_client_destroy(&cl);
-    s_stop = 1;
-    for (int i = 0; i < n_threads; i++)
-        pthread_join(threads[i], NULL);
-    for (int i = 0; i < 3; i++)
-        sd3_node_destroy(&nodes[i]);
-    sd3_controller_destroy(&c);
-    if (ctx)
-        zmq_ctx_term(ctx);
+    cu_inproc_end(&ip);
     free(ref);
     free(w);
     return TEST_RESULT();

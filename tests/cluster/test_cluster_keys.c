@@ -69,44 +69,6 @@ s_spawn(const char *log, const char *const *args)
     return pid;
 }
 
-static int
-s_keygen(const char *dir, const char *name)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' keygen -o '%s/%s' >/dev/null", SD3_BINARY_DIR, dir,
-             name);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-// The Z85 public key in dir/name.pub (the first line that is not a # comment, trimmed).
-static void
-s_pub(const char *dir, const char *name, char *out, size_t cap)
-{
-    char path[1200], line[256];
-    snprintf(path, sizeof path, "%s/%s.pub", dir, name);
-    FILE *f = fopen(path, "r");
-    out[0] = '\0';
-    while (f && fgets(line, sizeof line, f)) {
-        if (line[0] == '#')
-            continue;
-        line[strcspn(line, " \t\r\n")] = '\0';
-        snprintf(out, cap, "%s", line);
-        break;
-    }
-    if (f)
-        fclose(f);
-}
-
-static int
-s_write(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 // Lines of log file containing both needles.
 static int
 s_log_count(const char *path, const char *a, const char *b)
@@ -156,9 +118,8 @@ main(void)
     static const char *const names[] = {"controller", "stage", "client", "rogue", "intruder"};
     char pub[5][64];
     for (int i = 0; i < 5; i++) {
-        CHECK(s_keygen(dir, names[i]) == 0);
-        s_pub(dir, names[i], pub[i], sizeof pub[i]);
-        CHECK_MSG(strlen(pub[i]) == 40, "%s.pub: no Z85 key", names[i]);
+        CHECK_MSG(cu_keygen(dir, names[i], pub[i], sizeof pub[i]) == 0, "%s: keygen or no Z85 key",
+                  names[i]);
     }
     size_t ref_n = 0;
     unsigned char *ref =
@@ -169,10 +130,10 @@ main(void)
     char allow[1200], stage_sp[1200], client_sp[1200], addr_file[1200], log_ctrl[1200];
     snprintf(allow, sizeof allow, "%s/allow", dir);
     snprintf(text, sizeof text, "%s\n%s\n", pub[1], pub[2]);
-    CHECK(s_write(allow, text) == 0);
+    CHECK(cu_write_file(allow, text) == 0);
     snprintf(client_sp, sizeof client_sp, "%s/client-server.pub", dir);
     snprintf(text, sizeof text, "%s\n", pub[0]);
-    CHECK(s_write(client_sp, text) == 0);
+    CHECK(cu_write_file(client_sp, text) == 0);
 
     // The controller.
     char ctrl_key[1200];
@@ -208,7 +169,7 @@ main(void)
     // Stages: the controller's key at its stage endpoint, the stage key everywhere else.
     snprintf(stage_sp, sizeof stage_sp, "%s/stage-server.pub", dir);
     snprintf(text, sizeof text, "%s\n%s %s\n", pub[1], pub[0], stage_ep);
-    CHECK(s_write(stage_sp, text) == 0);
+    CHECK(cu_write_file(stage_sp, text) == 0);
 
     static const char *const roles[] = {"encoder", "mmdit", "vae", "mmdit"};
     static const char *const ids[] = {"k-enc", "k-dit", "k-vae", "k-rogue"};
@@ -296,7 +257,7 @@ main(void)
     // 5. SIGHUP re-reads the allow file: one that does not load leaves the old list (the
     //    listed client is still served); with the rogue key added, the rogue gets answers.
     pid_t ctrl = s_pids[0];
-    CHECK(s_write(allow, "not a key at all\n") == 0);
+    CHECK(cu_write_file(allow, "not a key at all\n") == 0);
     CHECK(kill(ctrl, SIGHUP) == 0);
     for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "SIGHUP", "stays");)
         usleep(50000);
@@ -306,7 +267,7 @@ main(void)
     CHECK_MSG(s_alive(cl, "k-rogue", &rogue_seen) == 3, "after a bad reload the listed client "
                                                         "gets no STATUS");
     snprintf(text, sizeof text, "%s\n%s\n%s\n", pub[1], pub[2], pub[3]);
-    CHECK(s_write(allow, text) == 0);
+    CHECK(cu_write_file(allow, text) == 0);
     CHECK(kill(ctrl, SIGHUP) == 0);
     for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "reloaded", "keys=3");)
         usleep(50000);

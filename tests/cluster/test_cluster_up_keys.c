@@ -12,40 +12,6 @@
  *      next request, byte-equal again.  */
 #include "cluster_util.h"
 
-static int
-s_keygen(const char *dir, const char *name, char *pub, size_t cap)
-{
-    char cmd[2048], path[1200];
-    snprintf(cmd, sizeof cmd, "'%s/sd3ctl' keygen -o '%s/%s' >/dev/null 2>&1", SD3_BINARY_DIR, dir,
-             name);
-    if (system(cmd) != 0)
-        return -1;
-    snprintf(path, sizeof path, "%s/%s.pub", dir, name);
-    FILE *f = fopen(path, "r");
-    char line[256];
-    pub[0] = '\0';
-    while (f && fgets(line, sizeof line, f)) {
-        if (line[0] == '#')
-            continue;
-        line[strcspn(line, " \t\r\n")] = '\0';
-        snprintf(pub, cap, "%s", line);
-        break;
-    }
-    if (f)
-        fclose(f);
-    return strlen(pub) == 40 ? 0 : -1;
-}
-
-static int
-s_write(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 // One request with client cl: its PNG equals ref.
 static bool
 s_served(sd3_client_t *cl, const char *id, const unsigned char *ref, size_t ref_n)
@@ -74,13 +40,13 @@ main(void)
     CHECK(cu_mkmodel("tiny-sd3-medium", 2, model) == 0);
     static const char *const names[] = {"server", "client", "rogue"};
     for (int i = 0; i < 3; i++)
-        CHECK_MSG(s_keygen(dir, names[i], pub[i], sizeof pub[i]) == 0, "keygen %s", names[i]);
+        CHECK_MSG(cu_keygen(dir, names[i], pub[i], sizeof pub[i]) == 0, "keygen %s", names[i]);
     snprintf(path, sizeof path, "%s/allow", dir); // the stages and the client, not the rogue
     snprintf(text, sizeof text, "%s\n%s\n", pub[0], pub[1]);
-    CHECK(s_write(path, text) == 0);
+    CHECK(cu_write_file(path, text) == 0);
     snprintf(path, sizeof path, "%s/server-pub", dir); // every server presents this key
     snprintf(text, sizeof text, "%s\n", pub[0]);
-    CHECK(s_write(path, text) == 0);
+    CHECK(cu_write_file(path, text) == 0);
     size_t ref_n = 0;
     unsigned char *ref =
         cu_local_png(model, "a lighthouse at dusk", "--size 64x64 --steps 2 --seed 7", &ref_n);
