@@ -3,6 +3,7 @@
 
 #include "sd3_curve.h"
 #include "sd3_link.h"
+#include "sd3_log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,39 @@ struct sd3_client {
     int64_t last_sent_ms;
     sd3_msg_t **pending; // FIFO of messages received during sd3_client_status
     int n_pending, cap_pending;
+    // ids whose RESULT or ERROR was handed out (ring): a second answer is dropped
+    char answered[SD3_CLIENT_ANSWERED][SD3_WIRE_ID_MAX];
+    bool answered_error[SD3_CLIENT_ANSWERED];
+    int answered_next;
 };
+
+static int
+s_answered_find(const sd3_client_t *self, const char *id)
+{
+    for (int i = 0; i < SD3_CLIENT_ANSWERED; i++)
+        if (self->answered[i][0] && !strcmp(self->answered[i], id))
+            return i;
+    return -1;
+}
+
+// True when msg is a second answer to a request already answered (drop it); otherwise
+// remembers a RESULT or ERROR as the answer of its request.
+static bool
+s_duplicate_answer(sd3_client_t *self, const sd3_msg_t *msg)
+{
+    if ((msg->type != SD3_MSG_RESULT && msg->type != SD3_MSG_ERROR) || !msg->request_id[0])
+        return false;
+    if (s_answered_find(self, msg->request_id) >= 0) {
+        sd3_log_debug("client", "req=%s second %s dropped (already answered)", msg->request_id,
+                      sd3_msg_type_name(msg->type));
+        return true;
+    }
+    int i = self->answered_next;
+    snprintf(self->answered[i], SD3_WIRE_ID_MAX, "%s", msg->request_id);
+    self->answered_error[i] = msg->type == SD3_MSG_ERROR;
+    self->answered_next = (i + 1) % SD3_CLIENT_ANSWERED;
+    return false;
+}
 
 static int64_t
 s_now_ms(void)
@@ -144,6 +177,9 @@ sd3_client_submit(sd3_client_t *self, const char *request_id, const sd3_wire_gen
     }
     msg->body_kind = SD3_WIRE_BODY_GENERATE;
     msg->body.generate = *req;
+    int seen = s_answered_find(self, request_id);
+    if (seen >= 0 && self->answered_error[seen]) // a retry after a refusal: a new answer
+        self->answered[seen][0] = '\0';
     if (init_image_p && *init_image_p) {
         sd3_tensor_t *t = *init_image_p;
         if (sd3_tensor_expect(t, "init_image", SD3_U8, 3, (int64_t[]){-1, -1, 3}, err) != 0) {
@@ -206,6 +242,10 @@ s_recv_wire(sd3_client_t *self, int timeout_ms, sd3_msg_t **out, sd3_err_t *err)
             wait = 0;
         sd3_err_t rerr = {0};
         int rc = sd3_link_recv(self->link, (int)wait, NULL, out, &rerr);
+        if (rc == 0 && s_duplicate_answer(self, *out)) {
+            sd3_msg_destroy(out);
+            continue;
+        }
         if (rc == 0)
             return 0;
         if (rc != SD3_ETIMEDOUT) {

@@ -103,7 +103,7 @@ s_alive(sd3_client_t *cl, const char *id, bool *has)
 int
 main(void)
 {
-    cu_setup(55); // then our own handlers: this test starts sd3d itself (no sd3ctl up)
+    cu_setup(150); // then our own handlers: this test starts sd3d itself (no sd3ctl up)
     (void)cu_up;
     signal(SIGALRM, s_on_signal);
     signal(SIGINT, s_on_signal);

@@ -29,7 +29,7 @@ if(EXISTS ${_cl}/test_cluster_chaos.c)
 endif()
 # CurveZMQ keys across a cluster (issue 8 §3).
 if(EXISTS ${_cl}/test_cluster_keys.c)
-  sd3_test(test_cluster_keys ${_cl}/test_cluster_keys.c LABELS cluster TIMEOUT 60)
+  sd3_test(test_cluster_keys ${_cl}/test_cluster_keys.c LABELS cluster TIMEOUT 180)
   add_dependencies(test_cluster_keys sd3d sd3ctl)
 endif()
 # A client that does not read while PROGRESS floods still gets every RESULT (issue 8 §1):
