@@ -126,10 +126,14 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
                 reattached++;
             }
         }
+        // Each restart is a blocking `sd3ctl up --restart` (1-2 s under ASan on a loaded
+        // machine): the client is pumped after each, so its keep-alives never stop long
+        // enough for the controller to take it for gone (a CI run lost 5 requests so).
         for (int v = 0; v < N_VICTIMS; v++)
             if (restart_at[v] > 0 && now >= restart_at[v]) {
                 CHECK(cu_restart(s_victims[v]) == 0);
                 restart_at[v] = 0;
+                open = s_pump(cl, r, n, 0);
             }
         if (!controller_killed && open <= n / 2) {
             CHECK(cu_kill("controller") == 0);
@@ -137,6 +141,7 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
             CHECK(cu_restart("controller") == 0);
             controller_killed = true;
             (*kills)++;
+            open = s_pump(cl, r, n, 0);
         }
         // Kills stop after 40 s of chaos: on a slow or loaded machine a kill every 0.6 s
         // could otherwise outpace restarts forever; every request must still complete.
@@ -223,7 +228,8 @@ main(void)
         CHECK(s_ref[k] != NULL);
     }
     snprintf(extra, sizeof extra,
-             "node_timeout_ms = 1000\nqueue = 2000\njournal = %s/journal.db\n",
+             "node_timeout_ms = 1000\nclient_timeout_ms = 30000\nqueue = 2000\n"
+             "journal = %s/journal.db\n",
              sd3_test_tmpdir());
     CHECK(cu_up("chaos", model, extra,
                 "[encoder enc0]\n[encoder enc1]\n[vae vae0]\n[vae vae1]\n[mmdit a0]\nrange = 0:1\n"
