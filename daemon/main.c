@@ -574,9 +574,11 @@ done:
 static void
 s_tune_malloc(void)
 {
+#ifndef __SANITIZE_ADDRESS__ // ASan brings its own allocator, which takes no mallopt
     if (!mallopt(M_ARENA_MAX, 1) || !mallopt(M_MMAP_THRESHOLD, 1 << 30) ||
         !mallopt(M_TRIM_THRESHOLD, 1 << 30))
         sd3_log_warn("sd3d", "mallopt refused a setting: large frames will page-fault");
+#endif
 }
 
 int
