@@ -26,7 +26,6 @@ struct sd3_client {
     int n_pending, cap_pending;
     // ids whose RESULT or ERROR was handed out (ring): a second answer is dropped
     char answered[SD3_CLIENT_ANSWERED][SD3_WIRE_ID_MAX];
-    bool answered_error[SD3_CLIENT_ANSWERED];
     int answered_next;
 };
 
@@ -53,7 +52,6 @@ s_duplicate_answer(sd3_client_t *self, const sd3_msg_t *msg)
     }
     int i = self->answered_next;
     snprintf(self->answered[i], SD3_WIRE_ID_MAX, "%s", msg->request_id);
-    self->answered_error[i] = msg->type == SD3_MSG_ERROR;
     self->answered_next = (i + 1) % SD3_CLIENT_ANSWERED;
     return false;
 }
@@ -178,7 +176,7 @@ sd3_client_submit(sd3_client_t *self, const char *request_id, const sd3_wire_gen
     msg->body_kind = SD3_WIRE_BODY_GENERATE;
     msg->body.generate = *req;
     int seen = s_answered_find(self, request_id);
-    if (seen >= 0 && self->answered_error[seen]) // a retry after a refusal: a new answer
+    if (seen >= 0) // asked again (a retry, a re-attach): one new answer is wanted
         self->answered[seen][0] = '\0';
     if (init_image_p && *init_image_p) {
         sd3_tensor_t *t = *init_image_p;

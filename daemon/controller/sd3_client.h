@@ -14,12 +14,12 @@
  *                           SD3_EFULL (RESOURCE_EXHAUSTED) when the queue is full
  *                           STATUS {StatusReport}: the reply to STATUS
  *
- *  Every request ends with exactly one RESULT or ERROR, and a client object hands each to
- *  its caller once: a request re-attached with its id (after a controller restart) can be
- *  answered twice on the wire (a RESULT in flight crosses the re-attach, which the journal
- *  answers again), so the client remembers the last SD3_CLIENT_ANSWERED ids it delivered a
- *  RESULT or ERROR for and drops a second one (a new GENERATE with an id answered by ERROR
- *  is a retry and clears it). Keep-alive: while a client has
+ *  Every request ends with exactly one RESULT or ERROR, and a client object hands one
+ *  answer per GENERATE to its caller: a request re-attached with its id (after a controller
+ *  restart) can be answered twice on the wire (a RESULT in flight crosses the re-attach,
+ *  which the journal answers again), so the client remembers the last SD3_CLIENT_ANSWERED
+ *  ids it delivered a RESULT or ERROR for and drops a later answer until the caller submits
+ *  that id again (a retry, or asking a finished request for its image). Keep-alive: while a client has
  *  requests in flight it must send something (sd3_client_recv does it by itself, every
  *  keepalive_ms) or the controller takes it for gone after its client timeout and cancels
  *  its requests. Request ids are unique per controller among live requests (a duplicate is

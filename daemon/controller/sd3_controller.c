@@ -456,6 +456,8 @@ s_flush_outboxes(sd3_controller_t *self)
             sd3_err_t err = {0};
             size_t bytes = s_msg_bytes(ob->q[ob->head]);
             int rc = sd3_link_try_send(self->clients, &ob->peer, &ob->q[ob->head], &err);
+            if (rc == SD3_ENOTFOUND && !ob->unreachable)
+                ob->last_out_ms = now; // the reconnect gets its client timeout in full
             ob->unreachable = rc == SD3_ENOTFOUND;
             if (rc == SD3_EFULL || rc == SD3_ENOTFOUND)
                 break;

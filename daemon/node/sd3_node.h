@@ -85,6 +85,10 @@ int64_t sd3_node_now_ms(void);
 #define SD3_NODE_RECENT    512 // ids of finished or cancelled requests remembered
 #define SD3_NODE_MAX_BATCH 16  // steps merged into one batch at most (--batch-max)
 #define SD3_NODE_BATCH_DEFAULT 4
+// Token rows (batch x (image + context tokens)) of one merged batch at most: the workspace
+// grows with them. 8192 lets 512 px SD3.5 requests (2 x 1178 rows) merge 3 at a time and
+// keeps 1024 px ones (2 x 4250) alone, where one request fills the GEMMs anyway.
+#define SD3_NODE_BATCH_ROWS 8192
 
 // Per-node counters reported in heartbeats and `sd3ctl status`.
 typedef struct {

@@ -784,12 +784,20 @@ s_run_group(sd3_node_t *self, s_work_t *g, int n)
     }
 }
 
+// Token rows of one prepared step (its part of a merged batch's workspace).
+static int64_t
+s_rows(const s_work_t *w)
+{
+    return (int64_t)w->act.batch * ((int64_t)w->act.grid_h * w->act.grid_w + w->act.n_ctx);
+}
+
 void
 sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t **msgs,
                            int n)
 {
     s_work_t g[SD3_NODE_MAX_BATCH];
     int ng = 0;
+    int64_t rows = 0;
     int cap = self->o.batch_max > 0 ? self->o.batch_max : SD3_NODE_BATCH_DEFAULT;
     if (cap > SD3_NODE_MAX_BATCH)
         cap = SD3_NODE_MAX_BATCH;
@@ -803,6 +811,7 @@ sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_ms
         if (ng > 0 && (!step_like || again || ng == cap)) {
             s_run_group(self, g, ng);
             ng = 0;
+            sd3_heartbeat_tick(self); // a drained turn may hold several steps' work
         }
         if (!step_like) {
             sd3_stage_host_handle(self, &from[i], &msgs[i]);
@@ -814,13 +823,18 @@ sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_ms
             continue;
         if (w.skip.x) { // the skip-layer pass runs other blocks: this step goes alone
             s_work_run(self, &w);
+            sd3_heartbeat_tick(self);
             continue;
         }
-        if (ng > 0 && !s_mergeable(&g[0], &w)) {
+        if (ng > 0 && (!s_mergeable(&g[0], &w) || rows + s_rows(&w) > SD3_NODE_BATCH_ROWS)) {
             s_run_group(self, g, ng);
             ng = 0;
+            sd3_heartbeat_tick(self);
         }
+        if (ng == 0)
+            rows = 0;
         g[ng++] = w;
+        rows += s_rows(&w);
     }
     if (ng > 0)
         s_run_group(self, g, ng);

@@ -3,8 +3,9 @@
  *  A fake controller (a ROUTER link over inproc) answers a real sd3_client:
  *    - RESULT r1 twice (a re-attach crossing a RESULT in flight): recv gets one RESULT, then
  *      the next message (PROGRESS r9), never the second r1;
- *    - the client re-attaches r1 (GENERATE with its id) and the journal answers again: the
- *      third RESULT r1 is dropped too;
+ *    - r1 asked again (GENERATE with its id) is answered twice: one gets through;
+ *    - r4 re-attached before its RESULT in flight was read: RESULT and the journal's answer
+ *      both arrive, the caller gets one;
  *    - ERROR r2 (refused), the client retries r2 (GENERATE), ERROR r2 again, then RESULT r2:
  *      the retry's answers get through (the first, the ERROR, ends the retry; RESULT after
  *      it is a duplicate again);
@@ -96,11 +97,26 @@ main(void)
     CHECK_MSG(s_next(cl, id, sizeof id) == SD3_MSG_PROGRESS && !strcmp(id, "r9"),
               "after one RESULT r1 came %s", id);
 
-    // re-attach: the journal answers again
+    // asked again after its answer (its image once more): one new answer, a second dropped
     CHECK(sd3_client_submit(cl, "r1", &w, NULL, &err) == 0);
     s_take(SD3_MSG_GENERATE);
     s_answer(SD3_MSG_RESULT, "r1");
+    s_answer(SD3_MSG_RESULT, "r1");
     s_answer(SD3_MSG_PROGRESS, "r9");
+    CHECK(s_next(cl, id, sizeof id) == SD3_MSG_RESULT && !strcmp(id, "r1"));
+    CHECK_MSG(s_next(cl, id, sizeof id) == SD3_MSG_PROGRESS, "asked again, r1 came %s twice",
+              id);
+
+    // a re-attach sent before the RESULT in flight was read (the chaos test's case): the
+    // RESULT and the journal's answer to the re-attach both arrive; the caller gets one
+    CHECK(sd3_client_submit(cl, "r4", &w, NULL, &err) == 0);
+    s_take(SD3_MSG_GENERATE);
+    CHECK(sd3_client_submit(cl, "r4", &w, NULL, &err) == 0);
+    s_take(SD3_MSG_GENERATE);
+    s_answer(SD3_MSG_RESULT, "r4");
+    s_answer(SD3_MSG_RESULT, "r4");
+    s_answer(SD3_MSG_PROGRESS, "r9");
+    CHECK(s_next(cl, id, sizeof id) == SD3_MSG_RESULT && !strcmp(id, "r4"));
     CHECK_MSG(s_next(cl, id, sizeof id) == SD3_MSG_PROGRESS, "a re-attach delivered %s twice",
               id);
 
