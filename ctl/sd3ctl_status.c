@@ -10,20 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *
-s_role(sd3_wire_role_t r)
-{
-    switch (r) {
-    case SD3_WIRE_ROLE_ENCODER:
-        return "encoder";
-    case SD3_WIRE_ROLE_MMDIT:
-        return "mmdit";
-    case SD3_WIRE_ROLE_VAE:
-        return "vae";
-    default:
-        return "?";
-    }
-}
 
 static void
 s_bytes(char *out, size_t cap, uint64_t b)
@@ -86,6 +72,7 @@ sd3ctl_status(int argc, char **argv)
     for (int i = 0; i < st.n_nodes; i++) {
         const sd3_wire_node_info_t *n = &st.nodes[i];
         char range[32] = "-", sent[32], recv[32], merged[48] = "-";
+        const char *role = sd3_wire_role_name(n->node.role);
         if (n->node.role == SD3_WIRE_ROLE_MMDIT)
             snprintf(range, sizeof range, "[%u,%u)", n->node.layer_begin, n->node.layer_end);
         s_bytes(sent, sizeof sent, n->bytes_sent);
@@ -94,7 +81,7 @@ sd3ctl_status(int argc, char **argv)
             snprintf(merged, sizeof merged, "%llu/%llu", (unsigned long long)n->batches,
                      (unsigned long long)n->batched_steps);
         printf("  %-12s %-8s %-9s %-5s %-8u %-9.1f %-6s %-16s %-12s %-12s %s\n",
-               n->node.node_id, s_role(n->node.role), range, n->alive ? "yes" : "NO",
+               n->node.node_id, role ? role : "?", range, n->alive ? "yes" : "NO",
                n->inflight, (double)n->last_seen_ms / 1000.0,
                n->link == SD3_WIRE_LINK_NCCL ? "nccl" : "zmq",
                n->node.codec[0] ? n->node.codec : "raw", sent, recv, merged);

@@ -270,26 +270,6 @@ s_histogram(s_buf_t *b, const char *name, const char *labels, const double *boun
     }
 }
 
-static const char *
-s_role_name(sd3_wire_role_t role)
-{
-    switch (role) {
-    case SD3_WIRE_ROLE_CONTROLLER:
-        return "controller";
-    case SD3_WIRE_ROLE_ENCODER:
-        return "encoder";
-    case SD3_WIRE_ROLE_MMDIT:
-        return "mmdit";
-    case SD3_WIRE_ROLE_VAE:
-        return "vae";
-    case SD3_WIRE_ROLE_ALL:
-        return "all";
-    case SD3_WIRE_ROLE_CLIENT:
-        return "client";
-    default:
-        return "none";
-    }
-}
 
 static void
 s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
@@ -314,10 +294,12 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
              : st->n_nodes > SD3_WIRE_MAX_NODES ? SD3_WIRE_MAX_NODES
                                                 : st->n_nodes;
     s_family(b, "sd3_node_up", "gauge", "1 while a node sends heartbeats, 0 once declared dead.");
-    for (int i = 0; i < nn; i++)
+    for (int i = 0; i < nn; i++) {
+        const char *role = sd3_wire_role_name(st->nodes[i].node.role);
         s_printf(b, "sd3_node_up{node=\"%s\",role=\"%s\"} %d\n",
-                 s_label(st->nodes[i].node.node_id, l1, sizeof l1),
-                 s_role_name(st->nodes[i].node.role), st->nodes[i].alive ? 1 : 0);
+                 s_label(st->nodes[i].node.node_id, l1, sizeof l1), role ? role : "none",
+                 st->nodes[i].alive ? 1 : 0);
+    }
     s_family(b, "sd3_node_inflight_requests", "gauge", "Requests a node is working on.");
     for (int i = 0; i < nn; i++)
         s_printf(b, "sd3_node_inflight_requests{node=\"%s\"} %u\n",

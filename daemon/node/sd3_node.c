@@ -11,6 +11,14 @@
 #include <unistd.h>
 #include <zmq.h>
 
+// The role's name for ids and logs ("?" for a value that is none).
+static const char *
+s_role(sd3_wire_role_t role)
+{
+    const char *n = sd3_wire_role_name(role);
+    return n ? n : "?";
+}
+
 int64_t
 sd3_node_now_ms(void)
 {
@@ -113,20 +121,6 @@ sd3_gen_params_to_wire(const sd3_gen_params_t *p, sd3_wire_generate_t *w)
 
 // ---- the node ----------------------------------------------------------------------------
 
-static const char *
-s_role_name(sd3_wire_role_t role)
-{
-    switch (role) {
-    case SD3_WIRE_ROLE_ENCODER:
-        return "encoder";
-    case SD3_WIRE_ROLE_MMDIT:
-        return "mmdit";
-    case SD3_WIRE_ROLE_VAE:
-        return "vae";
-    default:
-        return "?";
-    }
-}
 
 static int
 s_load(sd3_node_t *self, sd3_err_t *err)
@@ -200,7 +194,7 @@ sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err)
     if (opts->node_id)
         snprintf(self->node_id, sizeof self->node_id, "%s", opts->node_id);
     else
-        snprintf(self->node_id, sizeof self->node_id, "%s-%d", s_role_name(opts->role),
+        snprintf(self->node_id, sizeof self->node_id, "%s-%d", s_role(opts->role),
                  (int)getpid());
     if (s_load(self, err) != 0)
         goto fail;
@@ -222,7 +216,7 @@ sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err)
         goto fail;
     self->start_ms = sd3_node_now_ms();
     sd3_log_info("node", "node=%s role=%s address=%s controller=%s model=%s range=[%d,%d)",
-                 self->node_id, s_role_name(opts->role), self->address, opts->controller,
+                 self->node_id, s_role(opts->role), self->address, opts->controller,
                  opts->model_path, self->o.layer_begin, self->o.layer_end);
     return self;
 fail:
@@ -305,6 +299,15 @@ sd3_node_send_peer(sd3_node_t *self, const char *addr, sd3_msg_t **msg_p, sd3_er
 }
 
 int
+sd3_node_batch_cap(const sd3_node_t *self)
+{
+    if (self->o.role != SD3_WIRE_ROLE_MMDIT)
+        return 1;
+    int cap = self->o.batch_max > 0 ? self->o.batch_max : SD3_NODE_BATCH_DEFAULT;
+    return cap < SD3_NODE_MAX_BATCH ? cap : SD3_NODE_MAX_BATCH;
+}
+
+int
 sd3_node_run(sd3_node_t *self, volatile sig_atomic_t *stop, sd3_err_t *err)
 {
     sd3_heartbeat_tick(self);
@@ -342,11 +345,7 @@ sd3_node_run(sd3_node_t *self, volatile sig_atomic_t *stop, sd3_err_t *err)
             // Everything waiting, up to a batch: an mmdit stage merges same-shaped steps.
             sd3_msg_t *msgs[SD3_NODE_MAX_BATCH] = {0};
             sd3_wire_peer_t from[SD3_NODE_MAX_BATCH];
-            int cap = self->o.role != SD3_WIRE_ROLE_MMDIT ? 1
-                      : self->o.batch_max > 0             ? self->o.batch_max
-                                                          : SD3_NODE_BATCH_DEFAULT;
-            if (cap > SD3_NODE_MAX_BATCH)
-                cap = SD3_NODE_MAX_BATCH;
+            const int cap = sd3_node_batch_cap(self);
             int nm = 0;
             for (int tries = 0; nm < cap && tries < 2 * cap; tries++) {
                 sd3_err_t e = {0};

@@ -143,6 +143,9 @@ struct sd3_node {
     int64_t start_ms, last_hb_ms, last_reg_ms;
 };
 
+// Steps an mmdit node merges at most in one batch (--batch-max, clamped); 1 for other roles.
+int sd3_node_batch_cap(const sd3_node_t *self);
+
 // sd3_heartbeat.c: REGISTER until the controller ACKs it, then a HEARTBEAT every
 // heartbeat_ms (with the counters above).
 void sd3_heartbeat_tick(sd3_node_t *self);

@@ -798,9 +798,7 @@ sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_ms
     s_work_t g[SD3_NODE_MAX_BATCH];
     int ng = 0;
     int64_t rows = 0;
-    int cap = self->o.batch_max > 0 ? self->o.batch_max : SD3_NODE_BATCH_DEFAULT;
-    if (cap > SD3_NODE_MAX_BATCH)
-        cap = SD3_NODE_MAX_BATCH;
+    const int cap = sd3_node_batch_cap(self);
     for (int i = 0; i < n; i++) {
         sd3_msg_t *msg = msgs[i];
         const bool step_like = self->o.role == SD3_WIRE_ROLE_MMDIT && cap > 1 &&

@@ -52,6 +52,27 @@ _Static_assert(-SD3_ENOTFOUND == (int)SD3__STATUS__STATUS_NOTFOUND, "status = -S
 #define S_MAX_STATUS 12 // STATUS_NOTFOUND
 
 const char *
+sd3_wire_role_name(sd3_wire_role_t role)
+{
+    switch (role) {
+    case SD3_WIRE_ROLE_CONTROLLER:
+        return "controller";
+    case SD3_WIRE_ROLE_ENCODER:
+        return "encoder";
+    case SD3_WIRE_ROLE_MMDIT:
+        return "mmdit";
+    case SD3_WIRE_ROLE_VAE:
+        return "vae";
+    case SD3_WIRE_ROLE_ALL:
+        return "all";
+    case SD3_WIRE_ROLE_CLIENT:
+        return "client";
+    default:
+        return NULL;
+    }
+}
+
+const char *
 sd3_msg_type_name(sd3_msg_type_t type)
 {
     return (unsigned)type < SD3_MSG_TYPE_COUNT ? s_type_names[type] : "?";

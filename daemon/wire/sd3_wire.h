@@ -254,6 +254,8 @@ typedef struct {
 } sd3_wire_frames_t;
 
 const char *sd3_msg_type_name(sd3_msg_type_t type); // "STEP", "ERROR", ...
+// "controller", "encoder", "mmdit", "vae", "all", "client"; NULL for any other value.
+const char *sd3_wire_role_name(sd3_wire_role_t role);
 void sd3_wire_limits_default(sd3_wire_limits_t *lim);
 
 // A fresh empty message (request_id may be NULL; longer ids are cut to 63 bytes).
