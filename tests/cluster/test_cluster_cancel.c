@@ -16,11 +16,14 @@ main(void)
     size_t ref_n = 0;
     unsigned char *ref = cu_local_png(model, "a kite", "--size 64x64 --steps 3 --seed 9", &ref_n);
     CHECK(ref != NULL);
-    CHECK(cu_up("cancel", model, "inflight = 1\nclient_timeout_ms = 1000",
+    CHECK(cu_up("cancel", model, "inflight = 1\nclient_timeout_ms = 2000",
                 "[encoder enc0]\n[vae vae0]\n[mmdit d0]\nrange = 0:1\n[mmdit d1]\nrange = 1:2\n",
                 client_ep, sizeof client_ep) == 0);
     sd3_err_t err = {0};
-    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
+    // Keep-alives well inside the controller's client timeout: at the default period (1 s)
+    // against a 1 s timeout, a loaded ASan run took the staying client for gone too.
+    sd3_client_opts_t stay = {.keepalive_ms = 200};
+    sd3_client_t *cl = sd3_client_new(client_ep, &stay, &err);
     CHECK(cl != NULL);
     sd3_wire_generate_t *along = calloc(1, sizeof *along), *w = calloc(1, sizeof *w);
     cu_request(along, "a kite", 1, 1000);
