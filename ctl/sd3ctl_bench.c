@@ -2,6 +2,7 @@
  *  (clocks, memory, the sgemm peak, checked number options: sd3ctl_bench.h)  */
 #include "sd3ctl_bench.h"
 
+#include "sd3_clock.h"
 #include "sd3ctl.h"
 
 #include <cblas.h>
@@ -13,18 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 double
 sd3_bench_wall(void)
 {
-    return s_now();
+    return sd3_now_s();
 }
 
 double
@@ -90,10 +83,10 @@ sd3_bench_sgemm_peak(int size)
         b[i] = (float)((i * 104729u) % 1000) * 1e-3f - 0.5f;
     }
     for (int rep = 0; rep < 4; rep++) {
-        double t0 = s_now();
+        double t0 = sd3_now_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, size, size, size, 1.0f, a, size, b,
                     size, 0.0f, c, size);
-        double dt = s_now() - t0;
+        double dt = sd3_now_s() - t0;
         double gflops = 2.0 * (double)size * size * size / dt * 1e-9;
         if (rep > 0 && gflops > best) // the first run warms up threads and caches
             best = gflops;

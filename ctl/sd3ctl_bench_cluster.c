@@ -16,6 +16,7 @@
  *                         [--act-size PX] [--threads N] [--sigma S] [--keep]]
  *                         [--alloc tuned|glibc]
  *  Numbers are checked (sd3_bench_arg_int): a bad one is one line on stderr and exit 2.  */
+#include "sd3_clock.h"
 #include "sd3_codec.h"
 #include "sd3ctl.h"
 #include "sd3ctl_bench.h"
@@ -32,11 +33,8 @@
 static double
 s_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return sd3_clock_s(CLOCK_THREAD_CPUTIME_ID);
 }
-
 
 static int
 s_bench_shape(int64_t n_tokens, int level, int reps)

@@ -11,6 +11,7 @@
  *  tokenizers cost microseconds and are not what is measured here. Figures, not a test.  */
 #include "sd3_backend.h"
 #include "sd3_clip.h"
+#include "sd3_clock.h"
 #include "sd3_cond.h"
 #include "sd3_embcache.h"
 #include "sd3_log.h"
@@ -24,14 +25,6 @@
 #include <time.h>
 
 #define S_CLIP_LEN 77
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void
 s_usage(void)
@@ -92,12 +85,12 @@ sd3_bench_encode(int argc, char **argv)
     double peak = sd3_bench_sgemm_peak(1024);
     printf("sgemm_peak_gflops=%.1f (OpenBLAS, M=N=K=1024)\n", peak);
     size_t rss0 = sd3_bench_rss_now();
-    double t0 = s_now();
+    double t0 = sd3_now_s();
     if (!(model = sd3_model_open(model_path, &err)) ||
         !(be = sd3_backend_new(backend, threads, &err)) ||
         !(cond = sd3_cond_new_from_model(be, model, !no_t5, &err)))
         goto fail;
-    double t_open = s_now() - t0;
+    double t_open = sd3_now_s() - t0;
     size_t wbytes = sd3_cond_weight_bytes(cond);
     printf("model=%s layout=%s backend=%s threads=%d t5=%s open_s=%.2f weight_bytes=%zu "
            "(%.2f GiB)\n",
@@ -125,7 +118,7 @@ sd3_bench_encode(int argc, char **argv)
         if (e == 2 && !sd3_cond_has_t5(cond))
             continue;
         for (int r = 0; r < reps + 1; r++) { // the first run touches the weight pages
-            double ts = s_now();
+            double ts = sd3_now_s();
             if (e < 2) {
                 sd3_clip_t *clip = e == 0 ? sd3_cond_clip_l(cond) : sd3_cond_clip_g(cond);
                 sd3_clip_out_t out;
@@ -139,7 +132,7 @@ sd3_bench_encode(int argc, char **argv)
                     goto fail_ids;
                 be->ops->tensor_free(be, &h);
             }
-            double dt = s_now() - ts;
+            double dt = sd3_now_s() - ts;
             if (r == 0)
                 printf("%s first_s=%.3f (cold pages)\n", names[e], dt);
             else if (dt < best)
@@ -168,10 +161,10 @@ sd3_bench_encode(int argc, char **argv)
         opts.no_t5 = true;
     if (!sd3_cond_has_t5(cond))
         opts.context_width = 4096;
-    t0 = s_now();
+    t0 = sd3_now_s();
     if (sd3_cond_encode(cond, &tok, &opts, &ctx, &pooled, &err))
         goto fail_ids;
-    double t_cond = s_now() - t0;
+    double t_cond = sd3_now_s() - t0;
     printf("cond s=%.3f gflops=%.1f context=[1,%lld,%lld] pooled=[1,%lld]\n", t_cond,
            total_flops * 1e-9 / t_cond, (long long)ctx->shape[1], (long long)ctx->shape[2],
            (long long)pooled->shape[1]);
@@ -183,13 +176,13 @@ sd3_bench_encode(int argc, char **argv)
         sd3_err_set(&err, SD3_ENOMEM, "out of memory");
         goto fail_ids;
     }
-    t0 = s_now();
+    t0 = sd3_now_s();
     sd3_embkey_t key = sd3_embcache_key(prompt, strlen(prompt), &opts, fp, NULL);
-    double t_key = s_now() - t0;
+    double t_key = sd3_now_s() - t0;
     if (sd3_embcache_put(cache, key, ctx, pooled, &err))
         goto fail_ids;
     const int n_hits = 100;
-    t0 = s_now();
+    t0 = sd3_now_s();
     for (int i = 0; i < n_hits; i++) {
         sd3_embkey_t k = sd3_embcache_key(prompt, strlen(prompt), &opts, fp, NULL);
         if (sd3_embcache_get(cache, k, &hit_ctx, &hit_pooled, &err) != 1) {
@@ -199,7 +192,7 @@ sd3_bench_encode(int argc, char **argv)
         sd3_tensor_destroy(&hit_ctx);
         sd3_tensor_destroy(&hit_pooled);
     }
-    double t_hit = (s_now() - t0) / n_hits;
+    double t_hit = (sd3_now_s() - t0) / n_hits;
     printf("cache_hit_us=%.1f key_us=%.2f entry_bytes=%zu speedup=%.0fx\n", t_hit * 1e6,
            t_key * 1e6, sd3_embcache_entry_bytes(ctx, pooled), t_cond / t_hit);
 

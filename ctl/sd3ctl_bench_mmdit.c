@@ -15,6 +15,7 @@
  *  Prints figures; it is not a test.  */
 #include "sd3_arch.h"
 #include "sd3_backend.h"
+#include "sd3_clock.h"
 #include "sd3_mmdit.h"
 #include "sd3_rng.h"
 #include "sd3_sampler.h"
@@ -30,14 +31,6 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 // CPU seconds (user + system) of this process: with the 2 cores shared, wall time alone
 // mixes in other processes' load.
@@ -136,11 +129,11 @@ sd3_bench_mmdit(int argc, char **argv)
                 opts.want[c] = c == SD3_COMP_MMDIT;
             opts.dtype = dtype;
             opts.origin = "sd3ctl bench mmdit (random weights)";
-            double t0 = s_now();
+            double t0 = sd3_now_s();
             if (sd3_weights_mkmodel(arch, &opts, 1, path, &err) != 0)
                 goto fail;
             fprintf(stderr, "random %s MMDiT (%s) written to %s in %.1f s\n", arch_name, dtype_name,
-                    path, s_now() - t0);
+                    path, sd3_now_s() - t0);
         }
         model = path;
     }
@@ -151,11 +144,11 @@ sd3_bench_mmdit(int argc, char **argv)
         goto fail;
     int last = blocks > 0 && blocks < cfg.depth ? blocks : cfg.depth;
     size_t rss0 = sd3_bench_rss_now();
-    double t_load = s_now();
+    double t_load = sd3_now_s();
     if (!(be = sd3_backend_new("cpu", threads, &err)) ||
         !(mm = sd3_mmdit_new(be, w, 0, last, &err)))
         goto fail;
-    t_load = s_now() - t_load;
+    t_load = sd3_now_s() - t_load;
     const int64_t Z = cfg.in_channels, h = size / 8, B = 2, L = 154, C = cfg.hidden;
     const int64_t N = (h / cfg.patch) * (h / cfg.patch);
     if (!(lat = sd3_rng_noise(1, 4, (int64_t[]){1, Z, h, h}, &err)) ||
@@ -181,7 +174,7 @@ sd3_bench_mmdit(int argc, char **argv)
     double t_steps = 0, cpu0 = s_cpu();
     for (int s = 0; s < steps; s++) {
         float ts[2] = {sigmas[s] * 1000.0f, sigmas[s] * 1000.0f};
-        double t0 = s_now();
+        double t0 = sd3_now_s();
         if (last == cfg.depth) {
             if (sd3_mmdit_forward(mm, lat2, ts, y, ctx, 0, v, &err) ||
                 sd3_sampler_guide(&so, lat, sigmas[s], v, NULL, den, NULL, &err) ||
@@ -193,7 +186,7 @@ sd3_bench_mmdit(int argc, char **argv)
                 goto fail_st;
             sd3_mmdit_act_fini(be, &act);
         }
-        double dt = s_now() - t0;
+        double dt = sd3_now_s() - t0;
         t_steps += dt;
         fprintf(stderr, "step %d: %.2f s\n", s, dt);
     }

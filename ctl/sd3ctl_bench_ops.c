@@ -10,6 +10,7 @@
  *  shared, busy machine with --threads 1 this gives steadier figures).
  *  Prints figures; it checks nothing.  */
 #include "sd3_backend.h"
+#include "sd3_clock.h"
 #include "sd3ctl.h"
 #include "sd3ctl_bench.h"
 
@@ -24,9 +25,7 @@ static clockid_t s_clock = CLOCK_MONOTONIC;
 static double
 s_now(void)
 {
-    struct timespec ts;
-    clock_gettime(s_clock, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return sd3_clock_s(s_clock);
 }
 
 static void

@@ -10,6 +10,7 @@
  *  stages share the cores, so the figures say what the pipeline costs, not what it gains.
  *  The temporary folder (model, cluster files, logs) is removed at the end.  */
 #include "sd3_client.h"
+#include "sd3_clock.h"
 #include "sd3ctl.h"
 
 #include <ftw.h>
@@ -19,14 +20,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int
 s_remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -79,7 +72,7 @@ s_one(const char *dir, const char *model, int stages, double *per_min, double *o
     sd3_wire_generate_t *w = calloc(1, sizeof *w);
     const int n = 6 * stages;
     int done = 0, failed = 0;
-    double t0 = s_now();
+    double t0 = sd3_now_s();
     for (int i = 0; cl && w && i < n; i++) {
         char id[32];
         memset(w, 0, sizeof *w);
@@ -91,7 +84,7 @@ s_one(const char *dir, const char *model, int stages, double *per_min, double *o
         if (sd3_client_submit(cl, id, w, NULL, &err) != 0)
             failed++;
     }
-    while (cl && done + failed < n && s_now() - t0 < 300) {
+    while (cl && done + failed < n && sd3_now_s() - t0 < 300) {
         sd3_msg_t *msg = NULL;
         if (sd3_client_recv(cl, 500, &msg, &err) != 0)
             continue;
@@ -99,7 +92,7 @@ s_one(const char *dir, const char *model, int stages, double *per_min, double *o
         failed += msg->type == SD3_MSG_ERROR;
         sd3_msg_destroy(&msg);
     }
-    double secs = s_now() - t0;
+    double secs = sd3_now_s() - t0;
     sd3_client_destroy(&cl);
     free(w);
     sd3ctl_down(2, down);

@@ -10,6 +10,7 @@
  *  (convolutions and the mid attention; norms and activations are not counted) and
  *  compared with a plain OpenBLAS sgemm measured now (sd3_bench_sgemm_peak).
  *  Prints figures; it is not a test.  */
+#include "sd3_clock.h"
 #include "sd3_vae.h"
 #include "sd3ctl.h"
 #include "sd3ctl_bench.h"
@@ -19,14 +20,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static double
 s_conv(double ci, double co, double k, double h, double w)
@@ -156,10 +149,10 @@ sd3_bench_vae(int argc, char **argv)
         }
         close(fd);
         made = true;
-        double t0 = s_now();
+        double t0 = sd3_now_s();
         if (sd3_vae_write_random(tmp, (int[]){128, 256, 512, 512}, 4, 16, SD3_F16, 1, &err))
             goto fail;
-        fprintf(stderr, "random real-size VAE written to %s in %.1f s\n", tmp, s_now() - t0);
+        fprintf(stderr, "random real-size VAE written to %s in %.1f s\n", tmp, sd3_now_s() - t0);
         model = tmp;
     }
     if (!(be = sd3_backend_new(backend, threads, &err)) || !(vae = sd3_vae_open(model, be, &err)))
@@ -180,10 +173,10 @@ sd3_bench_vae(int argc, char **argv)
         sd3_tensor_f32(z)[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
     }
     if (cfg->has_decoder) {
-        double t0 = s_now();
+        double t0 = sd3_now_s();
         if (sd3_vae_decode(vae, z, image, &tile, &err) != 0)
             goto fail;
-        double dt = s_now() - t0, fl = s_decode_flops(cfg, h, w);
+        double dt = sd3_now_s() - t0, fl = s_decode_flops(cfg, h, w);
         printf("decode %dx%d%s: %.2f s, %.2f TFLOP, %.1f GFLOP/s (%.0f%% of sgemm peak), "
                "peak RSS %.0f MiB\n",
                width, height, tile.tile ? " (tiled)" : "", dt, fl * 1e-12, fl / dt * 1e-9,
@@ -195,10 +188,10 @@ sd3_bench_vae(int argc, char **argv)
         if (!(moments = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 2 * cfg->z_channels, h, w},
                                            "moments", &err)))
             goto fail;
-        double t0 = s_now();
+        double t0 = sd3_now_s();
         if (sd3_vae_encode_moments(vae, image, moments, &err) != 0)
             goto fail;
-        double dt = s_now() - t0, fl = s_encode_flops(cfg, height, width);
+        double dt = sd3_now_s() - t0, fl = s_encode_flops(cfg, height, width);
         printf("encode %dx%d: %.2f s, %.2f TFLOP, %.1f GFLOP/s (%.0f%% of sgemm peak), "
                "peak RSS %.0f MiB\n",
                width, height, dt, fl * 1e-12, fl / dt * 1e-9,

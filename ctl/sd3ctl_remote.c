@@ -6,6 +6,7 @@
  *  sd3_client with a fresh request id, draws a progress bar from PROGRESS messages and
  *  writes the PNG of RESULT. Ctrl-C cancels the request on the cluster.  */
 #include "sd3_client.h"
+#include "sd3_clock.h"
 #include "sd3_png.h"
 #include "sd3ctl.h"
 
@@ -33,14 +34,6 @@ typedef struct {
     uint32_t last_step;
 } s_bar_t;
 
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void
 s_bar(s_bar_t *bar, const sd3_wire_progress_t *p)
 {
@@ -54,7 +47,7 @@ s_bar(s_bar_t *bar, const sd3_wire_progress_t *p)
     if (p->step == 0 || p->step == bar->last_step)
         return;
     bar->last_step = p->step;
-    double el = s_now() - bar->t0, per = el / p->step, eta = per * (p->steps - p->step);
+    double el = sd3_now_s() - bar->t0, per = el / p->step, eta = per * (p->steps - p->step);
     if (bar->tty) {
         char b[31];
         int fill = p->steps ? (int)(p->step * 30 / p->steps) : 30;
@@ -250,11 +243,11 @@ sd3ctl_generate_remote(int argc, char **argv)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_sigint;
     sigaction(SIGINT, &sa, &old);
-    s_bar_t bar = {.tty = isatty(2), .quiet = quiet, .t0 = s_now()};
+    s_bar_t bar = {.tty = isatty(2), .quiet = quiet, .t0 = sd3_now_s()};
     // The exchange of sd3_client_generate, spelled out so that Ctrl-C can cancel.
     if (sd3_client_submit(client, id, w, init_t ? &init_t : NULL, &err) != 0)
         goto fail;
-    double last = s_now();
+    double last = sd3_now_s();
     for (;;) {
         sd3_msg_t *msg = NULL;
         if (s_interrupted) {
@@ -265,7 +258,7 @@ sd3ctl_generate_remote(int argc, char **argv)
         int r = sd3_client_recv(client, 200, &msg, &err);
         if (r == SD3_ETIMEDOUT) {
             sd3_err_clear(&err);
-            if (s_now() - last > (double)timeout_s) {
+            if (sd3_now_s() - last > (double)timeout_s) {
                 sd3_client_cancel(client, id, NULL);
                 sd3_err_set(&err, SD3_ETIMEDOUT, "%s: no answer for %ld s", controller, timeout_s);
                 goto fail;
@@ -278,7 +271,7 @@ sd3ctl_generate_remote(int argc, char **argv)
         }
         if (r != 0)
             goto fail;
-        last = s_now();
+        last = sd3_now_s();
         if (strcmp(msg->request_id, id) != 0) {
             sd3_msg_destroy(&msg);
             continue;
@@ -311,7 +304,7 @@ sd3ctl_generate_remote(int argc, char **argv)
     if (!quiet) {
         const sd3_wire_generate_t *e = &result->body.generate;
         printf("wrote %s (%ux%u, seed %llu, %u steps) from %s in %.2f s\n", out, e->width,
-               e->height, (unsigned long long)e->seed, e->steps, controller, s_now() - bar.t0);
+               e->height, (unsigned long long)e->seed, e->steps, controller, sd3_now_s() - bar.t0);
     }
     rc = 0;
     goto done;

@@ -1,6 +1,7 @@
 /*  sd3_client - the client side of the controller's protocol (see sd3_client.h)  */
 #include "sd3_client.h"
 
+#include "sd3_clock.h"
 #include "sd3_curve.h"
 #include "sd3_link.h"
 #include "sd3_log.h"
@@ -54,14 +55,6 @@ s_duplicate_answer(sd3_client_t *self, const sd3_msg_t *msg)
     snprintf(self->answered[i], SD3_WIRE_ID_MAX, "%s", msg->request_id);
     self->answered_next = (i + 1) % SD3_CLIENT_ANSWERED;
     return false;
-}
-
-static int64_t
-s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 sd3_client_t *
@@ -148,7 +141,7 @@ s_send(sd3_client_t *self, sd3_msg_t **msg_p, sd3_err_t *err)
 {
     int rc = sd3_link_send(self->link, NULL, msg_p, err);
     if (rc == 0)
-        self->last_sent_ms = s_now_ms();
+        self->last_sent_ms = sd3_now_ms();
     return rc;
 }
 
@@ -225,9 +218,9 @@ sd3_client_keepalive(sd3_client_t *self, sd3_err_t *err)
 static int
 s_recv_wire(sd3_client_t *self, int timeout_ms, sd3_msg_t **out, sd3_err_t *err)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : s_now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? -1 : sd3_now_ms() + timeout_ms;
     for (;;) {
-        int64_t now = s_now_ms();
+        int64_t now = sd3_now_ms();
         if (now - self->last_sent_ms >= self->keepalive_ms) {
             sd3_err_t kerr = {0};
             sd3_client_keepalive(self, &kerr); // a full queue is told by the next receive
@@ -250,7 +243,7 @@ s_recv_wire(sd3_client_t *self, int timeout_ms, sd3_msg_t **out, sd3_err_t *err)
             sd3_err_set(err, rc, "%s", rerr.msg);
             return rc;
         }
-        if (deadline >= 0 && s_now_ms() >= deadline)
+        if (deadline >= 0 && sd3_now_ms() >= deadline)
             return sd3_err_set(err, SD3_ETIMEDOUT, "controller %s: no answer within %d ms",
                                sd3_link_endpoint(self->link), timeout_ms);
     }
@@ -295,9 +288,9 @@ sd3_client_status(sd3_client_t *self, int timeout_ms, sd3_wire_status_t *out, sd
     int rc = s_send(self, &msg, err);
     if (rc != 0)
         return rc;
-    int64_t deadline = s_now_ms() + (timeout_ms < 0 ? 3600000 : timeout_ms);
+    int64_t deadline = sd3_now_ms() + (timeout_ms < 0 ? 3600000 : timeout_ms);
     for (;;) {
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - sd3_now_ms();
         if ((rc = s_recv_wire(self, left > 0 ? (int)left : 0, &msg, err)) != 0)
             return rc;
         if (msg->type == SD3_MSG_STATUS && msg->body_kind == SD3_WIRE_BODY_STATUS) {

@@ -3,6 +3,7 @@
  *  Layout: nodes; requests; sending; client messages; node messages; timers; status; loop.  */
 #include "sd3_controller.h"
 
+#include "sd3_clock.h"
 #include "sd3_journal.h"
 #include "sd3_link.h"
 #include "sd3_log.h"
@@ -117,20 +118,6 @@ struct sd3_controller {
     int n_step_ms, next_step_ms;
     uint64_t step_timeouts;
 };
-
-static int64_t
-s_now_ms(void)
-{
-    return sd3_node_now_ms();
-}
-
-static double
-s_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 // ---- nodes -------------------------------------------------------------------------------
 
@@ -356,7 +343,7 @@ s_outbox_push(sd3_controller_t *self, const sd3_wire_peer_t *peer, sd3_msg_t **m
         if (!(ob = calloc(1, sizeof *ob)))
             goto oom;
         ob->peer = *peer;
-        ob->last_out_ms = s_now_ms();
+        ob->last_out_ms = sd3_now_ms();
         self->outboxes[self->n_outboxes++] = ob;
     }
     if (msg->type == SD3_MSG_PROGRESS) { // only the newest per request matters
@@ -448,7 +435,7 @@ s_outbox_has_answer(const sd3_controller_t *self, const sd3_wire_peer_t *peer, c
 static void
 s_flush_outboxes(sd3_controller_t *self)
 {
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     char name[SD3_WIRE_ROUTING_ID_MAX + 1];
     for (int b = self->n_outboxes - 1; b >= 0; b--) {
         s_outbox_t *ob = self->outboxes[b];
@@ -718,7 +705,7 @@ s_launch(sd3_controller_t *self, sd3_request_t *req)
             goto retry;
         req->state = S_RUNNING;
     }
-    req->t_start_ms = req->t_last_step_ms = s_now_ms();
+    req->t_start_ms = req->t_last_step_ms = sd3_now_ms();
     if (self->journal && sd3_journal_start(self->journal, req->id, req->attempt, &err) != 0)
         sd3_log_warn("controller", "req=%s journal start: %s", req->id, err.msg);
     sd3_log_info("controller", "req=%s start pipeline=%d stages=%d steps=%d start=%d from=%d "
@@ -732,7 +719,7 @@ retry:
         return;
     }
     s_requeue_resume(self, req, err.msg);
-    req->retry_at_ms = s_now_ms() + 250;
+    req->retry_at_ms = sd3_now_ms() + 250;
 }
 
 // Noise from the seed, the schedule, the start latent; then the JOBs.
@@ -802,7 +789,7 @@ s_send_task(sd3_controller_t *self, sd3_request_t *req)
     if (s_send_node(self, node, &m, &err) != 0) {
         sd3_log_warn("controller", "req=%s node=%s unreachable (%s): will retry", req->id,
                      self->nodes[node].reg.node_id, err.msg);
-        req->retry_at_ms = s_now_ms() + 250;
+        req->retry_at_ms = sd3_now_ms() + 250;
         return 1;
     }
     req->task_node = node;
@@ -814,7 +801,7 @@ s_send_task(sd3_controller_t *self, sd3_request_t *req)
 static void
 s_retry(sd3_controller_t *self)
 {
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     for (int i = 0; i < self->n_reqs; i++) {
         sd3_request_t *req = self->reqs[i];
         if (now < req->retry_at_ms)
@@ -852,10 +839,9 @@ s_dispatch(sd3_controller_t *self)
         sd3_log_info("controller", "req=%s dispatched pipeline=%d encoder=%s queued_ms=%lld",
                      req->id, pipe,
                      req->task_node >= 0 ? self->nodes[req->task_node].reg.node_id : "-",
-                     (long long)(s_now_ms() - req->t_submit_ms));
+                     (long long)(sd3_now_ms() - req->t_submit_ms));
     }
 }
-
 
 // ---- client messages ---------------------------------------------------------------------
 
@@ -932,7 +918,7 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     sd3_request_t *live = s_find(self, msg->request_id);
     if (live) { // a client re-attaching (it reconnected, or the controller restarted)
         live->client = *from;
-        live->client_seen_ms = s_now_ms();
+        live->client_seen_ms = sd3_now_ms();
         sd3_log_info("controller", "req=%s client re-attached state=%s", live->id,
                      s_state_names[live->state]);
         sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, live->id);
@@ -995,7 +981,7 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         goto fail;
     req->w.deadline_ms = w->deadline_ms;
     sd3_gen_params_to_wire(&req->p, &req->w);
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     req->t_submit_ms = req->client_seen_ms = now;
     if (w->deadline_ms) {
         struct timespec ts;
@@ -1070,7 +1056,7 @@ static void s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st);
 static void
 s_client_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
 {
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     // Anything from a client tells us it is still there.
     for (int i = 0; i < self->n_reqs; i++)
         if (self->reqs[i]->client.routing_id_len == from->routing_id_len &&
@@ -1184,7 +1170,7 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
     memset(n, 0, sizeof *n);
     n->reg = *r;
     n->alive = true;
-    n->last_seen_ms = s_now_ms();
+    n->last_seen_ms = sd3_now_ms();
     sd3_log_info("controller", "node=%s registered role=%d address=%s range=[%u,%u) codec=%s",
                  r->node_id, (int)r->role, r->address, r->layer_begin, r->layer_end, r->codec);
     sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, NULL);
@@ -1192,7 +1178,7 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
         sd3_link_send(self->stages, from, &ack, &e);
     // Nodes of one cluster register within moments of each other: form the pipelines
     // when no registration came for 250 ms, over all of them at once.
-    self->form_due_ms = s_now_ms() + 250;
+    self->form_due_ms = sd3_now_ms() + 250;
 }
 
 static int
@@ -1206,7 +1192,7 @@ s_take_tensor(sd3_msg_t *msg, const char *name, sd3_tensor_t **dst)
 static void
 s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
 {
-    double t0 = s_now_s();
+    double t0 = sd3_now_s();
     sd3_err_t err = {0};
     if (req->state != S_RUNNING || msg->attempt != req->attempt ||
         (int)msg->step <= req->steps_done)
@@ -1234,7 +1220,7 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
                                req->old_denoised, &err) != 0)
         sd3_log_warn("controller", "req=%s journal checkpoint step=%u: %s", req->id, msg->step,
                      err.msg);
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     double secs = (double)(now - req->t_last_step_ms) / 1000.0;
     static const double bounds[SD3_WIRE_STEP_BUCKETS] = SD3_WIRE_STEP_BOUNDS;
     for (int b = 0; b < SD3_WIRE_STEP_BUCKETS; b++)
@@ -1276,7 +1262,7 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
         s_dispatch(self);
     }
     self->overhead_steps++;
-    self->overhead_seconds += s_now_s() - t0;
+    self->overhead_seconds += sd3_now_s() - t0;
 }
 
 static void
@@ -1296,7 +1282,7 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         return;
     }
     s_node_t *node = &self->nodes[ni];
-    node->last_seen_ms = s_now_ms();
+    node->last_seen_ms = sd3_now_ms();
     if (!node->alive) { // it came back before re-registering: ask it to
         sd3_err_t cause = {0};
         sd3_err_set(&cause, SD3_ENOTFOUND, "node %s was declared dead: register again",
@@ -1319,11 +1305,11 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
                           msg->attempt);
         } else if (of_pipeline && transient && req->retries++ < 20) {
             s_requeue_resume(self, req, msg->message);
-            req->retry_at_ms = s_now_ms() + 250;
+            req->retry_at_ms = sd3_now_ms() + 250;
         } else if (req && req->task_node == ni && transient && req->retries++ < 20) {
             node->tasks--;
             req->task_node = -1;
-            req->retry_at_ms = s_now_ms() + 250;
+            req->retry_at_ms = sd3_now_ms() + 250;
         } else if (req && (req->task_node == ni || of_pipeline))
             s_end(self, req, msg->status ? msg->status : SD3_EINTERNAL, "%s: %s", node->reg.node_id,
                   msg->message);
@@ -1385,7 +1371,7 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         if (req->state == S_STARTING && msg->attempt == req->attempt && --req->pending_acks == 0) {
             if (s_send_job(self, req, 0, &err) != 0) {
                 s_requeue_resume(self, req, err.msg);
-                req->retry_at_ms = s_now_ms() + 250;
+                req->retry_at_ms = sd3_now_ms() + 250;
                 return;
             }
             req->state = S_RUNNING;
@@ -1419,7 +1405,7 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
                                                 (size_t)pt->shape[0], &err) != 0)
             sd3_log_warn("controller", "req=%s journal finish: %s", req->id, err.msg);
         sd3_log_info("controller", "req=%s done pipeline=%d steps=%d total_ms=%lld", req->id,
-                     req->pipeline, req->steps_done, (long long)(s_now_ms() - req->t_submit_ms));
+                     req->pipeline, req->steps_done, (long long)(sd3_now_ms() - req->t_submit_ms));
         s_send_client(self, req, &res);
         s_end(self, req, 0, "done");
         s_dispatch(self);
@@ -1486,7 +1472,7 @@ s_check_steps(sd3_controller_t *self, int64_t now)
 static void
 s_timers(sd3_controller_t *self)
 {
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     if (now - self->last_timer_ms < 50)
         return;
     self->last_timer_ms = now;
@@ -1530,7 +1516,7 @@ s_timers(sd3_controller_t *self)
 static void
 s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
 {
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     memset(st, 0, sizeof *st);
     st->queue_depth = (uint32_t)sd3_queue_size(self->queue);
     st->queue_capacity = (uint32_t)sd3_queue_capacity(self->queue);
@@ -1615,7 +1601,7 @@ s_recover_one(void *user, const sd3_journal_entry_t *e, sd3_err_t *err)
         }
         req->steps_done = (int)e->step;
     }
-    int64_t now = s_now_ms();
+    int64_t now = sd3_now_ms();
     req->t_submit_ms = req->client_seen_ms = now;
     if (self->n_reqs == self->cap_reqs) {
         int cap = self->cap_reqs ? self->cap_reqs * 2 : 64;
@@ -1707,7 +1693,7 @@ sd3_controller_new(const sd3_controller_opts_t *opts, sd3_err_t *err)
         sd3_log_info("controller", "journal=%s recovered=%d refused=%d", opts->journal_path,
                      self->n_reqs, n_refused);
     }
-    self->start_ms = s_now_ms();
+    self->start_ms = sd3_now_ms();
     sd3_log_info("controller", "client=%s stages=%s model=%s arch=%s depth=%d queue=%zu",
                  sd3_link_endpoint(self->clients), sd3_link_endpoint(self->stages),
                  opts->model_path, self->arch, self->cfg.depth, sd3_queue_capacity(self->queue));

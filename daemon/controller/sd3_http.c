@@ -9,6 +9,7 @@
 #include "sd3_http.h"
 
 #include "sd3_client.h"
+#include "sd3_clock.h"
 #include "sd3_http_json.h"
 #include "sd3_log.h"
 #include "sd3_metrics.h"
@@ -59,14 +60,6 @@ s_since(const struct timespec *t0)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
-}
-
-static int64_t
-s_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 static uint64_t
@@ -234,7 +227,7 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     uint64_t unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-    int64_t t0 = s_mono_ms(), deadline = t0 + self->opts.timeout_ms;
+    int64_t t0 = sd3_now_ms(), deadline = t0 + self->opts.timeout_ms;
     for (int i = 0; i < n; i++) {
         snprintf(im[i].id, sizeof im[i].id, "http-%d-%llu-%d", (int)self->port,
                  (unsigned long long)base, i);
@@ -253,7 +246,7 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
     while (left > 0) {
         // Every slice, whatever the controller sends meanwhile (PROGRESS can come every few
         // ms): is the client still there, is the server stopping, is the time up?
-        int64_t t = s_mono_ms();
+        int64_t t = sd3_now_ms();
         if (t - last_check >= S_WAIT_SLICE_MS) {
             last_check = t;
             if (atomic_load(&self->stopping)) {
@@ -457,7 +450,10 @@ s_authorized(sd3_http_t *self, struct MHD_Connection *conn)
     h += 7;
     while (*h == ' ')
         h++;
+    // Whitespace after a field value is not part of it (RFC 9110 5.5).
     size_t a = strlen(h), b = strlen(self->token);
+    while (a > 0 && (h[a - 1] == ' ' || h[a - 1] == '\t'))
+        a--;
     unsigned diff = (unsigned)(a ^ b);
     for (size_t i = 0; i < b; i++)
         diff |= (unsigned char)self->token[i] ^ (unsigned char)(i < a ? h[i] : 0);

@@ -46,7 +46,7 @@ s_register(sd3_node_t *self, int64_t now)
 void
 sd3_heartbeat_tick(sd3_node_t *self)
 {
-    int64_t now = sd3_node_now_ms();
+    int64_t now = sd3_now_ms();
     int period = self->o.heartbeat_ms > 0 ? self->o.heartbeat_ms : 500;
     if (!self->registered) {
         if (!self->last_reg_ms || now - self->last_reg_ms >= 1000)

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sd3_clock.h"
 #include "sd3_log.h"
 #include "sd3_png.h"
 #include "sd3_rng.h"
@@ -22,14 +23,6 @@ struct sd3_local {
     sd3_mmdit_config_t cfg;
     sd3_vae_tile_t tile;
 };
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void
 sd3_local_result_fini(sd3_local_result_t *r)
@@ -172,13 +165,13 @@ sd3_local_generate(sd3_local_t *self, const sd3_gen_params_t *p, const sd3_tenso
     const int64_t lshape[4] = {1, Z, h, w};
 
     // 1. conditioning (cached)
-    double t0 = s_now();
+    double t0 = sd3_now_s();
     if ((rc = sd3_enc_stage_encode(self->enc, p->prompt, p->no_t5, p->t5_len,
                                    self->cfg.context_in, &cctx, &cy, err)) != 0 ||
         (rc = sd3_enc_stage_encode(self->enc, p->negative, p->no_t5, p->t5_len,
                                    self->cfg.context_in, &uctx, &uy, err)) != 0)
         goto done;
-    out->seconds_encode = s_now() - t0;
+    out->seconds_encode = sd3_now_s() - t0;
     TAP("cond.context", cctx);
     TAP("cond.pooled", cy);
     TAP("uncond.context", uctx);
@@ -244,10 +237,10 @@ sd3_local_generate(sd3_local_t *self, const sd3_gen_params_t *p, const sd3_tenso
         rc = err->code;
         goto done;
     }
-    t0 = s_now();
+    t0 = sd3_now_s();
     for (int i = 0; !sd3_dit_job_done(job); i++) {
         char name[48];
-        double ts = s_now();
+        double ts = sd3_now_s();
         snprintf(name, sizeof name, "step%d.x", i);
         TAP(name, job->x);
         if ((rc = s_step(self, job, den, err)) != 0)
@@ -255,13 +248,13 @@ sd3_local_generate(sd3_local_t *self, const sd3_gen_params_t *p, const sd3_tenso
         snprintf(name, sizeof name, "step%d.denoised", i);
         TAP(name, den);
         if (progress)
-            progress(progress_user, i + 1, n_used - 1, s_now() - ts);
+            progress(progress_user, i + 1, n_used - 1, sd3_now_s() - ts);
     }
-    out->seconds_steps = s_now() - t0;
+    out->seconds_steps = sd3_now_s() - t0;
     TAP("out.latent", job->x);
 
     // 4. decode: the calls of sd3_vae_decode_rgb8, spelled out so the taps see each result
-    t0 = s_now();
+    t0 = sd3_now_s();
     const int H = p->height, W = p->width;
     if (!(z = sd3_tensor_clone(job->x)) ||
         !(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 3, H, W}, "image", err)) ||
@@ -282,7 +275,7 @@ sd3_local_generate(sd3_local_t *self, const sd3_gen_params_t *p, const sd3_tenso
     }
     if ((rc = sd3_png_encode(rgb->data, W, H, infotext, &out->png, &out->png_size, err)) != 0)
         goto done;
-    out->seconds_decode = s_now() - t0;
+    out->seconds_decode = sd3_now_s() - t0;
     out->rgb = rgb;
     rgb = NULL;
     out->latent = job->x;

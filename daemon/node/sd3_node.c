@@ -19,14 +19,6 @@ s_role(sd3_wire_role_t role)
     return n ? n : "?";
 }
 
-int64_t
-sd3_node_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 double
 sd3_float_to_double_decimal(float f)
 {
@@ -214,7 +206,7 @@ sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err)
     sd3_link_opts_t co = {.hwm = 64, .identity = self->node_id, .curve = opts->curve};
     if (!(self->ctrl = sd3_link_new_connect(self->ctx, opts->controller, &co, err)))
         goto fail;
-    self->start_ms = sd3_node_now_ms();
+    self->start_ms = sd3_now_ms();
     sd3_log_info("node", "node=%s role=%s address=%s controller=%s model=%s range=[%d,%d)",
                  self->node_id, s_role(opts->role), self->address, opts->controller,
                  opts->model_path, self->o.layer_begin, self->o.layer_end);

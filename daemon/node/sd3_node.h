@@ -18,6 +18,7 @@
  *  the node drops every request it holds and registers again. Logs: key=value, req= on every request line.
  *  Thread: one node object runs in one thread (sd3_node_run).  */
 #pragma once
+#include "sd3_clock.h"
 #include "sd3_err.h"
 #include "sd3_stage.h"
 #include "sd3_wire.h"
@@ -72,8 +73,6 @@ int sd3_gen_params_from_wire(sd3_gen_params_t *p, const sd3_wire_generate_t *w,
 void sd3_gen_params_to_wire(const sd3_gen_params_t *p, sd3_wire_generate_t *w);
 // The double a user meant by float f (shortest decimal that round-trips).
 double sd3_float_to_double_decimal(float f);
-// Monotonic milliseconds.
-int64_t sd3_node_now_ms(void);
 
 // ---- internal: shared by sd3_node.c, sd3_stage_host.c and sd3_heartbeat.c ---------------
 // Not an API: the fields are the node's own.

@@ -155,7 +155,7 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     sd3_msg_t *out = NULL;
     sd3_err_t err = {0};
     const sd3_wire_generate_t *w = &msg->body.generate;
-    int64_t t0 = sd3_node_now_ms();
+    int64_t t0 = sd3_now_ms();
     if (sd3_enc_stage_encode(self->enc, w->prompt, w->no_t5, (int)w->t5_len, self->cfg.context_in,
                              &cctx, &cy, &err) != 0 ||
         sd3_enc_stage_encode(self->enc, w->negative, w->no_t5, (int)w->t5_len, self->cfg.context_in,
@@ -178,7 +178,7 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     self->stats.cache_hits = cs.hits;
     self->stats.cache_misses = cs.misses;
     sd3_log_info("encoder", "req=%s encoded ms=%lld cache_hits=%llu cache_misses=%llu",
-                 msg->request_id, (long long)(sd3_node_now_ms() - t0), (unsigned long long)cs.hits,
+                 msg->request_id, (long long)(sd3_now_ms() - t0), (unsigned long long)cs.hits,
                  (unsigned long long)cs.misses);
     if (sd3_node_send_ctrl(self, &out, &err) != 0)
         sd3_log_error("encoder", "req=%s ENCODED not sent: %s", msg->request_id, err.msg);
@@ -204,7 +204,7 @@ s_decode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     char *infotext = NULL;
     sd3_msg_t *out = NULL;
     sd3_err_t err = {0};
-    int64_t t0 = sd3_node_now_ms();
+    int64_t t0 = sd3_now_ms();
     sd3_gen_params_init(&p, NULL);
     if (sd3_msg_expect(msg, "latent", SD3_F32, 4, (int64_t[]){1, 16, -1, -1}, &err) != 0)
         goto fail;
@@ -232,7 +232,7 @@ s_decode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     if (sd3_msg_add_tensor(out, &png_t, NULL, &err) != 0)
         goto fail;
     sd3_log_info("vae", "req=%s decoded bytes=%zu ms=%lld", msg->request_id, png_size,
-                 (long long)(sd3_node_now_ms() - t0));
+                 (long long)(sd3_now_ms() - t0));
     if (sd3_node_send_ctrl(self, &out, &err) != 0)
         sd3_log_error("vae", "req=%s DECODED not sent: %s", msg->request_id, err.msg);
     goto done;
@@ -408,7 +408,7 @@ s_work_run(sd3_node_t *self, s_work_t *w)
     sd3_err_t err = {0};
     char id[SD3_WIRE_ID_MAX];
     snprintf(id, sizeof id, "%s", w->req->id);
-    const int64_t t0 = sd3_node_now_ms();
+    const int64_t t0 = sd3_now_ms();
     int rc = sd3_dit_stage_blocks(self->dit, w->req->slg_layers, &w->act, &w->skip, &err);
     if (rc == 0)
         rc = s_work_after(self, w, &err);
@@ -416,7 +416,7 @@ s_work_run(sd3_node_t *self, s_work_t *w)
         s_fail(self, w->from, id, (uint32_t)w->step, &err);
     else
         sd3_log_debug("mmdit", "req=%s step=%d ms=%lld", id, w->step,
-                      (long long)(sd3_node_now_ms() - t0));
+                      (long long)(sd3_now_ms() - t0));
     s_work_fini(self, w);
 }
 
@@ -494,7 +494,7 @@ s_job(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     req->lat_h = p.height / 8;
     req->lat_w = p.width / 8;
     req->slg_layers = p.slg.layers;
-    req->t_start_ms = sd3_node_now_ms();
+    req->t_start_ms = sd3_now_ms();
     snprintf(req->next, sizeof req->next, "%s", j->next_address);
     bool first = req->stage_index == 0, last = req->stage_index == req->n_stages - 1;
     if (first || last) {
@@ -750,7 +750,7 @@ s_run_group(sd3_node_t *self, s_work_t *g, int n)
     sd3_err_t err = {0};
     for (int i = 0; i < n; i++)
         parts[i] = g[i].act;
-    const int64_t t0 = sd3_node_now_ms();
+    const int64_t t0 = sd3_now_ms();
     if (sd3_mmdit_act_merge(self->be, parts, n, &merged, &err) != 0 ||
         sd3_dit_stage_blocks(self->dit, 0, &merged, NULL, &err) != 0 ||
         sd3_mmdit_act_split(self->be, &merged, n, out, &err) != 0) {
@@ -771,7 +771,7 @@ s_run_group(sd3_node_t *self, s_work_t *g, int n)
         at += (size_t)snprintf(ids + at, sizeof ids - at, "%s%s", i ? "," : "", g[i].req->id);
     sd3_log_info("mmdit", "node=%s merged n=%d reqs=%s blocks=[%d,%d) tokens=%dx%d ms=%lld",
                  self->node_id, n, ids, self->o.layer_begin, self->o.layer_end,
-                 g[0].act.grid_h, g[0].act.grid_w, (long long)(sd3_node_now_ms() - t0));
+                 g[0].act.grid_h, g[0].act.grid_w, (long long)(sd3_now_ms() - t0));
     for (int i = 0; i < n; i++) {
         sd3_err_t e = {0};
         char id[SD3_WIRE_ID_MAX];

@@ -6,6 +6,7 @@
  *  CURVE handshake whose 32-byte client key is listed gets 400.  */
 #include "sd3_curve.h"
 
+#include "sd3_clock.h"
 #include "sd3_log.h"
 
 #include <errno.h>
@@ -59,14 +60,6 @@ struct sd3_curve {
 };
 
 // ---- files -----------------------------------------------------------------------------
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 // The whole file as a NUL-terminated string (free it). Also returns its mode.
 static char *
@@ -390,7 +383,7 @@ s_log_refusal(sd3_curve_t *self, const uint8_t *key, const char *mechanism, cons
         key = none;
     else
         zmq_z85_encode(z85, key, 32);
-    double now = s_now();
+    double now = sd3_now_s();
     s_recent_t *slot = &self->recent[0];
     for (int i = 0; i < S_RECENT; i++) {
         s_recent_t *r = &self->recent[i];

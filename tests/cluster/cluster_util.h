@@ -300,37 +300,49 @@ cu_request(sd3_wire_generate_t *w, const char *prompt, uint64_t seed, int steps)
     "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"               \
     "[mmdit b0]\nrange = 0:2\n"
 
-// Request i is (prompts[i % n], seed0 + i % n), 64x64, `steps` DPM++ 2M steps; png[k] is the
-// one-process PNG of the k-th pair, made from the tiny depth-2 model in TMP/tiny.
+// Request i is (prompts[i % n], seed0 + i % n), 64x64, `steps` steps of `sampler`
+// (SD3_WIRE_SAMPLER_*; cu_refs_make: DPM++ 2M); png[k] is the one-process PNG of the k-th
+// pair, made from the tiny depth-2 model in TMP/tiny.
 typedef struct {
     char model[1024];
     const char *const *prompts;
-    int n, seed0, steps;
+    int n, seed0, steps, sampler;
     unsigned char *png[CU_MAX_REFS];
     size_t size[CU_MAX_REFS];
 } cu_refs_t;
 
 // Makes the model and the n reference PNGs; 0, or -1 when any failed (each is CHECKed).
 __attribute__((unused)) static int
-cu_refs_make(cu_refs_t *r, const char *const *prompts, int n, int seed0, int steps)
+cu_refs_make_sampler(cu_refs_t *r, const char *const *prompts, int n, int seed0, int steps,
+                     int sampler)
 {
     memset(r, 0, sizeof *r);
     r->prompts = prompts;
     r->n = n < CU_MAX_REFS ? n : CU_MAX_REFS;
     r->seed0 = seed0;
     r->steps = steps;
+    r->sampler = sampler;
     snprintf(r->model, sizeof r->model, "%s/tiny", sd3_test_tmpdir());
     int rc = cu_mkmodel("tiny-sd3-medium", 2, r->model);
     CHECK(rc == 0);
     for (int k = 0; k < r->n && rc == 0; k++) {
         char args[256];
-        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d --sampler dpmpp_2m", steps,
-                 seed0 + k);
+        snprintf(args, sizeof args, "--size 64x64 --steps %d --seed %d%s", steps, seed0 + k,
+                 sampler == SD3_WIRE_SAMPLER_DPMPP_2M ? " --sampler dpmpp_2m"
+                 : sampler == SD3_WIRE_SAMPLER_EULER  ? " --sampler euler"
+                                                      : "");
         r->png[k] = cu_local_png(r->model, prompts[k], args, &r->size[k]);
         CHECK(r->png[k] != NULL);
         rc = r->png[k] ? 0 : -1;
     }
     return rc;
+}
+
+// The same with DPM++ 2M, the sampler of the reliability tests.
+__attribute__((unused)) static int
+cu_refs_make(cu_refs_t *r, const char *const *prompts, int n, int seed0, int steps)
+{
+    return cu_refs_make_sampler(r, prompts, n, seed0, steps, SD3_WIRE_SAMPLER_DPMPP_2M);
 }
 
 __attribute__((unused)) static void
@@ -348,7 +360,7 @@ cu_refs_submit(sd3_client_t *cl, const cu_refs_t *r, cu_req_t *reqs, int i)
     static sd3_wire_generate_t w;
     sd3_err_t err = {0};
     cu_request(&w, r->prompts[i % r->n], (uint64_t)(r->seed0 + i % r->n), r->steps);
-    w.sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
+    w.sampler = (sd3_wire_sampler_t)r->sampler;
     int rc = sd3_client_submit(cl, reqs[i].id, &w, NULL, &err);
     CHECK_MSG(rc == 0, "submit %s: %s", reqs[i].id, err.msg);
     return rc;

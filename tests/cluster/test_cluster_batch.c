@@ -46,14 +46,19 @@ s_run(const cu_refs_t *refs, const char *name, const char *cluster_extra, double
     int ok = cu_refs_check(refs, reqs, N_REQ);
     cu_check_no_late_answer(cl);
     int m0 = cu_log_count("a0", "merged n="), m1 = cu_log_count("a1", "merged n=");
-    // The same counts reach `sd3ctl status` through the heartbeats.
-    usleep(700000);
+    // The same counts reach `sd3ctl status` through the heartbeats (every 500 ms; polled,
+    // since a loaded machine may delay one).
     static sd3_wire_status_t st;
     uint64_t batches = 0, steps = 0;
-    CHECK(cl && sd3_client_status(cl, 3000, &st, &err) == 0);
-    for (int i = 0; i < st.n_nodes; i++) {
-        batches += st.nodes[i].batches;
-        steps += st.nodes[i].batched_steps;
+    for (double t1 = cu_now(); cl && cu_now() - t1 < 10; usleep(200000)) {
+        batches = steps = 0;
+        CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
+        for (int i = 0; i < st.n_nodes; i++) {
+            batches += st.nodes[i].batches;
+            steps += st.nodes[i].batched_steps;
+        }
+        if (batches >= (uint64_t)(m0 + m1))
+            break;
     }
     CHECK_MSG(batches == (uint64_t)(m0 + m1) && steps >= 2 * batches && steps <= 4 * batches,
               "%s: status counts %llu batches holding %llu steps; logs: %d merged lines", name,

@@ -6,7 +6,8 @@
 # SD3_HTTP_TOKEN set to another value, which the file overrides. Checked: /healthz needs no
 # token (200); a generation without Authorization, with the environment's token and with a
 # token that only differs by its last byte gets 401 (3 counted in /metrics); with the
-# file's token 200 and a PNG of the requested size; /metrics likewise; a missing file and
+# file's token 200 and a PNG of the requested size; /metrics likewise, also with tabs and
+# spaces around the token (not part of the value), but 401 with "TOKEN x"; a missing file and
 # an empty file make sd3d exit 2 naming the file, before anything listens.
 #
 # usage: token_file.sh SD3D SD3CTL      (ctest: http_token_file, label cluster)
@@ -111,6 +112,12 @@ if [ "$code" = 200 ] && grep -q '^sd3_http_requests_total{endpoint="openai",outc
 else
     no "GET /metrics with the token -> $code: $(grep unauthorized "$tmp/m" | head -3)"
 fi
+# Spaces after the scheme (1*SP) and whitespace after the value (OWS) are not part of the
+# token; inside it, they are.
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer   $token  	" "$base/metrics")
+[ "$code" = 200 ] && ok "token with spaces before and spaces and a tab after it -> 200" || no "token with whitespace around it -> $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token x" "$base/metrics")
+[ "$code" = 401 ] && ok "token followed by ' x' -> 401" || no "token followed by ' x' -> $code"
 
 echo "http_token_file: $pass passed, $fail failed"
 [ $fail = 0 ]
