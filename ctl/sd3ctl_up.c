@@ -450,7 +450,7 @@ s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
     names[n_all++] = "controller";
     fprintf(pids, "controller %d\n", (int)pid);
     char client_ep[S_STR + 16] = "", stage_ep[S_STR + 16] = "";
-    for (int t = 0; t < 200 && !stage_ep[0]; t++) {
+    for (long t = 0; t < timeout_s * 20 && !stage_ep[0]; t++) { // 50 ms a turn
         FILE *af = fopen(addr_file, "r");
         if (af) {
             char line[S_STR + 16];
@@ -473,7 +473,7 @@ s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
         }
     }
     if (!stage_ep[0]) {
-        fprintf(stderr, "sd3ctl up: the controller wrote no address file in 10 s\n");
+        fprintf(stderr, "sd3ctl up: the controller wrote no address file in %ld s\n", timeout_s);
         s_tail(log);
         goto fail;
     }

@@ -14,6 +14,7 @@
 #include <zmq.h>
 
 #define S_PENDING_MAX 4096 // messages kept back while a STATUS round trip waits
+#define S_CLOSE_LINGER_MS 250 // destroy: how long queued messages may take to leave
 
 struct sd3_client {
     void *ctx;
@@ -119,8 +120,10 @@ sd3_client_destroy(sd3_client_t **self_p)
         sd3_msg_destroy(&self->pending[i]);
     free(self->pending);
     if (self->link) {
-        int zero = 0; // a client going away leaves nothing queued behind
-        zmq_setsockopt(sd3_link_socket(self->link), ZMQ_LINGER, &zero, sizeof zero);
+        // What was just sent (a CANCEL on the way out) gets a moment to leave; a client
+        // whose controller is gone waits no longer than that.
+        int linger = S_CLOSE_LINGER_MS;
+        zmq_setsockopt(sd3_link_socket(self->link), ZMQ_LINGER, &linger, sizeof linger);
     }
     sd3_link_destroy(&self->link);
     sd3_curve_destroy(&self->curve);

@@ -22,6 +22,8 @@
  *  sd3_wire_decode, the same checks as a message off the network.  */
 #include "sd3_journal.h"
 
+#include "sd3_clock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -614,10 +616,16 @@ sd3_journal_open(const char *path, sd3_err_t *err)
         sd3_err_set(err, SD3_EIO, "journal %s: cannot open: %s", path, strerror(errno));
         goto fail;
     }
-    if (flock(self->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        sd3_err_set(err, SD3_EIO, "journal %s: in use by another process (%s)", path,
-                    strerror(errno));
-        goto fail;
+    // A controller restarted right after a kill may find the old one still dying: the lock
+    // is retried for up to 5 s before the journal counts as another's.
+    for (double t0 = sd3_now_s(); flock(self->lock_fd, LOCK_EX | LOCK_NB) != 0;) {
+        int e = errno;
+        if (e != EWOULDBLOCK || sd3_now_s() - t0 >= 5.0) {
+            sd3_err_set(err, SD3_EIO, "journal %s: in use by another process (%s)", path,
+                        strerror(e));
+            goto fail;
+        }
+        nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
     }
     if (s_open_conn(self, path, false, err) != 0)
         goto fail;

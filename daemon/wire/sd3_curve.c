@@ -29,6 +29,7 @@
 #define S_ZAP_FRAME_MAX  512
 #define S_RECENT         16 // refused keys remembered for the log rate limit
 #define S_RECENT_SECONDS 10.0
+#define S_BIND_RETRY_S   5.0 // EADDRINUSE on tcp:// (a dying holder) is retried this long
 
 typedef struct {
     char key[SD3_CURVE_Z85_LEN + 1];
@@ -432,15 +433,15 @@ s_zap_handle(sd3_curve_t *self, s_zap_req_t *req)
     const char *address = req->data[3][0] ? req->data[3] : "?";
     const char *mechanism = req->data[5];
     if (strcmp(mechanism, "CURVE") != 0 || req->n < 7 || req->len[6] != 32) {
-        atomic_fetch_add(&self->refused, 1);
-        s_log_refusal(self, NULL, mechanism, address);
+        s_log_refusal(self, NULL, mechanism, address); // logged before counted: a reader
+        atomic_fetch_add(&self->refused, 1);            // of the count finds the line
         s_zap_reply(self->zap, req, "400", "CURVE required", "");
         return;
     }
     const uint8_t *key = (const uint8_t *)req->data[6];
     if (!s_allowed(self, key)) {
-        atomic_fetch_add(&self->refused, 1);
         s_log_refusal(self, key, mechanism, address);
+        atomic_fetch_add(&self->refused, 1);
         s_zap_reply(self->zap, req, "400", "key not allowed", "");
         return;
     }
@@ -613,8 +614,16 @@ sd3_curve_bind(sd3_curve_t *self, void *sock, const char *endpoint, sd3_err_t *e
         if (rc)
             return rc;
     }
-    if (zmq_bind(sock, endpoint) != 0)
-        return sd3_err_set(err, SD3_EIO, "cannot bind %s: %s", endpoint, zmq_strerror(errno));
+    // A TCP address still held by a process that is dying (a restart right after a kill)
+    // frees within moments: EADDRINUSE is retried for up to S_BIND_RETRY_S.
+    double t0 = sd3_now_s();
+    while (zmq_bind(sock, endpoint) != 0) {
+        int e = errno;
+        if (e != EADDRINUSE || strncmp(endpoint, "tcp://", 6) != 0 ||
+            sd3_now_s() - t0 >= S_BIND_RETRY_S)
+            return sd3_err_set(err, SD3_EIO, "cannot bind %s: %s", endpoint, zmq_strerror(e));
+        nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
+    }
     return 0;
 }
 

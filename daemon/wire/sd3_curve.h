@@ -80,7 +80,9 @@ void sd3_curve_destroy(sd3_curve_t **self_p);
 int sd3_curve_reload(sd3_curve_t *self, sd3_err_t *err);
 
 // zmq_bind with CURVE server options when self is not NULL and the endpoint is not
-// inproc/ipc. SD3_EIO (zmq_bind failed: the message names the endpoint and errno text).
+// inproc/ipc (self NULL: a plain bind). A tcp address in use is retried for up to 5 s, the
+// time a killed holder takes to die. SD3_EIO (zmq_bind failed: the message names the
+// endpoint and errno text).
 int sd3_curve_bind(sd3_curve_t *self, void *sock, const char *endpoint, sd3_err_t *err);
 // zmq_connect with CURVE client options (own pair + the server key for this endpoint) when
 // self is not NULL and the endpoint is not inproc/ipc. SD3_EINVAL when no server key is

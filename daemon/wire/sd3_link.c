@@ -61,13 +61,14 @@ s_new(void *zmq_ctx, const char *endpoint, const sd3_link_opts_t *opts, bool ser
         }
         zmq_setsockopt(self->sock, ZMQ_ROUTING_ID, opts->identity, len);
     }
-    if (opts->curve) { // CURVE options, then bind/connect (plain on inproc/ipc)
-        if ((serve ? sd3_curve_bind(opts->curve, self->sock, endpoint, err)
-                   : sd3_curve_connect(opts->curve, self->sock, endpoint, err)) != 0)
+    if (serve) { // CURVE options (when curve is set; plain on inproc/ipc), then bind
+        if (sd3_curve_bind(opts->curve, self->sock, endpoint, err) != 0)
             goto fail;
-    } else if ((serve ? zmq_bind(self->sock, endpoint) : zmq_connect(self->sock, endpoint)) != 0) {
-        sd3_err_set(err, SD3_EIO, "link: %s %s: %s", serve ? "bind" : "connect", endpoint,
-                    zmq_strerror(zmq_errno()));
+    } else if (opts->curve) {
+        if (sd3_curve_connect(opts->curve, self->sock, endpoint, err) != 0)
+            goto fail;
+    } else if (zmq_connect(self->sock, endpoint) != 0) {
+        sd3_err_set(err, SD3_EIO, "link: connect %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto fail;
     }
     size_t len = sizeof self->endpoint;

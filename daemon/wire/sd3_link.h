@@ -28,7 +28,8 @@ typedef struct {
 } sd3_link_opts_t;
 
 // Binds a ROUTER at endpoint ("tcp://*:5601", "tcp://127.0.0.1:*", "inproc://x").
-// opts may be NULL. SD3_EIO naming the endpoint when the bind fails.
+// opts may be NULL. SD3_EIO naming the endpoint when the bind fails; a tcp address in use
+// is retried for up to 5 s first (a restart may find its old process still dying).
 sd3_link_t *sd3_link_new_serve(void *zmq_ctx, const char *endpoint, const sd3_link_opts_t *opts,
                                sd3_err_t *err);
 // Connects a DEALER to endpoint (ZeroMQ reconnects by itself when the peer restarts).

@@ -162,6 +162,7 @@ typedef struct {
     unsigned char *png;
     size_t png_size;
     int progress;
+    int late_progress; // PROGRESS after its RESULT or ERROR (the controller sends none)
 } cu_req_t;
 
 __attribute__((unused)) static cu_req_t *
@@ -204,6 +205,7 @@ cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
                 snprintf(r->message, sizeof r->message, "%s", msg->message);
             } else if (msg->type == SD3_MSG_PROGRESS) {
                 r->progress++;
+                r->late_progress += !was_open;
             }
             if (was_open && r->results + r->errors > 0)
                 open--;
@@ -231,7 +233,25 @@ cu_pid(const char *name)
     return found;
 }
 
-// SIGKILL of member `name` (no clean-up of any kind: a crash).
+// Whether pid has ended: gone, or a zombie (its ports, locks and files are released then).
+__attribute__((unused)) static bool
+cu_pid_ended(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); // "pid (comm) S ..."
+    return paren && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+// SIGKILL of member `name` (no clean-up of any kind: a crash). Returns once the process has
+// ended (up to 10 s: a large ASan process takes a moment to unmap), so a restart that
+// follows finds its ports and journal free.
 __attribute__((unused)) static int
 cu_kill(const char *name)
 {
@@ -240,7 +260,10 @@ cu_kill(const char *name)
         fprintf(stderr, "cluster: cannot kill %s (pid %d)\n", name, pid);
         return -1;
     }
-    printf("killed %s (pid %d) at %.2f s\n", name, pid, cu_now());
+    double t0 = cu_now();
+    while (!cu_pid_ended(pid) && cu_now() - t0 < 10)
+        usleep(10000);
+    printf("killed %s (pid %d) at %.2f s, ended after %.2f s\n", name, pid, t0, cu_now() - t0);
     return 0;
 }
 

@@ -35,7 +35,7 @@ endif()
 # A client that does not read while PROGRESS floods still gets every RESULT (issue 8 §1):
 # the controller and its nodes as threads of the test, the client over inproc.
 if(EXISTS ${_cl}/test_cluster_flood.c)
-  sd3_test(test_cluster_flood ${_cl}/test_cluster_flood.c LABELS cluster TIMEOUT 100)
+  sd3_test(test_cluster_flood ${_cl}/test_cluster_flood.c LABELS cluster TIMEOUT 240)
   add_dependencies(test_cluster_flood sd3ctl)
 endif()
 # A stage that heartbeats but never finishes a step: the per-step timeout resumes the request

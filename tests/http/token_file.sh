@@ -27,7 +27,8 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=tests/http/lib.sh
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 pass=0 fail=0
 ok() { echo "  ok   $1"; pass=$((pass + 1)); }
 no() { echo "  FAIL $1"; fail=$((fail + 1)); }
@@ -41,9 +42,8 @@ model=$SD3_HOME/tiny-sd3-medium
 # ---- bad token files: exit 2 naming the file, nothing served --------------------------------
 : > "$tmp/empty.token"
 for f in "$tmp/missing.token" "$tmp/empty.token"; do
-    hport=$(free_port)
-    timeout 20 "$sd3d" --role all --model "$model" --listen "tcp://127.0.0.1:$(free_port)" \
-        --http "127.0.0.1:$hport" --threads 1 --http-token-file "$f" > "$tmp/bad.log" 2>&1
+    timeout 20 "$sd3d" --role all --model "$model" --listen 'tcp://127.0.0.1:*' \
+        --http 127.0.0.1:0 --threads 1 --http-token-file "$f" > "$tmp/bad.log" 2>&1
     rc=$?
     if [ $rc = 2 ] && grep -q -- "--http-token-file $f" "$tmp/bad.log"; then
         ok "$(basename "$f") -> exit 2: $(head -1 "$tmp/bad.log")"
@@ -56,17 +56,11 @@ done
 token=file-token-$RANDOM$RANDOM
 printf '%s  \n' "$token" > "$tmp/http.token"
 chmod 600 "$tmp/http.token"
-hport=$(free_port)
-"$sd3d" --role all --model "$model" --listen "tcp://127.0.0.1:$(free_port)" \
-    --http "127.0.0.1:$hport" --threads 1 --http-token-file "$tmp/http.token" > "$tmp/sd3d.log" 2>&1 &
-pid=$!
-base=http://127.0.0.1:$hport
 healthy=0
-for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/healthz")" = 200 ] && { healthy=1; break; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-done
+sd3d_http_start "$tmp/sd3d.log" "$sd3d" --role all --model "$model" --threads 1 \
+    --http-token-file "$tmp/http.token" && healthy=1
+pid=$http_pid
+base=http://127.0.0.1:$hport
 if [ $healthy = 1 ]; then
     ok "GET /healthz without a token -> 200"
 else
