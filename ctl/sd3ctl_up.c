@@ -17,9 +17,12 @@
  *  (SIGTERM, then SIGKILL after 5 s), only those that are still sd3d.
  *  `up CLUSTER_FILE --restart NAME` starts one member again (a node by its section name, or
  *  "controller", which binds the endpoints of its address file again so the nodes find it)
- *  with the same flags, its log appended, and records its new pid; it does not wait.  */
+ *  with the same flags, its log appended, and records its new pid; it returns once the member
+ *  serves (a node: registered since the restart; the controller: answering with a fresh
+ *  uptime), or exits 1 when it died or --timeout passed.  */
 #include "sd3_arch.h"
 #include "sd3_client.h"
+#include "sd3_clock.h"
 #include "sd3_cluster_file.h"
 #include "sd3_weights.h"
 #include "sd3ctl.h"
@@ -276,12 +279,97 @@ s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model, c
     a->v[a->n] = NULL;
 }
 
-// `up CLUSTER_FILE --restart NAME`: one member again, with the endpoints the cluster has.
+// Sets member name's pid in RUN_DIR/pids (a line added when it has none), the file replaced
+// whole; *old_pid (if not NULL) gets the pid it had, or 0. 0, or 1 with a message.
 static int
-s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
+s_record_pid(const char *run_dir, const char *name, int pid, int *old_pid)
+{
+    char path[S_STR + 64], tmp[S_STR + 80];
+    snprintf(path, sizeof path, "%s/pids", run_dir);
+    char names[S_MAX_NODES + 1][128];
+    int pids[S_MAX_NODES + 1], n = 0, found = 0;
+    if (old_pid)
+        *old_pid = 0;
+    FILE *f = fopen(path, "r");
+    while (f && n < S_MAX_NODES + 1 && fscanf(f, "%127s %d", names[n], &pids[n]) == 2) {
+        if (!strcmp(names[n], name)) {
+            if (old_pid)
+                *old_pid = pids[n];
+            pids[n] = pid;
+            found = 1;
+        }
+        n++;
+    }
+    if (f)
+        fclose(f);
+    if (!found && n < S_MAX_NODES + 1) {
+        snprintf(names[n], sizeof names[n], "%s", name);
+        pids[n++] = pid;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    for (int i = 0; f && i < n; i++)
+        fprintf(f, "%s %d\n", names[i], pids[i]);
+    if (!f || fclose(f) != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "sd3ctl up --restart: %s: cannot record the pid\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+// Waits until the restarted member serves: for the controller, a STATUS answer with an
+// uptime shorter than the time since the spawn; for a node, STATUS listing it alive and
+// registered since the spawn (the entry of the killed process may still count as alive).
+// 0; 1 when timeout_s passed; 2 when it exited (its log's tail is printed).
+static int
+s_wait_restarted(const s_cluster_t *c, const char *client_ep, const char *name, pid_t pid,
+                 const char *log, double t_spawn, long timeout_s)
+{
+    sd3_client_opts_t copts = {
+        .curve_secret = c->client_keys.secret[0] ? c->client_keys.secret : NULL,
+        .curve_server_pub = c->client_keys.server_pub[0] ? c->client_keys.server_pub : NULL};
+    sd3_err_t err = {0};
+    sd3_client_t *cl = sd3_client_new(client_ep, &copts, &err);
+    if (!cl) {
+        fprintf(stderr, "sd3ctl up --restart: %s\n", err.msg);
+        return 1;
+    }
+    static sd3_wire_status_t st;
+    bool controller = !strcmp(name, "controller"), up = false, exited = false;
+    while (!up && sd3_now_s() - t_spawn < (double)timeout_s) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            exited = true;
+            break;
+        }
+        sd3_err_t e = {0};
+        if (sd3_client_status(cl, 500, &st, &e) == 0) {
+            uint64_t since_ms = (uint64_t)((sd3_now_s() - t_spawn) * 1000.0) + 1;
+            up = controller && st.uptime_ms <= since_ms;
+            for (int i = 0; !controller && i < st.n_nodes; i++)
+                up |= st.nodes[i].alive && st.nodes[i].registered_ms <= since_ms &&
+                      !strcmp(st.nodes[i].node.node_id, name);
+        }
+        if (!up)
+            usleep(100000);
+    }
+    sd3_client_destroy(&cl);
+    if (exited) {
+        fprintf(stderr, "sd3ctl up --restart: %s exited during start-up\n", name);
+        s_tail(log);
+    } else if (!up) {
+        fprintf(stderr, "sd3ctl up --restart: %s was not %s within %ld s; its log: %s\n", name,
+                controller ? "answering" : "registered", timeout_s, log);
+    }
+    return up ? 0 : exited ? 2 : 1;
+}
+
+// `up CLUSTER_FILE --restart NAME`: one member again, with the endpoints the cluster has;
+// returns once it serves (s_wait_restarted).
+static int
+s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name, long timeout_s)
 {
     char addr_file[S_STR + 32], client_ep[S_STR + 16] = "", stage_ep[S_STR + 16] = "";
-    char path[S_STR + 64], log[S_STR + 80];
+    char log[S_STR + 80];
     snprintf(addr_file, sizeof addr_file, "%s/controller.addr", c->run_dir);
     FILE *af = fopen(addr_file, "r");
     char line[S_STR + 80];
@@ -312,39 +400,23 @@ s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name)
         s_node_args(c, &c->nodes[i], sd3d, model, stage_ep, &args);
     }
     snprintf(log, sizeof log, "%s/%s.log", c->run_dir, name);
+    double t_spawn = sd3_now_s();
     pid_t pid = s_spawn(sd3d, args.v, log, true);
     if (pid < 0) {
         fprintf(stderr, "sd3ctl up --restart: fork: %s\n", strerror(errno));
         return 1;
     }
-    // The pids file: this member's line gets the new pid (down stops what it lists).
-    snprintf(path, sizeof path, "%s/pids", c->run_dir);
-    char names[S_MAX_NODES + 1][128];
-    int pids[S_MAX_NODES + 1], n = 0, found = 0;
-    FILE *f = fopen(path, "r");
-    while (f && n < S_MAX_NODES + 1 && fscanf(f, "%127s %d", names[n], &pids[n]) == 2) {
-        if (!strcmp(names[n], name)) {
-            pids[n] = (int)pid;
-            found = 1;
-        }
-        n++;
-    }
-    if (f)
-        fclose(f);
-    if (!found && n < S_MAX_NODES + 1) {
-        snprintf(names[n], sizeof names[n], "%s", name);
-        pids[n++] = (int)pid;
-    }
-    char tmp[S_STR + 80];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    f = fopen(tmp, "w");
-    for (int i = 0; f && i < n; i++)
-        fprintf(f, "%s %d\n", names[i], pids[i]);
-    if (!f || fclose(f) != 0 || rename(tmp, path) != 0) {
-        fprintf(stderr, "sd3ctl up --restart: %s: cannot record the pid\n", path);
+    // The pids file: this member's line gets the new pid (down stops what it lists); the
+    // old one comes back when the new process exits during start-up.
+    int old_pid = 0;
+    if (s_record_pid(c->run_dir, name, (int)pid, &old_pid) != 0)
         return 1;
-    }
-    printf("restarted %s pid %d\n", name, (int)pid);
+    int rc = s_wait_restarted(c, client_ep, name, pid, log, t_spawn, timeout_s);
+    if (rc == 2 && old_pid > 0)
+        s_record_pid(c->run_dir, name, old_pid, NULL);
+    if (rc != 0)
+        return 1;
+    printf("restarted %s pid %d, serving after %.1f s\n", name, (int)pid, sd3_now_s() - t_spawn);
     return 0;
 }
 
@@ -413,7 +485,7 @@ s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
         snprintf(model, sizeof model, "%s", c.model);
     }
     if (restart)
-        return s_restart(&c, sd3d, model, restart);
+        return s_restart(&c, sd3d, model, restart, timeout_s);
     if (s_check_ranges(&c, file, model) != 0)
         return 2;
     if (mkdir(c.run_dir, 0755) != 0 && errno != EEXIST) {

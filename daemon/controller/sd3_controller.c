@@ -39,6 +39,7 @@ typedef struct {
     sd3_wire_register_t reg;
     bool alive;
     int64_t last_seen_ms;
+    int64_t registered_at_ms;
     uint32_t tasks; // encoder / vae work sent and not answered
     sd3_wire_heartbeat_t hb;
 } s_node_t;
@@ -1170,7 +1171,7 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
     memset(n, 0, sizeof *n);
     n->reg = *r;
     n->alive = true;
-    n->last_seen_ms = sd3_now_ms();
+    n->last_seen_ms = n->registered_at_ms = sd3_now_ms();
     sd3_log_info("controller", "node=%s registered role=%d address=%s range=[%u,%u) codec=%s",
                  r->node_id, (int)r->role, r->address, r->layer_begin, r->layer_end, r->codec);
     sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, NULL);
@@ -1530,6 +1531,7 @@ s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
         o->alive = n->alive;
         o->inflight = n->reg.role == SD3_WIRE_ROLE_MMDIT ? n->hb.inflight : n->tasks;
         o->last_seen_ms = (uint64_t)(now - n->last_seen_ms);
+        o->registered_ms = (uint64_t)(now - n->registered_at_ms);
         o->link = SD3_WIRE_LINK_ZMQ;
         o->bytes_sent = n->hb.bytes_sent;
         o->bytes_received = n->hb.bytes_received;

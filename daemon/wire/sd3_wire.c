@@ -335,6 +335,7 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
         nodes[i].alive = s->nodes[i].alive;
         nodes[i].inflight = s->nodes[i].inflight;
         nodes[i].last_seen_ms = s->nodes[i].last_seen_ms;
+        nodes[i].registered_ms = s->nodes[i].registered_ms;
         nodes[i].link = (Sd3__Link)s->nodes[i].link;
         nodes[i].bytes_sent = s->nodes[i].bytes_sent;
         nodes[i].bytes_received = s->nodes[i].bytes_received;
@@ -518,6 +519,7 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         o->alive = n->alive;
         o->inflight = n->inflight;
         o->last_seen_ms = n->last_seen_ms;
+        o->registered_ms = n->registered_ms;
         o->link = (sd3_wire_link_t)n->link;
         o->bytes_sent = n->bytes_sent;
         o->bytes_received = n->bytes_received;

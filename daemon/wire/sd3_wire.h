@@ -170,6 +170,7 @@ typedef struct {
     bool alive;
     uint32_t inflight;
     uint64_t last_seen_ms;
+    uint64_t registered_ms; // ms since it registered (a restarted node registers again)
     sd3_wire_link_t link;
     uint64_t bytes_sent, bytes_received; // tensor bytes on the wire over its stage links
     uint64_t batches, batched_steps;     // mmdit: merged batches and the steps they held

@@ -267,7 +267,8 @@ cu_kill(const char *name)
     return 0;
 }
 
-// Starts member `name` again with its flags (`sd3ctl up --restart`); does not wait.
+// Starts member `name` again with its flags (`sd3ctl up --restart`), which returns once it
+// serves (a node registered since the restart, or the controller answering).
 __attribute__((unused)) static int
 cu_restart(const char *name)
 {

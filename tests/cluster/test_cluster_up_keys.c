@@ -8,8 +8,11 @@
  *      every member's log says curve=on with the server key;
  *    - the listed client is served, PNG byte-equal to the one-process PNG;
  *    - a plain client and a rogue-key client get no STATUS answer;
- *    - vae0 killed and started again by `sd3ctl up --restart vae0` (same keys) serves the
- *      next request, byte-equal again.  */
+ *    - vae0 killed and started again by `sd3ctl up --restart vae0` (same keys): the command
+ *      returns once the new vae0 is registered (STATUS says so at once), and it serves the
+ *      next request, byte-equal again;
+ *    - `up --restart controller` while the controller lives fails after the 5 s bind
+ *      retry; the pids file keeps the live one, which serves on.  */
 #include "cluster_util.h"
 
 // One request with client cl: its PNG equals ref.
@@ -108,12 +111,19 @@ main(void)
     // 3. a member restarted by `sd3ctl up --restart` gets its keys again
     CHECK(cu_kill("vae0") == 0);
     usleep(300000);
+    double t_restart = cu_now();
     CHECK(cu_restart("vae0") == 0);
-    // The restart's start line first: until it is written the controller may still count
-    // the killed vae0 alive (node_timeout_ms has not run out), so "4 alive" alone proves
-    // nothing about the new process.
-    int started = cu_wait_log("vae0", needle, 2, 20);
+    // `up --restart` returned once the new vae0 had registered: its start line is written and
+    // STATUS lists it as registered since the restart, with no waiting here (the entry of the
+    // killed vae0 may count as alive until node_timeout_ms runs out; this one is new).
+    int started = cu_log_count("vae0", needle);
     CHECK_MSG(started == 2, "vae0.log: the restart has no '%s' (%d lines)", needle, started);
+    bool fresh = false;
+    CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
+    for (int i = 0; i < st.n_nodes; i++)
+        fresh |= !strcmp(st.nodes[i].node.node_id, "vae0") && st.nodes[i].alive &&
+                 st.nodes[i].registered_ms <= (uint64_t)((cu_now() - t_restart) * 1000) + 1;
+    CHECK_MSG(fresh, "`up --restart vae0` returned before the new vae0 registered");
     int alive = 0;
     for (double t0 = cu_now(); cu_now() - t0 < 20 && alive < 4;) {
         usleep(200000);
@@ -125,6 +135,19 @@ main(void)
     CHECK_MSG(alive == 4, "%d nodes alive after the restart of vae0, want 4", alive);
     bool again = s_served(cl, "k-2", ref, ref_n);
     CHECK_MSG(again, "after the restart the PNG differs");
+
+    // 4. a restart that cannot come up (a second controller while the first holds its
+    // ports: its bind is retried 5 s, then it exits): `up --restart` fails, the pids file
+    // keeps the live controller, which still serves
+    int ctl_pid = cu_pid("controller");
+    double t_bad = cu_now();
+    int bad = cu_restart("controller");
+    double bad_s = cu_now() - t_bad;
+    CHECK_MSG(bad != 0 && bad_s >= 4.5, "a second controller: rc %d after %.1f s", bad, bad_s);
+    CHECK_MSG(cu_pid("controller") == ctl_pid, "the pids file lost the live controller (%d, was %d)",
+              cu_pid("controller"), ctl_pid);
+    bool still = s_served(cl, "k-3", ref, ref_n);
+    CHECK_MSG(still, "after a failed restart the cluster does not serve the same PNG");
     printf("keyed cluster from a cluster file: served %s, %s; plain rc %d, rogue rc %d\n",
            same ? "bit-identical" : "DIFFERENT", again ? "again after a restart" : "NOT after",
            rc_plain, rc_rogue);
