@@ -19,7 +19,9 @@
  *  "controller", which binds the endpoints of its address file again so the nodes find it)
  *  with the same flags, its log appended, and records its new pid; it returns once the member
  *  serves (a node: registered since the restart; the controller: answering with a fresh
- *  uptime), or exits 1 when it died or --timeout passed.  */
+ *  uptime), or exits 1 when it died or --timeout passed. A node restarted while the
+ *  controller answers nothing for 10 s (down itself) is left running, reported unverified
+ *  (exit 0): it registers once the controller is back.  */
 #include "sd3_arch.h"
 #include "sd3_client.h"
 #include "sd3_clock.h"
@@ -41,6 +43,7 @@
 
 #define S_MAX_NODES SD3_CLUSTER_FILE_MAX_NODES
 #define S_STR       SD3_CLUSTER_FILE_STR
+#define S_UNVERIFIED_S 10.0 // --restart: a controller silent this long leaves a node unverified
 
 typedef sd3_cluster_file_t s_cluster_t;
 typedef sd3_cluster_node_t s_node_t;
@@ -320,7 +323,9 @@ s_record_pid(const char *run_dir, const char *name, int pid, int *old_pid)
 // Waits until the restarted member serves: for the controller, a STATUS answer with an
 // uptime shorter than the time since the spawn; for a node, STATUS listing it alive and
 // registered since the spawn (the entry of the killed process may still count as alive).
-// 0; 1 when timeout_s passed; 2 when it exited (its log's tail is printed).
+// 0; 1 when timeout_s passed; 2 when it exited (its log's tail is printed); 3 when a node
+// runs but the controller answered no STATUS for S_UNVERIFIED_S (it may be down itself, and
+// the node registers once it is back): started, not verified.
 static int
 s_wait_restarted(const s_cluster_t *c, const char *client_ep, const char *name, pid_t pid,
                  const char *log, double t_spawn, long timeout_s)
@@ -335,14 +340,23 @@ s_wait_restarted(const s_cluster_t *c, const char *client_ep, const char *name, 
         return 1;
     }
     static sd3_wire_status_t st;
-    bool controller = !strcmp(name, "controller"), up = false, exited = false;
+    bool controller = !strcmp(name, "controller"), up = false, exited = false, answered = false;
     while (!up && sd3_now_s() - t_spawn < (double)timeout_s) {
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             exited = true;
             break;
         }
+        if (!controller && !answered && sd3_now_s() - t_spawn > S_UNVERIFIED_S) {
+            sd3_client_destroy(&cl);
+            fprintf(stderr,
+                    "sd3ctl up --restart: %s runs (pid %d), but the controller at %s has not "
+                    "answered for %.0f s: not verified\n",
+                    name, (int)pid, client_ep, S_UNVERIFIED_S);
+            return 3;
+        }
         sd3_err_t e = {0};
         if (sd3_client_status(cl, 500, &st, &e) == 0) {
+            answered = true;
             uint64_t since_ms = (uint64_t)((sd3_now_s() - t_spawn) * 1000.0) + 1;
             up = controller && st.uptime_ms <= since_ms;
             for (int i = 0; !controller && i < st.n_nodes; i++)
@@ -407,13 +421,17 @@ s_restart(const s_cluster_t *c, char *sd3d, char *model, const char *name, long 
         return 1;
     }
     // The pids file: this member's line gets the new pid (down stops what it lists); the
-    // old one comes back when the new process exits during start-up.
+    // old one comes back when the new process exits during start-up and the old one lives.
     int old_pid = 0;
     if (s_record_pid(c->run_dir, name, (int)pid, &old_pid) != 0)
         return 1;
     int rc = s_wait_restarted(c, client_ep, name, pid, log, t_spawn, timeout_s);
-    if (rc == 2 && old_pid > 0)
+    if (rc == 2 && old_pid > 0 && kill(old_pid, 0) == 0)
         s_record_pid(c->run_dir, name, old_pid, NULL);
+    if (rc == 3) {
+        printf("restarted %s pid %d (not verified)\n", name, (int)pid);
+        return 0;
+    }
     if (rc != 0)
         return 1;
     printf("restarted %s pid %d, serving after %.1f s\n", name, (int)pid, sd3_now_s() - t_spawn);

@@ -293,17 +293,6 @@ cu_log_count(const char *name, const char *needle)
     return n;
 }
 
-// Waits up to timeout_s until member name's log has at least n lines containing needle
-// (a restarted member writes its start line a moment after `sd3ctl up --restart` returns).
-__attribute__((unused)) static int
-cu_wait_log(const char *name, const char *needle, int n, double timeout_s)
-{
-    int got = 0;
-    for (double t0 = cu_now(); (got = cu_log_count(name, needle)) < n && cu_now() - t0 < timeout_s;)
-        usleep(100000);
-    return got;
-}
-
 // A small request: 64x64, `steps` steps.
 __attribute__((unused)) static void
 cu_request(sd3_wire_generate_t *w, const char *prompt, uint64_t seed, int steps)

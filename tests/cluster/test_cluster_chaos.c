@@ -126,9 +126,10 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
                 reattached++;
             }
         }
-        // Each restart is a blocking `sd3ctl up --restart` (1-2 s under ASan on a loaded
-        // machine): the client is pumped after each, so its keep-alives never stop long
-        // enough for the controller to take it for gone (a CI run lost 5 requests so).
+        // Each restart is a blocking `sd3ctl up --restart`, which waits until the member has
+        // registered (seconds under ASan on a loaded machine): the client is pumped after
+        // each, so its keep-alives never stop long enough for the controller to take it for
+        // gone (a CI run lost 5 requests so).
         for (int v = 0; v < N_VICTIMS; v++)
             if (restart_at[v] > 0 && now >= restart_at[v]) {
                 CHECK(cu_restart(s_victims[v]) == 0);

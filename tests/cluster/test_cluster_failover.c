@@ -28,7 +28,10 @@ main(void)
     // inflight 6: wave 1 starts at once on the two pipelines, and once a1's pipeline is gone
     // and a first request is done, the other has a free slot for wave 2 straight away (so
     // wave 2's ENCODE reaches the dead enc0 whatever the load).
-    CHECK(cu_up("failover", refs.model, "node_timeout_ms = 1500\ninflight = 6\n",
+    // client_timeout 30 s: the three restarts below each block until their node registers
+    // (seconds under ASan), and the client sends no keep-alive meanwhile.
+    CHECK(cu_up("failover", refs.model,
+                "node_timeout_ms = 1500\ninflight = 6\nclient_timeout_ms = 30000\n",
                 CU_NODES_TWO_PIPELINES,
                 client_ep, sizeof client_ep) == 0);
     sd3_err_t err = {0};

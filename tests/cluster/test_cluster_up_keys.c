@@ -118,12 +118,18 @@ main(void)
     // killed vae0 may count as alive until node_timeout_ms runs out; this one is new).
     int started = cu_log_count("vae0", needle);
     CHECK_MSG(started == 2, "vae0.log: the restart has no '%s' (%d lines)", needle, started);
+    // The others registered before the restart began: registered_ms tells them apart.
     bool fresh = false;
+    int older = 0;
     CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
-    for (int i = 0; i < st.n_nodes; i++)
-        fresh |= !strcmp(st.nodes[i].node.node_id, "vae0") && st.nodes[i].alive &&
-                 st.nodes[i].registered_ms <= (uint64_t)((cu_now() - t_restart) * 1000) + 1;
+    uint64_t since_ms = (uint64_t)((cu_now() - t_restart) * 1000) + 1;
+    for (int i = 0; i < st.n_nodes; i++) {
+        bool vae = !strcmp(st.nodes[i].node.node_id, "vae0");
+        fresh |= vae && st.nodes[i].alive && st.nodes[i].registered_ms <= since_ms;
+        older += !vae && st.nodes[i].registered_ms > since_ms;
+    }
     CHECK_MSG(fresh, "`up --restart vae0` returned before the new vae0 registered");
+    CHECK_MSG(older == 3, "%d of the 3 other nodes registered before the restart", older);
     int alive = 0;
     for (double t0 = cu_now(); cu_now() - t0 < 20 && alive < 4;) {
         usleep(200000);

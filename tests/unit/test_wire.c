@@ -200,6 +200,7 @@ test_bodies_inproc(void *ctx)
     snprintf(st->nodes[1].node.node_id, SD3_WIRE_ID_MAX, "vae-1");
     st->nodes[1].node.role = SD3_WIRE_ROLE_VAE;
     st->nodes[1].alive = true, st->nodes[1].link = SD3_WIRE_LINK_NCCL;
+    st->nodes[1].last_seen_ms = 250, st->nodes[1].registered_ms = 86400123;
     st->n_pipelines = 1;
     st->pipelines[0].id = 9, st->pipelines[0].n_stages = 2;
     snprintf(st->pipelines[0].node_ids[1], SD3_WIRE_ID_MAX, "gpu-3");
@@ -210,6 +211,7 @@ test_bodies_inproc(void *ctx)
         CHECK(got->body_kind == SD3_WIRE_BODY_STATUS && st->queue_capacity == 64);
         CHECK(st->completed == 1234567890123ull && st->n_nodes == 2 && st->n_pipelines == 1);
         CHECK(!strcmp(st->nodes[1].node.node_id, "vae-1") && st->nodes[1].alive);
+        CHECK(st->nodes[1].last_seen_ms == 250 && st->nodes[1].registered_ms == 86400123);
         CHECK(st->nodes[1].link == SD3_WIRE_LINK_NCCL &&
               st->nodes[1].node.role == SD3_WIRE_ROLE_VAE);
         CHECK(st->pipelines[0].id == 9 && !strcmp(st->pipelines[0].node_ids[1], "gpu-3"));
