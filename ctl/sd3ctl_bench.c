@@ -23,9 +23,7 @@ sd3_bench_wall(void)
 double
 sd3_bench_cpu(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return sd3_clock_s(CLOCK_PROCESS_CPUTIME_ID);
 }
 
 int

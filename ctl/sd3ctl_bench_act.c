@@ -21,6 +21,7 @@
  *  the released weights; with --model sd3.5_large.safetensors the same run measures those.  */
 #include "sd3_arch.h"
 #include "sd3_backend.h"
+#include "sd3_clock.h"
 #include "sd3_codec.h"
 #include "sd3_mmdit.h"
 #include "sd3_rng.h"
@@ -136,14 +137,6 @@ done:
 
 // ---- measuring ---------------------------------------------------------------------------
 
-static double
-s_thread_cpu(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void
 s_stats(const sd3_tensor_t *t, double *rms, double *max_abs)
 {
@@ -168,12 +161,12 @@ s_code(const sd3_tensor_t *t, const sd3_codec_opts_t *opts, size_t *len, double 
     sd3_codec_desc_t desc;
     void *frame = NULL;
     sd3_tensor_t *back = NULL;
-    double t0 = s_thread_cpu();
+    double t0 = sd3_clock_s(CLOCK_THREAD_CPUTIME_ID);
     if (sd3_codec_encode(t, opts, true, &desc, &frame, len, err) != 0)
         return err->code;
-    double t1 = s_thread_cpu();
+    double t1 = sd3_clock_s(CLOCK_THREAD_CPUTIME_ID);
     int rc = sd3_codec_decode(&desc, frame, *len, 0, &back, err);
-    double t2 = s_thread_cpu();
+    double t2 = sd3_clock_s(CLOCK_THREAD_CPUTIME_ID);
     if (rc == 0 && opts->wire_dtype == SD3_F32 &&
         memcmp(back->data, t->data, sd3_tensor_nbytes(t)) != 0)
         rc = sd3_err_set(err, SD3_EINTERNAL, "bench act: '%s' changed in a lossless round trip",

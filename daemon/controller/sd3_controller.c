@@ -985,10 +985,7 @@ s_generate(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
     int64_t now = sd3_now_ms();
     req->t_submit_ms = req->client_seen_ms = now;
     if (w->deadline_ms) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t unix_now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-        req->deadline_ms = now + ((int64_t)w->deadline_ms - unix_now);
+        req->deadline_ms = now + ((int64_t)w->deadline_ms - sd3_unix_ms());
         if (req->deadline_ms <= now) {
             sd3_err_set(&err, SD3_ETIMEDOUT, "the deadline passed before the request arrived");
             goto fail;
@@ -1484,7 +1481,7 @@ s_timers(sd3_controller_t *self)
     if (self->journal && now - self->last_prune_ms > 60000) { // ended requests kept 1 h
         sd3_err_t e = {0};
         self->last_prune_ms = now;
-        if (sd3_journal_prune(self->journal, sd3_journal_now_ms() - 3600 * 1000, &e) < 0)
+        if (sd3_journal_prune(self->journal, sd3_unix_ms() - 3600 * 1000, &e) < 0)
             sd3_log_warn("controller", "journal prune: %s", e.msg);
     }
     int node_to = self->o.node_timeout_ms > 0 ? self->o.node_timeout_ms : 5000;

@@ -224,9 +224,7 @@ s_run_job(sd3_http_t *self, struct MHD_Connection *conn, const sd3_http_job_t *j
     if (!client)
         return err->code ? err->code : SD3_EIO;
     uint64_t base = atomic_fetch_add(&self->next_id, 1);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    uint64_t unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+    uint64_t unix_ms = (uint64_t)sd3_unix_ms();
     int64_t t0 = sd3_now_ms(), deadline = t0 + self->opts.timeout_ms;
     for (int i = 0; i < n; i++) {
         snprintf(im[i].id, sizeof im[i].id, "http-%d-%llu-%d", (int)self->port,

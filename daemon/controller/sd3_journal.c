@@ -169,14 +169,6 @@ struct sd3_journal {
 
 // ---- helpers ------------------------------------------------------------------------------
 
-int64_t
-sd3_journal_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 const char *
 sd3_journal_state_name(sd3_journal_state_t state)
 {
@@ -711,7 +703,7 @@ sd3_journal_accept(sd3_journal_t *self, const char *request_id, const uint8_t *c
                         SQLITE_STATIC);
     sqlite3_bind_blob64(s, 3, blob, len, SQLITE_STATIC);
     sqlite3_bind_int(s, 4, req->sampler == SD3_WIRE_SAMPLER_DPMPP_2M);
-    sqlite3_bind_int64(s, 5, sd3_journal_now_ms());
+    sqlite3_bind_int64(s, 5, sd3_unix_ms());
     int src = sqlite3_step(s);
     s_done(s);
     if (src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY) {
@@ -745,7 +737,7 @@ sd3_journal_start(sd3_journal_t *self, const char *request_id, uint32_t attempt,
     sqlite3_stmt *s = self->st[S_START];
     sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, attempt);
-    sqlite3_bind_int64(s, 3, sd3_journal_now_ms());
+    sqlite3_bind_int64(s, 3, sd3_unix_ms());
     int src = sqlite3_step(s);
     s_done(s);
     if (src != SQLITE_DONE)
@@ -777,7 +769,7 @@ s_end(sd3_journal_t *self, const char *request_id, sd3_journal_state_t state, co
     sqlite3_stmt *s = self->st[S_END];
     sqlite3_bind_text(s, 1, request_id, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 2, (int)state);
-    sqlite3_bind_int64(s, 3, sd3_journal_now_ms());
+    sqlite3_bind_int64(s, 3, sd3_unix_ms());
     if (png)
         sqlite3_bind_blob64(s, 4, png_size ? (const void *)png : "", png_size, SQLITE_STATIC);
     sqlite3_bind_int(s, 5, code);
@@ -859,7 +851,7 @@ s_ckpt_write(sd3_journal_t *c, const s_slot_t *w, sd3_err_t *err)
     }
     sqlite3_stmt *s = c->st[S_LIVE_TOUCH];
     sqlite3_bind_text(s, 1, w->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, sd3_journal_now_ms());
+    sqlite3_bind_int64(s, 2, sd3_unix_ms());
     sqlite3_bind_int64(s, 3, w->attempt);
     int src = sqlite3_step(s);
     s_done(s);

@@ -166,4 +166,3 @@ int sd3_journal_prune(sd3_journal_t *self, int64_t before_ms, sd3_err_t *err);
 int64_t sd3_journal_count(sd3_journal_t *self, sd3_journal_state_t state, sd3_err_t *err);
 
 const char *sd3_journal_state_name(sd3_journal_state_t state); // "queued", ...
-int64_t sd3_journal_now_ms(void); // the clock the journal stamps rows with (unix ms)

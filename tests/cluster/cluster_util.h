@@ -8,6 +8,7 @@
  *  TIMEOUT), so no process outlives a failed test.  */
 #pragma once
 #include "sd3_client.h"
+#include "sd3_clock.h"
 #include "sd3_test.h"
 
 #include <signal.h>
@@ -52,14 +53,6 @@ cu_setup(int seconds)
     signal(SIGINT, cu_on_signal);
     signal(SIGTERM, cu_on_signal);
     alarm((unsigned)seconds);
-}
-
-static double
-cu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 // `sd3ctl mkmodel` of a tiny arch (diffusers layout, with tokenizers) into tmp/name.
@@ -120,7 +113,7 @@ cu_up_text(const char *name, const char *text, char *client, size_t cap)
         return -1;
     fputs(text, f);
     fclose(f);
-    double t0 = cu_now();
+    double t0 = sd3_now_s();
     snprintf(cmd, sizeof cmd, "'%s/sd3ctl' up '%s' --timeout 60", SD3_BINARY_DIR, cu_cluster_file);
     if (system(cmd) != 0) {
         fprintf(stderr, "cluster: sd3ctl up %s failed\n", cu_cluster_file);
@@ -137,7 +130,7 @@ cu_up_text(const char *name, const char *text, char *client, size_t cap)
         }
     if (f)
         fclose(f);
-    printf("cluster %s up in %.1f s at %s\n", name, cu_now() - t0, client);
+    printf("cluster %s up in %.1f s at %s\n", name, sd3_now_s() - t0, client);
     return client[0] ? 0 : -1;
 }
 
@@ -179,11 +172,11 @@ cu_find(cu_req_t *reqs, int n, const char *id)
 __attribute__((unused)) static int
 cu_wait(sd3_client_t *cl, cu_req_t *reqs, int n, double timeout_s)
 {
-    double t_end = cu_now() + timeout_s;
+    double t_end = sd3_now_s() + timeout_s;
     int open = n;
     for (int i = 0; i < n; i++)
         open -= reqs[i].results + reqs[i].errors > 0;
-    while (open > 0 && cu_now() < t_end) {
+    while (open > 0 && sd3_now_s() < t_end) {
         sd3_msg_t *msg = NULL;
         sd3_err_t err = {0};
         if (sd3_client_recv(cl, 200, &msg, &err) != 0)
@@ -260,10 +253,10 @@ cu_kill(const char *name)
         fprintf(stderr, "cluster: cannot kill %s (pid %d)\n", name, pid);
         return -1;
     }
-    double t0 = cu_now();
-    while (!cu_pid_ended(pid) && cu_now() - t0 < 10)
+    double t0 = sd3_now_s();
+    while (!cu_pid_ended(pid) && sd3_now_s() - t0 < 10)
         usleep(10000);
-    printf("killed %s (pid %d) at %.2f s, ended after %.2f s\n", name, pid, t0, cu_now() - t0);
+    printf("killed %s (pid %d) at %.2f s, ended after %.2f s\n", name, pid, t0, sd3_now_s() - t0);
     return 0;
 }
 

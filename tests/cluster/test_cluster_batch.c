@@ -36,13 +36,13 @@ s_run(const cu_refs_t *refs, const char *name, const char *cluster_extra, double
     CHECK(cl != NULL);
     static cu_req_t reqs[N_REQ];
     memset(reqs, 0, sizeof reqs);
-    double t0 = cu_now();
+    double t0 = sd3_now_s();
     for (int i = 0; cl && i < N_REQ; i++) {
         snprintf(reqs[i].id, sizeof reqs[i].id, "%s%02d", name, i);
         cu_refs_submit(cl, refs, reqs, i);
     }
     CHECK(cl && cu_wait(cl, reqs, N_REQ, 90) == 0);
-    *per_min = N_REQ * 60.0 / (cu_now() - t0);
+    *per_min = N_REQ * 60.0 / (sd3_now_s() - t0);
     int ok = cu_refs_check(refs, reqs, N_REQ);
     cu_check_no_late_answer(cl);
     int m0 = cu_log_count("a0", "merged n="), m1 = cu_log_count("a1", "merged n=");
@@ -50,7 +50,7 @@ s_run(const cu_refs_t *refs, const char *name, const char *cluster_extra, double
     // since a loaded machine may delay one).
     static sd3_wire_status_t st;
     uint64_t batches = 0, steps = 0;
-    for (double t1 = cu_now(); cl && cu_now() - t1 < 10; usleep(200000)) {
+    for (double t1 = sd3_now_s(); cl && sd3_now_s() - t1 < 10; usleep(200000)) {
         batches = steps = 0;
         CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
         for (int i = 0; i < st.n_nodes; i++) {

@@ -53,13 +53,13 @@ s_pump(sd3_client_t *cl, s_req_t *r, int n, int ms)
         for (int i = 0; i < n; i++) {
             if (strcmp(r[i].id, msg->request_id) != 0)
                 continue;
-            r[i].t_heard = cu_now();
+            r[i].t_heard = sd3_now_s();
             if (msg->type == SD3_MSG_ACK) {
                 r[i].acked = true;
             } else if (msg->type == SD3_MSG_RESULT) {
                 const sd3_tensor_t *png = sd3_msg_tensor(msg, "png");
                 if (!r[i].results++ && png) {
-                    r[i].t_done = cu_now();
+                    r[i].t_done = sd3_now_s();
                     r[i].png_size = (size_t)png->shape[0];
                     r[i].png = malloc(r[i].png_size);
                     memcpy(r[i].png, png->data, r[i].png_size);
@@ -99,18 +99,18 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
         snprintf(r[i].id, sizeof r[i].id, "%s%03d", tag, i);
         cu_request(w, s_prompt(i % N_PAIRS), (uint64_t)(30 + i % N_PAIRS), STEPS);
         w->sampler = SD3_WIRE_SAMPLER_DPMPP_2M;
-        r[i].t_submit = cu_now();
+        r[i].t_submit = sd3_now_s();
         CHECK(sd3_client_submit(cl, r[i].id, w, NULL, &err) == 0);
     }
-    double t0 = cu_now(), next_kill = t0 + 0.6, restart_at[N_VICTIMS] = {0};
+    double t0 = sd3_now_s(), next_kill = t0 + 0.6, restart_at[N_VICTIMS] = {0};
     bool controller_killed = false;
     int open = n, reattached = 0;
     unsigned seed = 12345;
-    while (open > 0 && cu_now() - t0 < 200) {
+    while (open > 0 && sd3_now_s() - t0 < 200) {
         open = s_pump(cl, r, n, 50);
         if (!chaos)
             continue;
-        double now = cu_now();
+        double now = sd3_now_s();
         // A client that hears nothing about a request re-attaches with its id (the journal
         // answers a finished one with its PNG): a RESULT in flight when the controller died
         // (SIGKILL) is gone, the request is not. This is the designed protocol, not a
@@ -177,7 +177,7 @@ s_run(const char *client_ep, const char *tag, int n, bool chaos, double *lat, in
               "%s: a message after every request was answered", tag);
     sd3_msg_destroy(&extra);
     printf("%s run: %d/%d images bit-identical in %.1f s (%d re-attaches)\n", tag, ok, n,
-           cu_now() - t0, reattached);
+           sd3_now_s() - t0, reattached);
     free(r);
     free(w);
     sd3_client_destroy(&cl);

@@ -25,7 +25,7 @@ main(void)
     sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
     CHECK(cl != NULL);
     static cu_req_t reqs[N_REQ];
-    double t0 = cu_now();
+    double t0 = sd3_now_s();
     for (int i = 0; cl && i < N_REQ; i++) {
         snprintf(reqs[i].id, sizeof reqs[i].id, "c%02d", i);
         cu_refs_submit(cl, &refs, reqs, i);
@@ -38,12 +38,12 @@ main(void)
         busy += st.pipelines[p].inflight > 0;
     CHECK_MSG(busy == 2, "%d pipelines busy under load, want both", busy);
     CHECK(cl && cu_wait(cl, reqs, N_REQ, 90) == 0);
-    double secs = cu_now() - t0;
+    double secs = sd3_now_s() - t0;
     int ok = cu_refs_check(&refs, reqs, N_REQ);
     cu_check_no_late_answer(cl); // late duplicates would show up here
     // A heartbeat (every 500 ms) carries the encoder's cache counters: polled, since a
     // loaded machine may delay one.
-    for (double t1 = cu_now(); cl && cu_now() - t1 < 10; usleep(200000)) {
+    for (double t1 = sd3_now_s(); cl && sd3_now_s() - t1 < 10; usleep(200000)) {
         CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
         if (st.cache_hits > 0)
             break;

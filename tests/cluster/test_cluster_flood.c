@@ -63,27 +63,27 @@ main(void)
     sd3_client_t *watch = cl ? sd3_client_new(co.listen, &wo, &err) : NULL;
     CHECK(cl && watch);
     static sd3_wire_status_t st;
-    double t_form = cu_now();
-    while (watch && cu_now() - t_form < 20 && (s_status(watch, &st) != 0 || st.n_pipelines < 1))
+    double t_form = sd3_now_s();
+    while (watch && sd3_now_s() - t_form < 20 && (s_status(watch, &st) != 0 || st.n_pipelines < 1))
         usleep(100000);
     CHECK_MSG(st.n_pipelines == 1, "%d pipelines formed, want 1", st.n_pipelines);
 
     // Submit everything, then read nothing: keep-alives only, until every request ended.
     static cu_req_t reqs[N_REQ];
     sd3_wire_generate_t *w = calloc(1, sizeof *w);
-    double t0 = cu_now();
+    double t0 = sd3_now_s();
     for (int i = 0; cl && w && i < N_REQ; i++) {
         snprintf(reqs[i].id, sizeof reqs[i].id, "f%02d", i);
         cu_request(w, s_prompts[i % N_PAIRS], (uint64_t)(40 + i % N_PAIRS), STEPS);
         CHECK(sd3_client_submit(cl, reqs[i].id, w, NULL, &err) == 0);
     }
     bool ended = false;
-    while (cl && !ended && cu_now() - t0 < 150) { // a very slow machine reads before the end
+    while (cl && !ended && sd3_now_s() - t0 < 150) { // a very slow machine reads before the end
         usleep(300000);
         CHECK(sd3_client_keepalive(cl, &err) == 0);
         ended = s_status(watch, &st) == 0 && st.completed + st.failed >= N_REQ;
     }
-    double t_silent = cu_now() - t0;
+    double t_silent = sd3_now_s() - t0;
     printf("not read for %.1f s: controller completed %llu failed %llu\n", t_silent,
            (unsigned long long)st.completed, (unsigned long long)st.failed);
     if (!ended)
@@ -91,8 +91,8 @@ main(void)
 
     // Now read: one RESULT each, last; nothing lost, nothing twice.
     int open = N_REQ, late_progress = 0, progress = 0, messages = 0;
-    double t_read = cu_now();
-    while (cl && open > 0 && cu_now() - t_read < 35) {
+    double t_read = sd3_now_s();
+    while (cl && open > 0 && sd3_now_s() - t_read < 35) {
         sd3_msg_t *msg = NULL;
         if (sd3_client_recv(cl, 200, &msg, &err) != 0)
             continue;
@@ -143,7 +143,7 @@ main(void)
               progress);
     printf("%d/%d images bit-identical, %d messages read (%d PROGRESS of %d produced) in "
            "%.1f s after %.1f s of silence\n",
-           ok, N_REQ, messages, progress, N_REQ * STEPS, cu_now() - t_read, t_silent);
+           ok, N_REQ, messages, progress, N_REQ * STEPS, sd3_now_s() - t_read, t_silent);
 
     sd3_client_destroy(&cl);
     sd3_client_destroy(&watch);

@@ -149,7 +149,7 @@ main(void)
                         "--curve-allow", allow,             NULL};
     CHECK(s_spawn(log_ctrl, ca) > 0);
     char client_ep[1100] = "", stage_ep[1100] = "";
-    for (double t0 = cu_now(); cu_now() - t0 < 20 && !stage_ep[0];) {
+    for (double t0 = sd3_now_s(); sd3_now_s() - t0 < 20 && !stage_ep[0];) {
         usleep(100000);
         FILE *f = fopen(addr_file, "r");
         char line[1100];
@@ -200,7 +200,7 @@ main(void)
     // Wait until the three listed stages are registered.
     bool rogue_seen = false;
     int alive = 0;
-    for (double t0 = cu_now(); cu_now() - t0 < 25 && alive < 3;) {
+    for (double t0 = sd3_now_s(); sd3_now_s() - t0 < 25 && alive < 3;) {
         alive = s_alive(cl, "k-rogue", &rogue_seen);
         if (alive < 3)
             usleep(200000);
@@ -259,7 +259,7 @@ main(void)
     pid_t ctrl = s_pids[0];
     CHECK(cu_write_file(allow, "not a key at all\n") == 0);
     CHECK(kill(ctrl, SIGHUP) == 0);
-    for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "SIGHUP", "stays");)
+    for (double t0 = sd3_now_s(); sd3_now_s() - t0 < 5 && !s_log_count(log_ctrl, "SIGHUP", "stays");)
         usleep(50000);
     CHECK_MSG(s_log_count(log_ctrl, "SIGHUP", "stays") == 1,
               "a bad allow file on SIGHUP: no warning in %s", log_ctrl);
@@ -269,7 +269,7 @@ main(void)
     snprintf(text, sizeof text, "%s\n%s\n%s\n", pub[1], pub[2], pub[3]);
     CHECK(cu_write_file(allow, text) == 0);
     CHECK(kill(ctrl, SIGHUP) == 0);
-    for (double t0 = cu_now(); cu_now() - t0 < 5 && !s_log_count(log_ctrl, "reloaded", "keys=3");)
+    for (double t0 = sd3_now_s(); sd3_now_s() - t0 < 5 && !s_log_count(log_ctrl, "reloaded", "keys=3");)
         usleep(50000);
     CHECK_MSG(s_log_count(log_ctrl, "reloaded", "keys=3") == 1, "no reload in %s", log_ctrl);
     rogue = sd3_client_new(client_ep, &ro, &err);

@@ -111,7 +111,7 @@ main(void)
     // 3. a member restarted by `sd3ctl up --restart` gets its keys again
     CHECK(cu_kill("vae0") == 0);
     usleep(300000);
-    double t_restart = cu_now();
+    double t_restart = sd3_now_s();
     CHECK(cu_restart("vae0") == 0);
     // `up --restart` returned once the new vae0 had registered: its start line is written and
     // STATUS lists it as registered since the restart, with no waiting here (the entry of the
@@ -122,7 +122,7 @@ main(void)
     bool fresh = false;
     int older = 0;
     CHECK(sd3_client_status(cl, 3000, &st, &err) == 0);
-    uint64_t since_ms = (uint64_t)((cu_now() - t_restart) * 1000) + 1;
+    uint64_t since_ms = (uint64_t)((sd3_now_s() - t_restart) * 1000) + 1;
     for (int i = 0; i < st.n_nodes; i++) {
         bool vae = !strcmp(st.nodes[i].node.node_id, "vae0");
         fresh |= vae && st.nodes[i].alive && st.nodes[i].registered_ms <= since_ms;
@@ -131,7 +131,7 @@ main(void)
     CHECK_MSG(fresh, "`up --restart vae0` returned before the new vae0 registered");
     CHECK_MSG(older == 3, "%d of the 3 other nodes registered before the restart", older);
     int alive = 0;
-    for (double t0 = cu_now(); cu_now() - t0 < 20 && alive < 4;) {
+    for (double t0 = sd3_now_s(); sd3_now_s() - t0 < 20 && alive < 4;) {
         usleep(200000);
         alive = 0;
         if (sd3_client_status(cl, 3000, &st, &err) == 0)
@@ -146,9 +146,9 @@ main(void)
     // ports: its bind is retried 5 s, then it exits): `up --restart` fails, the pids file
     // keeps the live controller, which still serves
     int ctl_pid = cu_pid("controller");
-    double t_bad = cu_now();
+    double t_bad = sd3_now_s();
     int bad = cu_restart("controller");
-    double bad_s = cu_now() - t_bad;
+    double bad_s = sd3_now_s() - t_bad;
     CHECK_MSG(bad != 0 && bad_s >= 4.5, "a second controller: rc %d after %.1f s", bad, bad_s);
     CHECK_MSG(cu_pid("controller") == ctl_pid, "the pids file lost the live controller (%d, was %d)",
               cu_pid("controller"), ctl_pid);

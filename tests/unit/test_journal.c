@@ -5,6 +5,7 @@
  *  SQLite file, and rows edited behind the journal's back (hostile blob sizes, shapes,
  *  checksums, states, request blobs) -> SD3_EFORMAT, never a crash. Last, the cost of one
  *  checkpoint at 64 px and 1024 px (printed: "checkpoint <side>px: ...").  */
+#include "sd3_clock.h"
 #include "sd3_journal.h"
 #include "sd3_test.h"
 
@@ -324,8 +325,8 @@ test_lifecycle(void)
     sd3_journal_destroy(&j2);
 
     // prune: nothing is old enough yet; then every ended request goes, the live one stays.
-    CHECK(sd3_journal_prune(j, sd3_journal_now_ms() - 3600 * 1000, NULL) == 0);
-    CHECK(sd3_journal_prune(j, sd3_journal_now_ms() + 1000, NULL) == 3);
+    CHECK(sd3_journal_prune(j, sd3_unix_ms() - 3600 * 1000, NULL) == 0);
+    CHECK(sd3_journal_prune(j, sd3_unix_ms() + 1000, NULL) == 3);
     CHECK(sd3_journal_count(j, SD3_JOURNAL_STATE_COUNT, NULL) == 1);
     CHECK(sd3_journal_get(j, "req-a", &info, NULL) == SD3_ENOTFOUND);
     sd3_journal_info_fini(&info);
@@ -641,14 +642,6 @@ test_hostile_rows(void)
 
 // ---- cost of a checkpoint -----------------------------------------------------------------------
 
-static double
-s_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 // Checkpoints of one DPM++ 2M request at px x px (latent + old denoised per step, as a
 // 28-step run makes them). "call": what the step loop pays; "written": call + flush, the
 // whole cost of one checkpoint reaching the WAL (paid by the writer thread).
@@ -665,18 +658,18 @@ s_bench(int px, int steps)
         return;
     sd3_wire_generate_t g;
     s_request(&g, "bench", SD3_WIRE_SAMPLER_DPMPP_2M, 1);
-    double t0 = s_now_s();
+    double t0 = sd3_now_s();
     CHECK(sd3_journal_accept(j, "b", NULL, 0, &g, NULL, &err) == 0);
-    double t_accept = s_now_s() - t0;
+    double t_accept = sd3_now_s() - t0;
     sd3_tensor_t *lat = s_latent(px / 8, px / 8, 1, 0), *old = s_latent(px / 8, px / 8, 2, 0);
     double call = 0, call_max = 0, wrote = 0, wrote_max = 0;
     for (int s = 1; s <= steps; s++) {
         ((float *)lat->data)[1] = (float)s;
-        double t = s_now_s();
+        double t = sd3_now_s();
         CHECK(sd3_journal_checkpoint(j, "b", 1, (uint32_t)s, lat, old, &err) == 0);
-        double tc = s_now_s() - t;
+        double tc = sd3_now_s() - t;
         CHECK(sd3_journal_flush(j, &err) == 0);
-        double tw = s_now_s() - t;
+        double tw = sd3_now_s() - t;
         if (getenv("SD3_JOURNAL_VERBOSE"))
             printf("  step %d: call %.3f ms, written %.3f ms\n", s, tc * 1e3, tw * 1e3);
         call += tc;
@@ -684,10 +677,10 @@ s_bench(int px, int steps)
         call_max = tc > call_max ? tc : call_max;
         wrote_max = tw > wrote_max ? tw : wrote_max;
     }
-    t0 = s_now_s();
+    t0 = sd3_now_s();
     uint8_t png[1000] = {1};
     CHECK(sd3_journal_finish(j, "b", png, sizeof png, &err) == 0);
-    double t_finish = s_now_s() - t0;
+    double t_finish = sd3_now_s() - t0;
     printf("checkpoint %dpx (latent %zu KiB + old denoised), %d steps: call mean %.3f ms max "
            "%.3f ms; written mean %.3f ms max %.3f ms; accept %.3f ms, finish %.3f ms\n",
            px, sd3_tensor_nbytes(lat) >> 10, steps, call / steps * 1e3, call_max * 1e3,

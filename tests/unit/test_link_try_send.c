@@ -8,6 +8,7 @@
  *  once, in order, intact; a message that fails to encode after its routing id went out is
  *  closed off (the DEALER skips one malformed message) and the next one arrives whole; on a
  *  connect link try_send is a plain send.  */
+#include "sd3_clock.h"
 #include "sd3_link.h"
 #include "sd3_test.h"
 
@@ -26,14 +27,6 @@ s_progress(uint32_t step)
         m->body.progress.steps = 1000;
     }
     return m;
-}
-
-static double
-s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 // try_send until the pipe has room again: the DEALER's reads reach the ROUTER as a
@@ -83,7 +76,7 @@ main(void)
     // Until the pipe is full; then SD3_EFULL at once, message kept.
     uint32_t sent = 0;
     int rc = 0;
-    double t0 = s_now();
+    double t0 = sd3_now_s();
     while (sent < 100) {
         m = s_progress(sent);
         if ((rc = sd3_link_try_send(r, &peer, &m, &err)) != 0)
@@ -91,7 +84,7 @@ main(void)
         CHECK(m == NULL);
         sent++;
     }
-    double waited = s_now() - t0;
+    double waited = sd3_now_s() - t0;
     CHECK_MSG(rc == SD3_EFULL, "try_send gave %d (%s), want SD3_EFULL", rc, err.msg);
     CHECK_MSG(sent >= 2 && sent <= 8, "%u messages went in before the pipe was full", sent);
     CHECK_MSG(waited < 1.0, "try_send waited %.2f s", waited);
