@@ -47,7 +47,7 @@ sd3ctl_convert(int argc, char **argv)
             return 2;
         }
     }
-    if (!in || !wa.out || !wa.have_layout) {
+    if (sd3ctl_wargs_missing(&wa, "convert", "IN (the checkpoint to read)", in != NULL)) {
         s_usage(stderr);
         return 2;
     }

@@ -129,6 +129,26 @@ sd3ctl_wargs_parse(sd3ctl_wargs_t *self, const char *verb, bool allow_keep, int 
     return 1;
 }
 
+bool
+sd3ctl_wargs_missing(const sd3ctl_wargs_t *self, const char *verb, const char *need, bool have_need)
+{
+    const char *missing[3];
+    int n = 0;
+    if (!have_need)
+        missing[n++] = need;
+    if (!self->have_layout)
+        missing[n++] = "--layout single|sd3.5|diffusers";
+    if (!self->out)
+        missing[n++] = "-o PATH";
+    if (n == 0)
+        return false;
+    fprintf(stderr, "sd3ctl %s: missing ", verb);
+    for (int k = 0; k < n; k++)
+        fprintf(stderr, "%s%s", k == 0 ? "" : k == n - 1 ? " and " : ", ", missing[k]);
+    fputc('\n', stderr);
+    return true;
+}
+
 void
 sd3ctl_wargs_finish(sd3ctl_wargs_t *self)
 {
@@ -188,9 +208,12 @@ sd3ctl_mkmodel(int argc, char **argv)
             deeper.mmdit.n_attn2 = (int)depth;
         arch = &deeper;
     }
-    if (!arch || !wa.out || !wa.have_layout) {
-        if (arch_name && !arch)
-            fprintf(stderr, "sd3ctl mkmodel: unknown arch '%s'\n", arch_name);
+    if (arch_name && !arch) {
+        fprintf(stderr, "sd3ctl mkmodel: unknown arch '%s'\n", arch_name);
+        s_usage(stderr);
+        return 2;
+    }
+    if (sd3ctl_wargs_missing(&wa, "mkmodel", "--arch ARCH", arch != NULL)) {
         s_usage(stderr);
         return 2;
     }

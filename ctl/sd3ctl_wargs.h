@@ -25,6 +25,11 @@ void sd3ctl_wargs_init(sd3ctl_wargs_t *self, const sd3_arch_t *arch, sd3_dtype_t
 // bad (a message naming `verb` and the option is printed). allow_keep: --dtype keep is valid.
 int sd3ctl_wargs_parse(sd3ctl_wargs_t *self, const char *verb, bool allow_keep, int argc,
                        char **argv, int *i);
+// When a required option is missing (the verb's own `need`, e.g. "--arch ARCH", when
+// `have_need` is false; --layout; -o), prints one line naming every one that is missing,
+// "sd3ctl mkmodel: missing --layout single|sd3.5|diffusers and -o PATH", and returns true.
+bool sd3ctl_wargs_missing(const sd3ctl_wargs_t *self, const char *verb, const char *need,
+                          bool have_need);
 // Applies --no-t5 / --no-encoders to opts.want[] (whatever their order on the line).
 void sd3ctl_wargs_finish(sd3ctl_wargs_t *self);
 // A whole decimal (or 0x hex) number in [0, max]: 0 and *out, or -1 with a message naming

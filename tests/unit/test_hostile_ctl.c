@@ -10,6 +10,8 @@
  *       not padded to 8): read as unaligned floats before. Must pass with the exact values.
  *    4. eval sampler: metadata steps "1e300" (a double -> int conversion out of range).
  *    5. mkmodel / convert: `--shard-mb abc`, `--seed 12x` were read as 0 and accepted.
+ *    6. mkmodel / convert without --arch, --layout or -o printed only the usage: the
+ *       message now names every required option that is missing.
  *  Cases 1-3 fail only under ASan/UBSan (or a stack protector) without the fix; 5 fails in
  *  any build.  */
 #include "sd3_schedule.h"
@@ -175,6 +177,29 @@ s_bad_numbers(void)
     CHECK(s_output_has("--shard-mb"));
 }
 
+// 6. A required option left out is named (each of them, and only those).
+static void
+s_missing_options(void)
+{
+    const char *out = s_path("missing.safetensors");
+    unlink(out);
+    int rc = s_run((const char *[]){"mkmodel", "--arch", "tiny-sd3-medium", "-o", out, NULL});
+    CHECK_MSG(rc == 2, "mkmodel without --layout: exit %d, want 2", rc);
+    CHECK(s_output_has("sd3ctl mkmodel: missing --layout single|sd3.5|diffusers\n"));
+    rc = s_run((const char *[]){"mkmodel", NULL});
+    CHECK_MSG(rc == 2, "mkmodel alone: exit %d, want 2", rc);
+    CHECK(s_output_has("missing --arch ARCH, --layout single|sd3.5|diffusers and -o PATH"));
+    rc =
+        s_run((const char *[]){"mkmodel", "--layout", "single", "--arch", "tiny-sd3-medium", NULL});
+    CHECK_MSG(rc == 2, "mkmodel without -o: exit %d, want 2", rc);
+    CHECK(s_output_has("sd3ctl mkmodel: missing -o PATH\n"));
+    rc = s_run((const char *[]){"convert", "--layout", "diffusers", "-o", out, NULL});
+    CHECK_MSG(rc == 2, "convert without IN: exit %d, want 2", rc);
+    CHECK(s_output_has("sd3ctl convert: missing IN"));
+    struct stat st;
+    CHECK(stat(out, &st) != 0);
+}
+
 int
 main(void)
 {
@@ -187,5 +212,6 @@ main(void)
     s_schedule_unaligned();
     s_sampler_huge_steps();
     s_bad_numbers();
+    s_missing_options();
     return TEST_RESULT();
 }
