@@ -13,8 +13,11 @@
  *  A dynamic program over (device, end block) minimises the largest stage time among
  *  splits where every device fits in 90% of its memory. Step time is estimated from an
  *  assumed sustained rate, --tflops (default 100: a bf16 GEMM rate an H100 sustains on these
- *  shapes; pass the rate you measured with `sd3ctl bench mmdit`).  */
+ *  shapes; pass the rate you measured with `sd3ctl bench mmdit`). Last line: the CPUs this
+ *  process may use (affinity mask and cgroup quota, sd3_cpu_threads) and why, which is the
+ *  pool a CPU stage started here without --threads gets.  */
 #include "sd3_arch.h"
+#include "sd3_cpu_threads.h"
 #include "sd3_mmdit.h"
 #include "sd3ctl.h"
 
@@ -219,5 +222,10 @@ sd3ctl_plan(int argc, char **argv)
     printf("  (GB; memory as given)  one step: %.2f ms of compute end to end; with %d requests "
            "in flight a step completes every %.2f ms (the slowest stage)\n",
            total_ms, n_dev, worst);
+    sd3_cpu_threads_t usable;
+    sd3_cpu_threads_usable(&usable);
+    printf("  cpu here: %d usable CPUs (%s); a CPU stage started here without --threads runs "
+           "%d threads, and `sd3d --role all` shares them between its stages\n",
+           usable.n, usable.why, usable.n);
     return 0;
 }

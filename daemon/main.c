@@ -6,7 +6,8 @@
  *         --controller tcp://127.0.0.1:7711 --model PATH [--range A:B --node-id ID ...]
  *    sd3d --role all --listen tcp://127.0.0.1:7710 --model PATH
  *         (controller, encoder, one mmdit range over every block and vae as threads of one
- *         process, talking over inproc://)
+ *         process, talking over inproc://; on the CPU the three stages share one backend,
+ *         so one thread pool sized to the box, not three that fight over it)
  *
  *  Parses the flags, builds the controller or node object, and runs its loop until SIGINT
  *  or SIGTERM. Logs go to stderr (sd3_log, key=value). Exit status: 0 after a clean stop,
@@ -51,6 +52,8 @@ s_usage(FILE *out)
             "  --tokenizers DIR       encoder: tokenizer files when the checkpoint has none\n"
             "  --range A:B            mmdit: joint blocks [A, B) (default: all)\n"
             "  --backend cpu|cuda --threads N\n"
+            "                         (default: the CPUs this process may use: affinity\n"
+            "                         mask and cgroup quota; --role all shares one pool)\n"
             "  --node-id ID           unique name of the node (default ROLE-PID)\n"
             "  --codec raw|zstd|shuffle+zstd --wire-dtype f32|bf16|f16\n"
             "                         how this process's tensors travel (default raw f32)\n"
@@ -505,6 +508,7 @@ s_run_all(const s_args_t *a)
         ctx = zmq_ctx_new();
     sd3_controller_t *c = NULL;
     sd3_node_t *nodes[3] = {NULL, NULL, NULL};
+    sd3_backend_t *be = NULL; // the CPU stages' one backend: one pool, their ops take turns
     pthread_t threads[3];
     int n_threads = 0, rc = 1;
     sd3_err_t err = {0};
@@ -521,6 +525,13 @@ s_run_all(const s_args_t *a)
         fprintf(stderr, "sd3d: all: %s\n", ctx ? err.msg : "no zmq context");
         goto done;
     }
+    // Three pools of every usable CPU would put three threads on each core, all busy when
+    // the stages overlap. The CUDA backend keeps one per node (one user thread at a time).
+    if ((!a->backend || !strcmp(a->backend, "cpu")) &&
+        !(be = sd3_backend_new("cpu", (int)a->threads, &err))) {
+        fprintf(stderr, "sd3d: all: %s\n", err.msg);
+        goto done;
+    }
     static const sd3_wire_role_t roles[3] = {SD3_WIRE_ROLE_ENCODER, SD3_WIRE_ROLE_MMDIT,
                                              SD3_WIRE_ROLE_VAE};
     static const char *const names[3] = {"encoder", "mmdit", "vae"};
@@ -534,6 +545,7 @@ s_run_all(const s_args_t *a)
         o.node_id = names[i];
         o.zmq_ctx = ctx;
         o.curve = curve;
+        o.shared_backend = be;
         if (!(nodes[i] = sd3_node_new(&o, &err))) {
             fprintf(stderr, "sd3d: all: %s: %s\n", names[i], err.msg);
             goto done;
@@ -560,6 +572,7 @@ done:
     sd3_http_stop(&http);
     for (int i = 0; i < 3; i++)
         sd3_node_destroy(&nodes[i]);
+    sd3_backend_destroy(&be); // after the nodes that borrowed it
     sd3_controller_destroy(&c);
     s_curve_end(&ctx, &curve);
     return rc;

@@ -118,7 +118,9 @@ static int
 s_load(sd3_node_t *self, sd3_err_t *err)
 {
     const sd3_node_opts_t *o = &self->o;
-    if (!(self->be = sd3_backend_new(o->backend ? o->backend : "cpu", o->n_threads, err)) ||
+    self->be = o->shared_backend;
+    if ((!self->be &&
+         !(self->be = sd3_backend_new(o->backend ? o->backend : "cpu", o->n_threads, err))) ||
         !(self->model = sd3_model_open(o->model_path, err)))
         return err->code;
     // Every role reads the MMDiT's configuration (shapes only, nothing is touched): the
@@ -235,7 +237,8 @@ sd3_node_destroy(sd3_node_t **self_p)
     sd3_weights_destroy(&self->w_vae);
     sd3_weights_destroy(&self->w_mmdit);
     sd3_model_destroy(&self->model);
-    sd3_backend_destroy(&self->be);
+    if (!self->o.shared_backend)
+        sd3_backend_destroy(&self->be);
     free(self);
     *self_p = NULL;
 }

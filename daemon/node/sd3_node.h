@@ -48,6 +48,9 @@ typedef struct {
     void *zmq_ctx;              // shared context (the "all" role); NULL: own
     struct sd3_curve *curve;    // CurveZMQ on the data ROUTER and every DEALER (sd3_curve.h);
                                 // NULL: plain. Borrowed; made in zmq_ctx, outlives the node
+    sd3_backend_t *shared_backend; // borrowed, outlives the node; NULL: the node makes its own
+                                   // from backend/n_threads. The "all" role's stages share
+                                   // one CPU backend (one pool; its ops take turns)
 } sd3_node_opts_t;
 
 typedef struct sd3_node sd3_node_t;

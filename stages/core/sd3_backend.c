@@ -31,6 +31,18 @@ sd3_backend_destroy(sd3_backend_t **self_p)
     *self_p = NULL;
 }
 
+int
+sd3_backend_threads(const sd3_backend_t *self)
+{
+    return self ? self->n_threads : 0;
+}
+
+const char *
+sd3_backend_threads_why(const sd3_backend_t *self)
+{
+    return self ? self->threads_why : "";
+}
+
 const char *
 sd3_backend_available(void)
 {

@@ -15,7 +15,8 @@
  *  - Ops are deterministic: the same inputs and shapes give the same bits on every call
  *    and every thread count (split-invariance of the pipeline rests on this).
  *  Thread: one backend instance is used by one thread at a time; it may use its own
- *  worker threads inside an op.  */
+ *  worker threads inside an op. Except the CPU backend, which may be shared between threads
+ *  (`sd3d --role all` runs its three stages on one): its ops take turns on its one pool.  */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -139,7 +140,9 @@ typedef struct sd3_backend_ops {
 struct sd3_backend {
     const sd3_backend_ops_t *ops;
     sd3_dtype_t act_dtype; // activation dtype: SD3_F32 on cpu, SD3_BF16 on cuda
-    int n_threads;
+    int n_threads;         // threads an op runs on (cpu: the pool; cuda: 1 host thread)
+    char threads_why[160]; // cpu: how n_threads was chosen ("affinity 2, cgroup v2 cpu.max
+                           // 1.50 -> 2", "asked for 4"); "" elsewhere
     // Batch invariance: whether linear gives a row the same bits whatever the other rows of
     // the call (its M). OpenBLAS and cuBLAS pick kernels and tiles by shape, so neither
     // promises it (cpu and cuda: false); a merged batch of requests then runs each linear
@@ -171,10 +174,17 @@ int sd3_backend_check_copy2d(const char *be_name, const sd3_tensor_t *dst, int64
 int sd3_backend_check_upsample2x(const char *be_name, const sd3_tensor_t *y,
                                  const sd3_tensor_t *x, sd3_err_t *err);
 
-// Creates a backend by name ("cpu", "cuda"). n_threads 0 = all cores. NULL + err if the
-// name is unknown or not built in ("cuda" without SD3_HAVE_CUDA: SD3_ENOTSUP).
+// Creates a backend by name ("cpu", "cuda"). n_threads 0 = the CPUs this process may use
+// (affinity mask and cgroup quota, stages/cpu/sd3_cpu_threads.h), not the online count.
+// NULL + err if the name is unknown or not built in ("cuda" without SD3_HAVE_CUDA:
+// SD3_ENOTSUP).
 sd3_backend_t *sd3_backend_new(const char *name, int n_threads, sd3_err_t *err);
 void sd3_backend_destroy(sd3_backend_t **self_p);
+// Threads an op runs on (what the node reports); 0 for NULL.
+int sd3_backend_threads(const sd3_backend_t *self);
+// Why that many, e.g. "affinity 2, cgroup v2 cpu.max 1.50 -> 2" (borrowed; "" when the
+// backend does not say, never NULL).
+const char *sd3_backend_threads_why(const sd3_backend_t *self);
 // Names of the built-in backends, comma separated ("cpu" or "cpu,cuda").
 const char *sd3_backend_available(void);
 

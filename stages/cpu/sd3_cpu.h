@@ -10,7 +10,12 @@
  *  our own workers, so there is one level of parallelism, no oversubscription, and the
  *  tiling depends only on the shapes, never on the thread count. Every output element is
  *  computed by exactly one task with a fixed order of operations, so the bits are the same
- *  for any thread count (no atomics in float reductions).
+ *  for any thread count (no atomics in float reductions). Without a thread count the pool
+ *  gets the CPUs the process may use (sd3_cpu_threads.h: affinity mask, cgroup quota).
+ *  One backend may serve several threads (the stages of `sd3d --role all`): a parallel loop
+ *  holds the pool for its whole run, so loops from different threads take turns and never
+ *  share a thread's scratch. Hence: use scratch only inside a task, never call
+ *  sd3_cpu_pool_run from inside a task (it would wait for itself).
  *
  *  Shapes: "rows" is the product of all dims but the last (sd3_tensor_rows).  */
 #pragma once
@@ -28,10 +33,12 @@ sd3_cpu_pool_t *sd3_cpu_pool_new(int n_threads); // NULL if out of memory / no t
 void sd3_cpu_pool_destroy(sd3_cpu_pool_t **self_p);
 int sd3_cpu_pool_size(const sd3_cpu_pool_t *self);
 // Runs fn(ctx, task, thread) for every task, tasks handed out in order to whichever thread
-// is free; returns when all are done. The caller is thread 0.
+// is free; returns when all are done. The caller is thread 0. Thread-safe: a call from
+// another thread waits until this one is done (not re-entrant from inside a task).
 void sd3_cpu_pool_run(sd3_cpu_pool_t *self, int64_t n_tasks, sd3_cpu_task_fn fn, void *ctx);
 
 // Per-thread scratch of the backend, grown on demand (kept between ops). NULL if out of memory.
+// Only inside a task of sd3_cpu_pool_run (`thread` is the task's), which owns it meanwhile.
 float *sd3_cpu_scratch(sd3_backend_t *be, int thread, int slot, size_t n_floats);
 #define SD3_CPU_SCRATCH_SLOTS 4
 

@@ -2,21 +2,29 @@
  *
  *  The reference every other backend is checked against (see sd3_cpu.h for the threading
  *  model). Tensors live in host memory; weights are used where they lie (views into the
- *  mmap) and widened tile by tile inside linear and conv2d.  */
+ *  mmap) and widened tile by tile inside linear and conv2d. Without a thread count the pool
+ *  gets the CPUs this process may use (sd3_cpu_threads: affinity and cgroup quota), not the
+ *  machine's online count.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_threads.h"
+#include "sd3_log.h"
 
 #include <cblas.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 // ---- thread pool -------------------------------------------------------------------------
 
 struct sd3_cpu_pool {
     int n_threads;
     pthread_t *threads;
+    // Held for a whole sd3_cpu_pool_run: one parallel loop at a time, whoever calls. The
+    // stages of `sd3d --role all` share one backend from three threads; their ops take
+    // turns here (and so never share a thread's scratch).
+    pthread_mutex_t run_lock;
     pthread_mutex_t lock;
     pthread_cond_t wake; // workers wait here for a new generation
     pthread_cond_t done; // the caller waits here for the workers to finish
@@ -78,6 +86,7 @@ sd3_cpu_pool_new(int n_threads)
     if (!self)
         return NULL;
     self->n_threads = n_threads < 1 ? 1 : n_threads;
+    pthread_mutex_init(&self->run_lock, NULL);
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->wake, NULL);
     pthread_cond_init(&self->done, NULL);
@@ -103,6 +112,10 @@ sd3_cpu_pool_new(int n_threads)
     }
     return self;
 fail:
+    pthread_mutex_destroy(&self->run_lock);
+    pthread_mutex_destroy(&self->lock);
+    pthread_cond_destroy(&self->wake);
+    pthread_cond_destroy(&self->done);
     free(self->threads);
     free(self);
     return NULL;
@@ -120,6 +133,7 @@ sd3_cpu_pool_destroy(sd3_cpu_pool_t **self_p)
     pthread_mutex_unlock(&self->lock);
     for (int i = 1; i < self->n_threads; i++)
         pthread_join(self->threads[i], NULL);
+    pthread_mutex_destroy(&self->run_lock);
     pthread_mutex_destroy(&self->lock);
     pthread_cond_destroy(&self->wake);
     pthread_cond_destroy(&self->done);
@@ -139,9 +153,16 @@ sd3_cpu_pool_run(sd3_cpu_pool_t *self, int64_t n_tasks, sd3_cpu_task_fn fn, void
 {
     if (n_tasks <= 0)
         return;
-    if (!self || self->n_threads == 1 || n_tasks == 1) {
+    if (!self) {
         for (int64_t t = 0; t < n_tasks; t++)
             fn(ctx, t, 0);
+        return;
+    }
+    pthread_mutex_lock(&self->run_lock); // thread 0's scratch is ours too on the serial path
+    if (self->n_threads == 1 || n_tasks == 1) {
+        for (int64_t t = 0; t < n_tasks; t++)
+            fn(ctx, t, 0);
+        pthread_mutex_unlock(&self->run_lock);
         return;
     }
     pthread_mutex_lock(&self->lock);
@@ -158,6 +179,7 @@ sd3_cpu_pool_run(sd3_cpu_pool_t *self, int64_t n_tasks, sd3_cpu_task_fn fn, void
     while (self->busy > 0)
         pthread_cond_wait(&self->done, &self->lock);
     pthread_mutex_unlock(&self->lock);
+    pthread_mutex_unlock(&self->run_lock);
 }
 
 // ---- backend state -----------------------------------------------------------------------
@@ -389,12 +411,18 @@ sd3_cpu_backend_new(int n_threads, sd3_err_t *err)
 {
     sd3_backend_t *be = NULL;
     s_cpu_t *cpu = NULL;
-    if (n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = n > 0 ? (int)n : 1;
+    char why[sizeof be->threads_why];
+    if (n_threads <= 0) { // what the box gives us: affinity mask and cgroup quota
+        sd3_cpu_threads_t usable;
+        n_threads = sd3_cpu_threads_usable(&usable);
+        snprintf(why, sizeof why, "%s", usable.why);
+    } else {
+        snprintf(why, sizeof why, "asked for %d", n_threads);
     }
-    if (n_threads > 1024)
+    if (n_threads > 1024) {
         n_threads = 1024;
+        snprintf(why + strlen(why), sizeof why - strlen(why), ", capped at 1024");
+    }
     // One level of parallelism: our pool calls single-threaded sgemm on fixed tiles.
     openblas_set_num_threads(1);
     if (!(be = calloc(1, sizeof *be)) || !(cpu = calloc(1, sizeof *cpu)))
@@ -409,6 +437,8 @@ sd3_cpu_backend_new(int n_threads, sd3_err_t *err)
     cpu->scratch = calloc((size_t)n_threads * SD3_CPU_SCRATCH_SLOTS, sizeof *cpu->scratch);
     if (!cpu->scratch)
         goto oom;
+    snprintf(be->threads_why, sizeof be->threads_why, "%s", why);
+    sd3_log_info("cpu", "backend threads=%d (%s)", n_threads, why);
     return be;
 oom:
     sd3_err_set(err, SD3_ENOMEM, "cpu backend: out of memory or threads (%d threads)", n_threads);
