@@ -175,8 +175,8 @@ s_path_ok(const char *rel)
 // Walks from base/rel up to base (base alone when base/rel is not a folder), reading each
 // folder's limit with `read_limit`; the tightest one wins. 1 when one was found.
 static int
-s_walk(const char *base, const char *rel, int (*read_limit)(const char *, int *, double *), int *cpus,
-       double *ratio)
+s_walk(const char *base, const char *rel, int (*read_limit)(const char *, int *, double *),
+       int *cpus, double *ratio)
 {
     char dir[S_PATH_MAX];
     size_t base_len = strlen(base);
@@ -329,8 +329,8 @@ sd3_cpu_threads_probe(sd3_cpu_threads_t *out, int affinity, const char *proc_cgr
         snprintf(out->why, sizeof out->why, "affinity %d, %s %.2f -> %d", out->affinity,
                  out->source, q_ratio, out->n);
     } else {
-        snprintf(out->why, sizeof out->why, "affinity %d, no cgroup CPU quota -> %d",
-                 out->affinity, out->n);
+        snprintf(out->why, sizeof out->why, "affinity %d, no cgroup CPU quota -> %d", out->affinity,
+                 out->n);
     }
     if (out->n < 1)
         out->n = 1;

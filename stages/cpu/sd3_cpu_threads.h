@@ -14,11 +14,11 @@
 #pragma once
 
 typedef struct {
-    int n;             // usable CPUs, >= 1
-    int affinity;      // CPUs in this thread's affinity mask (the online count if unknown)
-    double quota;      // tightest cgroup CPU quota in CPUs; 0: no limit found
-    char source[48];   // where the quota came from: "cgroup v2 cpu.max", "cgroup v1 cfs", ""
-    char why[160];     // "affinity 2, cgroup v2 cpu.max 1.50 -> 2"
+    int n;           // usable CPUs, >= 1
+    int affinity;    // CPUs in this thread's affinity mask (the online count if unknown)
+    double quota;    // tightest cgroup CPU quota in CPUs; 0: no limit found
+    char source[48]; // where the quota came from: "cgroup v2 cpu.max", "cgroup v1 cfs", ""
+    char why[160];   // "affinity 2, cgroup v2 cpu.max 1.50 -> 2"
 } sd3_cpu_threads_t;
 
 // Fills *out for this process (sched_getaffinity, /proc/self/cgroup, /sys/fs/cgroup) and

@@ -202,7 +202,10 @@ s_test_garbage(void)
         s_expect(what, 8, 0, NULL);
     }
     // A NUL in the middle, then a whole page of digits.
-    s_put("g/cpu.max", "2\0" "00000 100000\n", 15);
+    s_put("g/cpu.max",
+          "2\0"
+          "00000 100000\n",
+          15);
     s_expect("cpu.max with a NUL", 8, 0, NULL);
     char big[5000];
     memset(big, '9', sizeof big - 1);
@@ -222,8 +225,14 @@ s_test_garbage(void)
     if (mkfifo(path, 0644) == 0)
         s_expect("cpu.max a FIFO", 8, 0, NULL);
 
-    static const char *bad_v1[] = {"", "-", "--1\n", "abc\n", "1.5\n", "99999999999999999999\n",
-                                   "-99999999999999999999\n", "100000 100000\n"};
+    static const char *bad_v1[] = {"",
+                                   "-",
+                                   "--1\n",
+                                   "abc\n",
+                                   "1.5\n",
+                                   "99999999999999999999\n",
+                                   "-99999999999999999999\n",
+                                   "100000 100000\n"};
     s_clear();
     s_proc_cgroup("1:cpu:/h\n");
     s_puts("cpu/h/cpu.cfs_period_us", "100000\n");
@@ -248,9 +257,15 @@ s_test_garbage(void)
     memset(line + 4, 'a', 20000 - 6);
     line[20000 - 2] = '\n';
     line[20000 - 1] = '\0';
-    static const char *bad_proc[] = {"garbage\n", "0:\n", ":::\n", "0::/../outside\n",
-                                     "0::/tree/../../outside\n", "0::outside\n",
-                                     "0::/\x01/tree\n", "\xff\xfe\x00\n", NULL};
+    static const char *bad_proc[] = {"garbage\n",
+                                     "0:\n",
+                                     ":::\n",
+                                     "0::/../outside\n",
+                                     "0::/tree/../../outside\n",
+                                     "0::outside\n",
+                                     "0::/\x01/tree\n",
+                                     "\xff\xfe\x00\n",
+                                     NULL};
     for (size_t i = 0; bad_proc[i]; i++) {
         s_proc_cgroup(bad_proc[i]);
         char what[64];
@@ -300,8 +315,8 @@ s_test_affinity(void)
     }
     CHECK(sd3_cpu_threads_affinity() == 1);
     n = sd3_cpu_threads_usable(&u);
-    CHECK_MSG(n == 1 && u.affinity == 1 && !strncmp(u.why, "affinity 1,", 11), "pinned: %d (%s)",
-              n, u.why);
+    CHECK_MSG(n == 1 && u.affinity == 1 && !strncmp(u.why, "affinity 1,", 11), "pinned: %d (%s)", n,
+              u.why);
     sd3_err_t err = {0};
     sd3_backend_t *be = sd3_backend_new("cpu", 0, &err);
     CHECK_MSG(be && sd3_backend_threads(be) == 1, "pinned backend: %d threads (%s)",
@@ -421,9 +436,10 @@ s_test_shared(int n_threads)
     for (int i = 0; i < 3; i++)
         pthread_join(th[i], NULL);
     for (int i = 0; i < 3; i++)
-        CHECK_MSG(jobs[i].failed == 0, "%d-thread backend shared by 3: thread %d got other bits "
-                                       "in %d of %d runs", n_threads, i, jobs[i].failed,
-                  jobs[i].reps);
+        CHECK_MSG(jobs[i].failed == 0,
+                  "%d-thread backend shared by 3: thread %d got other bits "
+                  "in %d of %d runs",
+                  n_threads, i, jobs[i].failed, jobs[i].reps);
     for (int i = 0; i < 4; i++) {
         sd3_tensor_destroy(&jobs[i].y);
         sd3_tensor_destroy(&jobs[i].o);
