@@ -21,7 +21,8 @@ s_usage(FILE *out)
     fprintf(out,
             "usage: sd3ctl generate PROMPT -o OUT.png [options]\n"
             "  --negative TEXT        negative prompt (default empty)\n"
-            "  --size WxH             image size, multiples of 16 (default 1024x1024)\n"
+            "  --size WxH             image size, multiples of 16 (default 1024x1024, or the\n"
+            "                         largest square the model's position table covers)\n"
             "  --steps N --cfg S --shift S --seed N\n"
             "  --sampler euler|dpmpp_2m\n"
             "  --slg [SCALE]          skip-layer guidance (SD3.5-medium; default scale 2.5)\n"

@@ -29,6 +29,11 @@ sd3_gen_params_init(sd3_gen_params_t *p, const sd3_mmdit_config_t *cfg)
     }
     if (cfg && cfg->attn2_mask && cfg->depth > 9)
         p->slg.layers = (1ull << 7) | (1ull << 8) | (1ull << 9);
+    // Size: the reference's 1024x1024, unless the model's position table is smaller (one
+    // entry per 16 pixels; 192 = 3072 px on the real models, 13 = 208 px on the embedded tiny
+    // model): then the largest square it covers, so a request without a size always runs.
+    if (cfg && cfg->pos_max > 0 && cfg->pos_max * 16 < p->width)
+        p->width = p->height = cfg->pos_max * 16;
 }
 
 void

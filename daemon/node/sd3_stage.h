@@ -49,7 +49,9 @@ typedef struct {
 } sd3_gen_params_t;
 
 // Defaults of the reference's CONFIGS for the architecture of `cfg` (shift, steps, cfg,
-// sampler; SLG off), 1024x1024, seed 0, empty negative prompt.
+// sampler; SLG off), seed 0, empty negative prompt, 1024x1024 or, when cfg's position table
+// covers less, the largest square it covers (pos_max * 16 pixels a side: 208x208 on the
+// embedded tiny model). cfg NULL: the SD3.5 defaults at 1024x1024.
 void sd3_gen_params_init(sd3_gen_params_t *p, const sd3_mmdit_config_t *cfg);
 void sd3_gen_params_fini(sd3_gen_params_t *p);
 int sd3_gen_params_set_prompt(sd3_gen_params_t *p, const char *prompt, const char *negative,
