@@ -868,6 +868,12 @@ sd3_weights_write(const sd3_wsource_t *src, const sd3_wwrite_opts_t *opts, const
             }
         if (!rc && all.n == 0)
             rc = sd3_err_set(err, SD3_EINVAL, "%s: nothing to write", out);
+        // The file's folder is made when missing, as the folder layouts make theirs.
+        const char *slash = strrchr(out, '/');
+        if (!rc && slash && slash != out) {
+            snprintf(path, sizeof path, "%.*s", (int)(slash - out), out);
+            rc = s_mkdirs(path, err);
+        }
         if (!rc)
             rc = s_write_file(src, opts, out, all.items, all.n, false, err);
         free(all.items);
