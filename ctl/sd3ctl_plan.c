@@ -202,7 +202,7 @@ sd3ctl_plan(int argc, char **argv)
         e = choice[k][e];
     }
     printf("plan: %s, %dx%d, weights %s, context %d tokens, %d devices; step time at an assumed "
-           "%.0f TFLOP/s sustained per device\n",
+           "%g TFLOP/s sustained per device\n",
            arch->name, size, size, dtype, n_ctx, n_dev, tflops);
     printf("  %-6s %-9s %-8s %-10s %-12s %-12s %-10s %s\n", "stage", "blocks", "memory", "weights",
            "activations", "GFLOP/step", "ms/step", "--range");

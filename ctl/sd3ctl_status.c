@@ -66,9 +66,12 @@ sd3ctl_status(int argc, char **argv)
     printf("steps: %llu, mean %.1f ms between steps of a request\n",
            (unsigned long long)st.step_count,
            st.step_count ? 1000.0 * st.step_seconds_sum / (double)st.step_count : 0.0);
-    printf("\nnodes (%d):\n  %-12s %-8s %-9s %-5s %-8s %-9s %-6s %-16s %-12s %-12s %s\n",
-           st.n_nodes, "id", "role", "blocks", "alive", "inflight", "last seen", "link", "codec",
-           "sent", "received", "merged");
+    printf("failovers %llu  step timeouts %llu  nodes found hung %llu\n",
+           (unsigned long long)st.failovers, (unsigned long long)st.step_timeouts,
+           (unsigned long long)st.nodes_hung);
+    printf("\nnodes (%d):\n  %-12s %-8s %-9s %-5s %-12s %-8s %-9s %-6s %-16s %-12s %-12s %-9s %s\n",
+           st.n_nodes, "id", "role", "blocks", "alive", "state", "inflight", "last seen", "link",
+           "codec", "sent", "received", "merged", "now");
     for (int i = 0; i < st.n_nodes; i++) {
         const sd3_wire_node_info_t *n = &st.nodes[i];
         char range[32] = "-", sent[32], recv[32], merged[48] = "-";
@@ -80,11 +83,29 @@ sd3ctl_status(int argc, char **argv)
         if (n->node.role == SD3_WIRE_ROLE_MMDIT) // merged batches / the steps they held
             snprintf(merged, sizeof merged, "%llu/%llu", (unsigned long long)n->batches,
                      (unsigned long long)n->batched_steps);
-        printf("  %-12s %-8s %-9s %-5s %-8u %-9.1f %-6s %-16s %-12s %-12s %s\n",
-               n->node.node_id, role ? role : "?", range, n->alive ? "yes" : "NO",
+        const sd3_wire_live_t *l = &n->node.live;
+        char state[32], now[160];
+        if (n->hung)
+            snprintf(state, sizeof state, "HUNG");
+        else if (l->state == SD3_WIRE_NODE_LOADING)
+            snprintf(state, sizeof state, "loading %u%%", l->load_permille / 10);
+        else
+            snprintf(state, sizeof state, "ready");
+        if (l->busy_request[0])
+            snprintf(now, sizeof now, "req=%s step %u unit %u/%u %.1f s (expect %.1f s)",
+                     l->busy_request, l->busy_step, l->busy_unit, l->busy_units,
+                     (double)l->busy_ms / 1000.0, (double)l->expect_ms / 1000.0);
+        else
+            snprintf(now, sizeof now, "idle");
+        char extra[96] = "";
+        if (l->threads || l->gflops > 0)
+            snprintf(extra, sizeof extra, "  [%u threads, %.1f GFLOP/s%s%s]", l->threads, l->gflops,
+                     l->fault[0] ? ", fault " : "", l->fault);
+        printf("  %-12s %-8s %-9s %-5s %-12s %-8u %-9.1f %-6s %-16s %-12s %-12s %-9s %s%s\n",
+               n->node.node_id, role ? role : "?", range, n->alive ? "yes" : "NO", state,
                n->inflight, (double)n->last_seen_ms / 1000.0,
                n->link == SD3_WIRE_LINK_NCCL ? "nccl" : "zmq",
-               n->node.codec[0] ? n->node.codec : "raw", sent, recv, merged);
+               n->node.codec[0] ? n->node.codec : "raw", sent, recv, merged, now, extra);
     }
     printf("\npipelines (%d):\n", st.n_pipelines);
     for (int p = 0; p < st.n_pipelines; p++) {

@@ -275,6 +275,9 @@ s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model, c
     s_add_long(a, "--threads", nd->threads, -1);
     if (!strcmp(nd->role, "mmdit"))
         s_add_long(a, "--batch-max", nd->batch_max, -1);
+    if (nd->warm == 0)
+        a->v[a->n++] = "--no-warm";
+    s_add(a, "--fault", nd->fault[0] ? nd->fault : NULL);
     s_add(a, "--backend", nd->backend);
     s_add(a, "--codec", nd->codec);
     s_add(a, "--wire-dtype", nd->wire_dtype);
@@ -361,6 +364,8 @@ s_wait_restarted(const s_cluster_t *c, const char *client_ep, const char *name, 
             up = controller && st.uptime_ms <= since_ms;
             for (int i = 0; !controller && i < st.n_nodes; i++)
                 up |= st.nodes[i].alive && st.nodes[i].registered_ms <= since_ms &&
+                      (st.nodes[i].node.live.state == SD3_WIRE_NODE_READY ||
+                       st.nodes[i].node.live.state == SD3_WIRE_NODE_UNSET) &&
                       !strcmp(st.nodes[i].node.node_id, name);
         }
         if (!up)
@@ -372,7 +377,7 @@ s_wait_restarted(const s_cluster_t *c, const char *client_ep, const char *name, 
         s_tail(log);
     } else if (!up) {
         fprintf(stderr, "sd3ctl up --restart: %s was not %s within %ld s; its log: %s\n", name,
-                controller ? "answering" : "registered", timeout_s, log);
+                controller ? "answering" : "registered and ready", timeout_s, log);
     }
     return up ? 0 : exited ? 2 : 1;
 }
@@ -593,7 +598,8 @@ s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
     }
     static sd3_wire_status_t st;
     bool ready = false;
-    time_t t_end = time(NULL) + timeout_s;
+    time_t t_end = time(NULL) + timeout_s, t_print = time(NULL) + 2;
+    char said[1024] = "";
     while (!ready && time(NULL) < t_end) {
         for (int i = 0; i < n_all; i++)
             if (waitpid(all[i], NULL, WNOHANG) == all[i]) {
@@ -610,7 +616,31 @@ s_up(const char *file, const char *restart, long timeout_s, s_cluster_t *cp)
                 alive += st.nodes[i].alive;
             for (int p = 0; p < st.n_pipelines; p++)
                 staged += st.pipelines[p].n_stages;
-            ready = alive == c.n_nodes && staged == n_mmdit && (n_mmdit == 0 || st.n_pipelines > 0);
+            int n_ready = 0;
+            char line[1024] = "";
+            size_t len = 0;
+            for (int i = 0; i < st.n_nodes; i++) {
+                const sd3_wire_live_t *l = &st.nodes[i].node.live;
+                bool r = l->state == SD3_WIRE_NODE_READY || l->state == SD3_WIRE_NODE_UNSET;
+                n_ready += st.nodes[i].alive && r;
+                if (len < sizeof line)
+                    len += (size_t)snprintf(line + len, sizeof line - len, "%s%s %s", i ? ", " : "",
+                                            st.nodes[i].node.node_id,
+                                            r ? "ready" : l->load_permille >= 999 ? "warming up"
+                                                                                  : "loading");
+                if (!r && l->load_permille < 999 && len < sizeof line)
+                    len += (size_t)snprintf(line + len, sizeof line - len, " %u%%",
+                                            l->load_permille / 10);
+            }
+            ready = alive == c.n_nodes && n_ready == c.n_nodes && staged == n_mmdit &&
+                    (n_mmdit == 0 || st.n_pipelines > 0);
+            // Progress while real weights page in (a minute or more): every 2 s, when it moved.
+            if (!ready && time(NULL) >= t_print && strcmp(line, said)) {
+                printf("sd3ctl up: %d of %d nodes ready: %s\n", n_ready, c.n_nodes, line);
+                fflush(stdout);
+                snprintf(said, sizeof said, "%s", line);
+                t_print = time(NULL) + 2;
+            }
         }
         if (!ready)
             usleep(100000);

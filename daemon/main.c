@@ -72,6 +72,11 @@ s_usage(FILE *out)
             "                         restart with the same file resumes every request\n"
             "  --http ADDR            controller: serve the HTTP API at ADDR (127.0.0.1:8080)\n"
             "  --heartbeat-ms N       nodes: heartbeat period (500)\n"
+            "  --no-warm              nodes: report ready at once instead of paging the role's\n"
+            "                         weights in and running a warm-up block first\n"
+            "  --fault SPEC           nodes, tests only: slow=MS makes every forward, encode\n"
+            "                         and decode MS longer; hang=N hangs step N (mmdit) or\n"
+            "                         task N for good (default: $SD3_FAULT)\n"
             "  --curve-secret FILE    CurveZMQ on every tcp socket: this node's NAME.key\n"
             "  --curve-allow FILE     the public keys admitted (needed to bind tcp with keys);\n"
             "                         read again on SIGHUP\n"
@@ -97,6 +102,8 @@ typedef struct {
     const char *role, *listen, *stage_listen, *controller, *advertise, *model, *tokenizers;
     const char *backend, *node_id, *http, *addr_file, *journal;
     const char *curve_secret, *curve_allow, *curve_server_pub, *http_token_file;
+    const char *fault;
+    bool no_warm;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
     long step_timeout_ms;
     long cache_mb, range_a, range_b, tile, overlap, batch_max;
@@ -147,6 +154,14 @@ s_parse(int argc, char **argv, s_args_t *a)
             a->http_token_file = v;
         } else if (!strcmp(k, "--addr-file")) {
             a->addr_file = v;
+        } else if (!strcmp(k, "--no-warm")) {
+            a->no_warm = true;
+            takes = false;
+        } else if (!strcmp(k, "--fault")) {
+            sd3_node_fault_t f;
+            sd3_err_t fe = {0};
+            a->fault = v;
+            bad = !v || sd3_node_fault_parse(v, &f, &fe) != 0;
         } else if (!strcmp(k, "--threads")) {
             bad = s_long(v, 0, 1024, &a->threads);
         } else if (!strcmp(k, "--queue")) {
@@ -246,6 +261,8 @@ s_node_opts(const s_args_t *a, sd3_wire_role_t role, sd3_node_opts_t *o)
     o->codec = a->codec;
     o->heartbeat_ms = (int)a->heartbeat_ms;
     o->batch_max = (int)a->batch_max;
+    o->no_warm = a->no_warm;
+    o->fault = a->fault;
     o->vae_tile = (sd3_vae_tile_t){.tile = (int)a->tile, .overlap = (int)a->overlap};
 }
 

@@ -6,6 +6,7 @@
  *  applied after the last line, then the cross-section rules (required keys, curve keys).
  *  The format and the rules: sd3_cluster_file.h.  */
 #include "sd3_cluster_file.h"
+#include "sd3_node.h"
 
 #include "sd3_codec.h"
 
@@ -47,6 +48,7 @@ static const s_key_t s_cluster_keys[] = {
     {"name", S_IGNORE, 0, 0, 0, 0},
     {"threads", S_LONG, F(threads), 0, 1024},
     {"batch_max", S_LONG, F(batch_max), 1, 16},
+    {"warm", S_LONG, F(warm), 0, 1},
     {"backend", S_BACKEND, F(backend), 0, 0},
     {"codec", S_CODEC, F(codec), 0, 0},
     {"wire_dtype", S_DTYPE, F(wire_dtype), 0, 0},
@@ -80,6 +82,8 @@ static const s_key_t s_node_keys[] = {
     {"range", S_RANGE, 0, 0, 0, SD3_CLUSTER_FILE_MAX_DEPTH},
     {"threads", S_LONG, N(threads), 0, 1024},
     {"batch_max", S_LONG, N(batch_max), 1, 16},
+    {"warm", S_LONG, N(warm), 0, 1},
+    {"fault", S_STR, N(fault), 0, 0},
     {"backend", S_BACKEND, N(backend), 0, 0},
     {"codec", S_CODEC, N(codec), 0, 0},
     {"wire_dtype", S_DTYPE, N(wire_dtype), 0, 0},
@@ -312,6 +316,7 @@ s_section(s_parser_t *p, sd3_cluster_file_t *out, char *s, sd3_err_t *err)
     node->range_begin = node->range_end = -1;
     node->threads = -1;
     node->batch_max = -1;
+    node->warm = -1;
     p->node = node;
     p->sec = S_NODE;
     memset(p->seen_node, 0, sizeof p->seen_node);
@@ -408,6 +413,13 @@ s_finish(s_parser_t *p, sd3_cluster_file_t *out, sd3_err_t *err)
             nd->threads = out->threads;
         if (nd->batch_max < 0)
             nd->batch_max = out->batch_max;
+        if (nd->warm < 0)
+            nd->warm = out->warm;
+        sd3_node_fault_t fault;
+        sd3_err_t fe = {0};
+        if (sd3_node_fault_parse(nd->fault, &fault, &fe) != 0)
+            return sd3_err_set(err, SD3_EFORMAT, "%s:%d: [%s %s]: %s", p->name, nd->line, nd->role,
+                               nd->name, fe.msg);
         if (!nd->backend[0])
             memcpy(nd->backend, out->backend, sizeof nd->backend);
         if (!nd->codec[0])
@@ -450,6 +462,7 @@ sd3_cluster_file_parse(const char *text, size_t n, const char *name_for_errors,
     memset(out, 0, sizeof *out);
     out->threads = -1;
     out->batch_max = -1;
+    out->warm = -1;
     s_parser_t p = {.name = name_for_errors ? name_for_errors : "cluster file"};
     if (!text && n)
         return sd3_err_set(err, SD3_EINVAL, "%s: no text", p.name);

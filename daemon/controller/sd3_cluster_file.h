@@ -14,7 +14,9 @@
  *    [controller]  listen, stages, queue, inflight, http, deadline_ms, client_timeout_ms,
  *                  node_timeout_ms, step_timeout_ms (-1: off), journal, curve_secret,
  *                  curve_allow, curve_server_pub
- *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, batch_max
+ *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, batch_max,
+ *                  warm (0: report ready without paging weights in; also in [cluster]),
+ *                  fault (a test facility: sd3d --fault)
  *                  (mmdit: --batch-max, 1..16), backend, codec, wire_dtype, curve_secret,
  *                  curve_allow, curve_server_pub
  *  The curve_* keys name the files of `sd3d --curve-secret/--curve-allow/--curve-server-pub`
@@ -59,6 +61,8 @@ typedef struct {
     int range_line;             // line of its range key, 0 when none
     long threads;               // -1: not given
     long batch_max;             // -1: not given
+    long warm;                  // 0: --no-warm; -1: not given
+    char fault[64];             // --fault (tests only); "" none
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t keys;
 } sd3_cluster_node_t;
@@ -69,6 +73,7 @@ typedef struct {
         run_dir[SD3_CLUSTER_FILE_STR], keys_dir[SD3_CLUSTER_FILE_STR];
     long threads;   // -1: not given
     long batch_max; // -1: not given
+    long warm;      // -1: not given
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t default_keys; // [cluster] curve_*: of every member that sets none
     sd3_cluster_keys_t client_keys;  // secret + server_pub that `sd3ctl up` itself uses

@@ -32,6 +32,8 @@ typedef enum {
     S_RESUME, // has its conditioning and a checkpoint; waits for a pipeline slot
 } s_state_t;
 
+#define S_MAX_RETRIES 20 // resumes and retries of one request, whatever the cause
+
 static const char *const s_state_names[] = {"queued",   "encoding", "vae-encoding",
                                             "starting", "running",  "decoding", "resume"};
 
@@ -42,7 +44,18 @@ typedef struct {
     int64_t registered_at_ms;
     uint32_t tasks; // encoder / vae work sent and not answered
     sd3_wire_heartbeat_t hb;
+    bool hung;                 // busy far past its own expectation: out of its pipelines
+    int64_t last_progress_ms;  // a unit finished, or it computes within its expectation
 } s_node_t;
+
+// A node that may take work: alive, ready (weights in) and not hung. A node of an older
+// build sends no state: ready.
+static bool
+s_usable(const s_node_t *n)
+{
+    return n->alive && !n->hung &&
+           (n->reg.live.state == SD3_WIRE_NODE_READY || n->reg.live.state == SD3_WIRE_NODE_UNSET);
+}
 
 // What waits for one client whose pipe is full (or who is not connected right now): the
 // messages that must reach it (ACK, RESULT, ERROR, STATUS) in order, and per request at
@@ -117,7 +130,7 @@ struct sd3_controller {
     uint64_t progress_dropped, results_dropped; // outbox drops (see s_outbox_bound)
     int step_ms[64];  // the newest step times (ring), for the per-step timeout
     int n_step_ms, next_step_ms;
-    uint64_t step_timeouts;
+    uint64_t step_timeouts, failovers, nodes_hung;
 };
 
 // ---- nodes -------------------------------------------------------------------------------
@@ -151,7 +164,7 @@ s_pick_node(const sd3_controller_t *self, sd3_wire_role_t role)
     int best = -1;
     for (int i = 0; i < self->n_nodes; i++) {
         const s_node_t *n = &self->nodes[i];
-        if (n->alive && n->reg.role == role && (best < 0 || n->tasks < self->nodes[best].tasks))
+        if (s_usable(n) && n->reg.role == role && (best < 0 || n->tasks < self->nodes[best].tasks))
             best = i;
     }
     return best;
@@ -166,7 +179,7 @@ s_form(sd3_controller_t *self)
         if (self->nodes[i].reg.role == SD3_WIRE_ROLE_MMDIT)
             ranges[n++] =
                 (sd3_sched_range_t){i, (int)self->nodes[i].reg.layer_begin,
-                                    (int)self->nodes[i].reg.layer_end, self->nodes[i].alive};
+                                    (int)self->nodes[i].reg.layer_end, s_usable(&self->nodes[i])};
     // By node id, so that a cluster file's chains come out as written (p2a, p2b before
     // p3a...) whatever order the nodes registered in.
     for (int i = 1; i < n; i++)
@@ -540,6 +553,14 @@ s_end(sd3_controller_t *self, sd3_request_t *req, int code, const char *fmt, ...
         s_cancel_stages(self, req, pl);
     if (pl && req->holds_slot)
         pl->inflight--;
+    if (req->task_node >= 0 && code != 0 && self->nodes[req->task_node].alive) {
+        // An encoder or vae working on it stops at its next boundary (between encoders).
+        sd3_msg_t *c = sd3_msg_new(SD3_MSG_CANCEL, req->id);
+        sd3_err_t e = {0};
+        if (c)
+            s_send_node(self, req->task_node, &c, &e);
+        sd3_msg_destroy(&c);
+    }
     if (req->task_node >= 0 && self->nodes[req->task_node].tasks > 0)
         self->nodes[req->task_node].tasks--;
     sd3_queue_remove(self->queue, req);
@@ -715,7 +736,7 @@ s_launch(sd3_controller_t *self, sd3_request_t *req)
                  req->attempt);
     return;
 retry:
-    if (err.code == SD3_ENOMEM || err.code == SD3_EINVAL || ++req->retries > 20) {
+    if (err.code == SD3_ENOMEM || err.code == SD3_EINVAL || ++req->retries > S_MAX_RETRIES) {
         s_end(self, req, err.code ? err.code : SD3_EIO, "JOB not sent: %s", err.msg);
         return;
     }
@@ -1111,11 +1132,24 @@ s_node_lost(sd3_controller_t *self, int i, const char *why)
             req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
         if (req->task_node == i) {
             req->task_node = -1;
+            if (++req->retries > S_MAX_RETRIES) {
+                s_end(self, req, SD3_EIO, "%s on node=%s; retried %d times already",
+                      s_state_names[req->state], n->reg.node_id, S_MAX_RETRIES);
+                r--;
+                continue;
+            }
             sd3_log_warn("controller", "req=%s %s on node=%s retried elsewhere (%s)", req->id,
                          s_state_names[req->state], n->reg.node_id, why);
         }
         if (pl && !pl->alive) {
             if (req->state == S_STARTING || req->state == S_RUNNING) {
+                // Every restart path counts against the one retry cap.
+                if (++req->retries > S_MAX_RETRIES) {
+                    s_end(self, req, SD3_EIO, "%s; resumed %d times already", why, S_MAX_RETRIES);
+                    r--;
+                    continue;
+                }
+                self->failovers++;
                 s_requeue_resume(self, req, why);
             } else if (req->state != S_DECODING) { // encoding: it gets a pipeline later
                 s_release_slot(self, req);
@@ -1168,15 +1202,70 @@ s_register(sd3_controller_t *self, const sd3_wire_peer_t *from, const sd3_msg_t 
     memset(n, 0, sizeof *n);
     n->reg = *r;
     n->alive = true;
-    n->last_seen_ms = n->registered_at_ms = sd3_now_ms();
-    sd3_log_info("controller", "node=%s registered role=%d address=%s range=[%u,%u) codec=%s",
-                 r->node_id, (int)r->role, r->address, r->layer_begin, r->layer_end, r->codec);
+    n->last_seen_ms = n->registered_at_ms = n->last_progress_ms = sd3_now_ms();
+    n->hb.live = r->live;
+    sd3_log_info("controller", "node=%s registered role=%d address=%s range=[%u,%u) codec=%s "
+                 "state=%s threads=%u",
+                 r->node_id, (int)r->role, r->address, r->layer_begin, r->layer_end, r->codec,
+                 r->live.state == SD3_WIRE_NODE_LOADING ? "loading" : "ready", r->live.threads);
     sd3_msg_t *ack = sd3_msg_new(SD3_MSG_ACK, NULL);
     if (ack)
         sd3_link_send(self->stages, from, &ack, &e);
     // Nodes of one cluster register within moments of each other: form the pipelines
     // when no registration came for 250 ms, over all of them at once.
     self->form_due_ms = sd3_now_ms() + 250;
+}
+
+// How long one unit (a block, an encoder, a decode) may run: --step-timeout-ms when set,
+// else max(10 s, 10 x what the node itself expects from its measured rate and the unit's
+// FLOPs). Past it the node counts as hung.
+static int64_t
+s_unit_bound_ms(const sd3_controller_t *self, const s_node_t *n)
+{
+    if (self->o.step_timeout_ms > 0)
+        return self->o.step_timeout_ms;
+    int64_t b = 10 * (int64_t)n->hb.live.expect_ms;
+    return b > 10000 ? b : 10000;
+}
+
+// A node's heartbeat: counters, loading progress, the unit in progress. A node that just
+// became ready (or stopped being hung) brings its pipelines back; one busy far past its own
+// expectation is hung: its pipelines stop and their requests resume elsewhere.
+static void
+s_heartbeat(sd3_controller_t *self, int ni, const sd3_wire_heartbeat_t *hb)
+{
+    s_node_t *n = &self->nodes[ni];
+    const int64_t now = sd3_now_ms();
+    bool was_usable = s_usable(n);
+    uint64_t units_before = n->hb.live.units_done;
+    n->hb = *hb;
+    n->reg.live = hb->live;
+    const sd3_wire_live_t *l = &hb->live;
+    if (l->units_done != units_before ||
+        (l->busy_request[0] && (int64_t)l->busy_ms <= s_unit_bound_ms(self, n)))
+        n->last_progress_ms = now; // an idle node is not progress: a lost hop leaves all idle
+    if (n->hung && (l->units_done != units_before || !l->busy_request[0])) {
+        n->hung = false;
+        sd3_log_warn("controller", "node=%s moves again: back in service", n->reg.node_id);
+    } else if (!n->hung && l->busy_request[0] && (int64_t)l->busy_ms > s_unit_bound_ms(self, n)) {
+        n->hung = true;
+        self->nodes_hung++;
+        char why[200];
+        snprintf(why, sizeof why, "node %s hung: req=%s unit %u of %u busy %llu ms (expected %llu, "
+                 "bound %lld)",
+                 n->reg.node_id, l->busy_request, l->busy_unit, l->busy_units,
+                 (unsigned long long)l->busy_ms, (unsigned long long)l->expect_ms,
+                 (long long)s_unit_bound_ms(self, n));
+        sd3_log_warn("controller", "%s", why);
+        s_node_lost(self, ni, why);
+        s_form(self);
+    }
+    if (s_usable(n) != was_usable) {
+        if (!was_usable)
+            sd3_log_info("controller", "node=%s ready load_ms=%llu rate=%.1f GFLOP/s threads=%u",
+                         n->reg.node_id, (unsigned long long)l->load_ms, l->gflops, l->threads);
+        self->form_due_ms = now + 50; // re-form with (or without) it
+    }
 }
 
 static int
@@ -1245,8 +1334,12 @@ s_step_done(sd3_controller_t *self, sd3_request_t *req, sd3_msg_t *msg)
         };
         s_send_client(self, req, &pg);
     }
-    sd3_log_debug("controller", "req=%s step=%u/%d ms=%.1f", req->id, msg->step, req->n_used - 1,
-                  secs * 1000);
+    if (msg->step == 1 || secs >= 1.0) // real models: every step; the tiny ones: the first
+        sd3_log_info("controller", "req=%s step=%u/%d ms=%.1f since_submit_ms=%lld", req->id,
+                     msg->step, req->n_used - 1, secs * 1000, (long long)(now - req->t_submit_ms));
+    else
+        sd3_log_debug("controller", "req=%s step=%u/%d ms=%.1f", req->id, msg->step,
+                      req->n_used - 1, secs * 1000);
     if (req->steps_done == req->n_used - 1) { // sampled: the slot frees, the vae decodes
         sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
         if (pl && req->holds_slot) {
@@ -1289,7 +1382,7 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
         return;
     }
     if (msg->type == SD3_MSG_HEARTBEAT) {
-        node->hb = msg->body.heartbeat;
+        s_heartbeat(self, ni, &msg->body.heartbeat);
         return;
     }
     sd3_request_t *req = msg->request_id[0] ? s_find(self, msg->request_id) : NULL;
@@ -1298,13 +1391,16 @@ s_node_msg(sd3_controller_t *self, const sd3_wire_peer_t *from, sd3_msg_t *msg)
                          msg->status == SD3_ENOTFOUND;
         bool of_pipeline = req && (req->state == S_STARTING || req->state == S_RUNNING) &&
                            req->pipeline >= 0;
-        if (of_pipeline && msg->attempt != req->attempt) {
+        if (msg->status == SD3_ECANCELED && req && req->task_node != ni && !of_pipeline) {
+            sd3_log_debug("controller", "req=%s node=%s stopped its work", req->id,
+                          node->reg.node_id);
+        } else if (of_pipeline && msg->attempt != req->attempt) {
             sd3_log_debug("controller", "req=%s stale ERROR of attempt %u dropped", req->id,
                           msg->attempt);
-        } else if (of_pipeline && transient && req->retries++ < 20) {
+        } else if (of_pipeline && transient && req->retries++ < S_MAX_RETRIES) {
             s_requeue_resume(self, req, msg->message);
             req->retry_at_ms = sd3_now_ms() + 250;
-        } else if (req && req->task_node == ni && transient && req->retries++ < 20) {
+        } else if (req && req->task_node == ni && transient && req->retries++ < S_MAX_RETRIES) {
             node->tasks--;
             req->task_node = -1;
             req->retry_at_ms = sd3_now_ms() + 250;
@@ -1453,15 +1549,27 @@ s_check_steps(sd3_controller_t *self, int64_t now)
         if ((req->state != S_RUNNING && req->state != S_STARTING) ||
             now - req->t_last_step_ms <= bound)
             continue;
+        // A pipeline whose nodes finish units, or compute within their own expectations,
+        // is slow, not hung: a step of a real model may take minutes. (A unit far past its
+        // expectation makes its node hung: s_heartbeat.)
+        int64_t last = req->t_last_step_ms;
+        const sd3_pipeline_t *pl =
+            req->pipeline >= 0 ? sd3_sched_get(self->sched, req->pipeline) : NULL;
+        for (int s = 0; pl && s < pl->n_stages; s++)
+            if (self->nodes[pl->nodes[s]].last_progress_ms > last)
+                last = self->nodes[pl->nodes[s]].last_progress_ms;
+        if (now - last <= bound)
+            continue;
         char why[160];
         snprintf(why, sizeof why, "pipeline=%d made no step for %lld ms (bound %lld ms)",
                  req->pipeline, (long long)(now - req->t_last_step_ms), (long long)bound);
         self->step_timeouts++;
-        if (++req->retries > 20) {
+        if (++req->retries > S_MAX_RETRIES) {
             s_end(self, req, SD3_ETIMEDOUT, "%s, 20 times", why);
             continue;
         }
         int hung = req->pipeline;
+        self->failovers++;
         s_requeue_resume(self, req, why);
         req->avoid_pipeline = hung;
     }
@@ -1529,6 +1637,7 @@ s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
         o->inflight = n->reg.role == SD3_WIRE_ROLE_MMDIT ? n->hb.inflight : n->tasks;
         o->last_seen_ms = (uint64_t)(now - n->last_seen_ms);
         o->registered_ms = (uint64_t)(now - n->registered_at_ms);
+        o->hung = n->hung;
         o->link = SD3_WIRE_LINK_ZMQ;
         o->bytes_sent = n->hb.bytes_sent;
         o->bytes_received = n->hb.bytes_received;
@@ -1555,6 +1664,9 @@ s_fill_status(sd3_controller_t *self, sd3_wire_status_t *st)
         st->inflight += self->reqs[r]->state != S_QUEUED;
     st->step_count = self->step_count;
     st->step_seconds_sum = self->step_seconds_sum;
+    st->failovers = self->failovers;
+    st->step_timeouts = self->step_timeouts;
+    st->nodes_hung = self->nodes_hung;
     memcpy(st->step_buckets, self->step_buckets, sizeof st->step_buckets);
 }
 

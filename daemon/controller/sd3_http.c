@@ -434,6 +434,49 @@ s_healthz(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req)
                     body ? strlen(body) : 0, 0);
 }
 
+// Readiness: 200 once the cluster can serve a request from start to end: a whole pipeline
+// (its nodes ready), an encoder and a vae ready. 503 with what is missing (and loading
+// progress) otherwise. /healthz stays liveness: the controller answers.
+static enum MHD_Result
+s_readyz(sd3_http_t *self, struct MHD_Connection *conn, s_req_t *req)
+{
+    sd3_err_t err = {0};
+    sd3_wire_status_t *st = malloc(sizeof *st);
+    int rc = st ? s_status(self, st, &err) : SD3_ENOMEM;
+    char *body = NULL;
+    bool ready = false;
+    if (rc == 0) {
+        int enc = 0, vae = 0;
+        char loading[512] = "";
+        size_t len = 0;
+        for (int i = 0; i < st->n_nodes; i++) {
+            const sd3_wire_node_info_t *n = &st->nodes[i];
+            bool r = n->alive && !n->hung &&
+                     (n->node.live.state == SD3_WIRE_NODE_READY ||
+                      n->node.live.state == SD3_WIRE_NODE_UNSET);
+            enc += r && n->node.role == SD3_WIRE_ROLE_ENCODER;
+            vae += r && n->node.role == SD3_WIRE_ROLE_VAE;
+            if (!r && len < sizeof loading)
+                len += (size_t)snprintf(loading + len, sizeof loading - len, " %s=%s",
+                                        n->node.node_id,
+                                        !n->alive  ? "dead"
+                                        : n->hung ? "hung"
+                                                  : "loading");
+        }
+        ready = st->n_pipelines > 0 && enc > 0 && vae > 0;
+        if (asprintf(&body, "%s pipelines=%d encoders=%d vaes=%d%s%s\n",
+                     ready ? "ready" : "not ready", st->n_pipelines, enc, vae,
+                     loading[0] ? " not ready:" : "", loading) < 0)
+            body = NULL;
+    } else if (asprintf(&body, "controller %s: %s\n", self->controller,
+                        err.msg[0] ? err.msg : "no answer") < 0) {
+        body = NULL;
+    }
+    free(st);
+    return s_answer(self, conn, req, ready ? 200 : 503, "text/plain; charset=utf-8", body,
+                    body ? strlen(body) : 0, 0);
+}
+
 // ---- routing ------------------------------------------------------------------------------
 
 // Constant-time comparison of the bearer token.
@@ -481,6 +524,8 @@ s_access(void *cls, struct MHD_Connection *conn, const char *url, const char *me
             req->ep = SD3_METRICS_EP_METRICS;
         else if (strcmp(url, "/healthz") == 0)
             req->ep = SD3_METRICS_EP_HEALTHZ;
+        else if (strcmp(url, "/readyz") == 0)
+            req->ep = SD3_METRICS_EP_READYZ;
         else
             req->ep = SD3_METRICS_EP_OTHER;
         char msg[256];
@@ -494,7 +539,8 @@ s_access(void *cls, struct MHD_Connection *conn, const char *url, const char *me
                      wants_post ? "POST" : "GET");
             return s_answer_error(self, conn, req, 405, msg);
         }
-        if (req->ep != SD3_METRICS_EP_HEALTHZ && !s_authorized(self, conn))
+        if (req->ep != SD3_METRICS_EP_HEALTHZ && req->ep != SD3_METRICS_EP_READYZ &&
+            !s_authorized(self, conn))
             return s_answer_error(self, conn, req, 401,
                                   "missing or wrong bearer token (Authorization: Bearer ...)");
         if (wants_post) {
@@ -552,6 +598,8 @@ s_access(void *cls, struct MHD_Connection *conn, const char *url, const char *me
         return s_metrics(self, conn, req);
     case SD3_METRICS_EP_HEALTHZ:
         return s_healthz(self, conn, req);
+    case SD3_METRICS_EP_READYZ:
+        return s_readyz(self, conn, req);
     default:
         return s_answer_error(self, conn, req, 404, "no such endpoint");
     }

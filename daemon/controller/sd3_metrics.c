@@ -66,7 +66,7 @@ sd3_metrics_destroy(sd3_metrics_t **self_p)
 const char *
 sd3_metrics_endpoint_name(sd3_metrics_endpoint_t ep)
 {
-    static const char *const names[SD3_METRICS_EP_COUNT] = {"openai", "a1111", "metrics", "healthz",
+    static const char *const names[SD3_METRICS_EP_COUNT] = {"openai", "a1111", "metrics", "healthz", "readyz",
                                                             "other"};
     return (unsigned)ep < SD3_METRICS_EP_COUNT ? names[ep] : "other";
 }
@@ -336,6 +336,29 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
     s_family(b, "sd3_embedding_cache_misses_total", "counter",
              "Prompt encodings the encoders had to compute.");
     s_printf(b, "sd3_embedding_cache_misses_total %llu\n", (unsigned long long)st->cache_misses);
+    s_family(b, "sd3_failovers_total", "counter",
+             "Request attempts resumed elsewhere after a node was lost or hung.");
+    s_printf(b, "sd3_failovers_total %llu\n", (unsigned long long)st->failovers);
+    s_family(b, "sd3_step_timeouts_total", "counter",
+             "Requests whose pipeline made no progress within the step bound.");
+    s_printf(b, "sd3_step_timeouts_total %llu\n", (unsigned long long)st->step_timeouts);
+    s_family(b, "sd3_nodes_hung_total", "counter",
+             "Times a node was found busy far past its own measured expectation.");
+    s_printf(b, "sd3_nodes_hung_total %llu\n", (unsigned long long)st->nodes_hung);
+    s_family(b, "sd3_node_ready", "gauge",
+             "1 once a node has paged in its weights and serves; 0 while loading.");
+    for (int i = 0; i < nn; i++)
+        s_printf(b, "sd3_node_ready{node=\"%s\"} %d\n",
+                 s_label(st->nodes[i].node.node_id, l1, sizeof l1),
+                 st->nodes[i].node.live.state == SD3_WIRE_NODE_READY ||
+                         st->nodes[i].node.live.state == SD3_WIRE_NODE_UNSET);
+    s_family(b, "sd3_node_load_ratio", "gauge", "Share of a node's weights paged in (0..1).");
+    for (int i = 0; i < nn; i++)
+        s_printf(b, "sd3_node_load_ratio{node=\"%s\"} %.3f\n",
+                 s_label(st->nodes[i].node.node_id, l1, sizeof l1),
+                 st->nodes[i].node.live.state == SD3_WIRE_NODE_LOADING
+                     ? st->nodes[i].node.live.load_permille / 1000.0
+                     : 1.0);
     s_family(b, "sd3_step_duration_seconds", "histogram",
              "Time of one sampling step as the controller sees it (all requests).");
     s_histogram(b, "sd3_step_duration_seconds", "", s_step_bounds, st->step_buckets,

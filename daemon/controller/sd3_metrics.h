@@ -25,6 +25,7 @@ typedef enum {
     SD3_METRICS_EP_A1111,      // POST /sdapi/v1/txt2img
     SD3_METRICS_EP_METRICS,    // GET /metrics
     SD3_METRICS_EP_HEALTHZ,    // GET /healthz
+    SD3_METRICS_EP_READYZ,     // GET /readyz
     SD3_METRICS_EP_OTHER,      // anything else (404, 405)
     SD3_METRICS_EP_COUNT
 } sd3_metrics_endpoint_t;

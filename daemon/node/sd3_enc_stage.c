@@ -21,7 +21,22 @@ struct sd3_enc_stage {
     sd3_embcache_t *cache;
     uint64_t weights_fp[2];
     uint64_t tok_fp[2];
+    int (*progress)(void *, int, double);
+    void *progress_user;
 };
+
+void
+sd3_enc_stage_set_progress(sd3_enc_stage_t *self, int (*fn)(void *, int, double), void *user)
+{
+    self->progress = fn;
+    self->progress_user = user;
+}
+
+sd3_weights_t *
+sd3_enc_stage_weights(sd3_enc_stage_t *self, int i)
+{
+    return sd3_cond_weights(self->cond, i);
+}
 
 static bool
 s_is_dir(const char *path)
@@ -166,6 +181,8 @@ sd3_enc_stage_encode(sd3_enc_stage_t *self, const char *prompt, bool no_t5, int 
         .l = tokens.clip_l, .g = tokens.clip_g, .t5 = opts.no_t5 ? NULL : tokens.t5,
         .n_l = SD3_TOK_CLIP_LEN, .n_g = SD3_TOK_CLIP_LEN, .n_t5 = (int)tokens.n_t5,
     };
+    opts.between = self->progress; // after the key: the hook is not part of it
+    opts.between_user = self->progress_user;
     if ((rc = sd3_cond_encode(self->cond, &ids, &opts, context_p, pooled_p, err)) != 0)
         goto done;
     rc = sd3_embcache_put(self->cache, key, *context_p, *pooled_p, err);

@@ -32,6 +32,13 @@ s_register(sd3_node_t *self, int64_t now)
     snprintf(r->model_id, sizeof r->model_id, "%s",
              self->have_cfg ? sd3_mmdit_config_name(&self->cfg) : "");
     r->max_batch = 1;
+    pthread_mutex_lock(&self->sh.mu);
+    uint64_t done = __atomic_load_n(&self->sh.load_done, __ATOMIC_RELAXED);
+    if (self->sh.live.state == SD3_WIRE_NODE_LOADING && self->sh.live.load_permille < 999 &&
+        self->sh.load_total && done)
+        self->sh.live.load_permille = (uint32_t)(done * 998 / self->sh.load_total);
+    r->live = self->sh.live;
+    pthread_mutex_unlock(&self->sh.mu);
     const sd3_codec_opts_t *co = &self->o.codec;
     snprintf(r->codec, sizeof r->codec, "%s%s", sd3_codec_name(co->codec),
              co->wire_dtype == SD3_BF16  ? "/bf16"
@@ -53,6 +60,19 @@ sd3_heartbeat_tick(sd3_node_t *self)
             s_register(self, now);
         return;
     }
+    // A change of state (loading progress, ready) goes out at once, not a period later.
+    pthread_mutex_lock(&self->sh.mu);
+    uint64_t done = __atomic_load_n(&self->sh.load_done, __ATOMIC_RELAXED);
+    if (self->sh.live.state == SD3_WIRE_NODE_LOADING && self->sh.live.load_permille < 999 &&
+        self->sh.load_total && done)
+        self->sh.live.load_permille = (uint32_t)(done * 998 / self->sh.load_total);
+    bool changed = self->sh.live.state != self->hb_state ||
+                   self->sh.live.load_permille != self->hb_permille;
+    self->hb_state = self->sh.live.state;
+    self->hb_permille = self->sh.live.load_permille;
+    pthread_mutex_unlock(&self->sh.mu);
+    if (changed)
+        self->last_hb_ms = 0;
     if (now - self->last_hb_ms < period)
         return;
     sd3_msg_t *msg = sd3_msg_new(SD3_MSG_HEARTBEAT, NULL);
@@ -61,23 +81,25 @@ sd3_heartbeat_tick(sd3_node_t *self)
     msg->body_kind = SD3_WIRE_BODY_HEARTBEAT;
     sd3_wire_heartbeat_t *hb = &msg->body.heartbeat;
     snprintf(hb->node_id, sizeof hb->node_id, "%s", self->node_id);
-    uint32_t inflight = 0;
-    for (int i = 0; i < SD3_NODE_MAX_REQS; i++)
-        inflight += self->reqs[i].used;
-    hb->inflight = inflight;
+    pthread_mutex_lock(&self->sh.mu);
+    hb->inflight = self->sh.inflight;
+    hb->live = self->sh.live;
+    if (self->sh.unit_start_ms)
+        hb->live.busy_ms = (uint64_t)(now - self->sh.unit_start_ms);
+    pthread_mutex_unlock(&self->sh.mu);
     hb->uptime_ms = (uint64_t)(now - self->start_ms);
-    if (self->enc) {
+    if (self->enc) { // the cache has its own lock
         sd3_embcache_stats_t cs;
         sd3_enc_stage_stats(self->enc, &cs);
-        self->stats.cache_hits = cs.hits;
-        self->stats.cache_misses = cs.misses;
+        __atomic_store_n(&self->stats.cache_hits, cs.hits, __ATOMIC_RELAXED);
+        __atomic_store_n(&self->stats.cache_misses, cs.misses, __ATOMIC_RELAXED);
     }
-    hb->bytes_sent = self->stats.bytes_out;
-    hb->bytes_received = self->stats.bytes_in;
-    hb->cache_hits = self->stats.cache_hits;
-    hb->batches = self->stats.batches;
-    hb->batched_steps = self->stats.batched_steps;
-    hb->cache_misses = self->stats.cache_misses;
+    hb->bytes_sent = SD3_NODE_STAT_GET(self, bytes_out);
+    hb->bytes_received = SD3_NODE_STAT_GET(self, bytes_in);
+    hb->cache_hits = SD3_NODE_STAT_GET(self, cache_hits);
+    hb->batches = SD3_NODE_STAT_GET(self, batches);
+    hb->batched_steps = SD3_NODE_STAT_GET(self, batched_steps);
+    hb->cache_misses = SD3_NODE_STAT_GET(self, cache_misses);
     sd3_err_t err = {0};
     if (sd3_node_send_ctrl(self, &msg, &err) != 0)
         sd3_log_debug("node", "node=%s heartbeat not sent: %s", self->node_id, err.msg);

@@ -16,13 +16,20 @@
  *  checkpoint: first_step, latent and, on the last range, DPM++ 2M's old_denoised) replaces
  *  the request's state. When the controller does not know the node any more (it restarted)
  *  the node drops every request it holds and registers again. Logs: key=value, req= on every request line.
- *  Thread: one node object runs in one thread (sd3_node_run).  */
+ *  Threads: sd3_node_run is the I/O thread: it owns the controller's socket, registers,
+ *  heartbeats (with loading progress, the unit in progress and the measured rate), and
+ *  notes CANCELs and newer JOBs at once, so a compute thread busy for minutes in a forward
+ *  pass never looks dead and stops a dead attempt at its next block (or encoder) boundary.
+ *  The compute thread (started by sd3_node_run) pages the role's weights in, runs a warm-up
+ *  block, then serves the data socket and the messages the I/O thread hands it (pointers
+ *  over an inproc PAIR; ZeroMQ sockets stay single-threaded).  */
 #pragma once
 #include "sd3_clock.h"
 #include "sd3_err.h"
 #include "sd3_stage.h"
 #include "sd3_wire.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -51,6 +58,10 @@ typedef struct {
     sd3_backend_t *shared_backend; // borrowed, outlives the node; NULL: the node makes its own
                                    // from backend/n_threads. The "all" role's stages share
                                    // one CPU backend (one pool; its ops take turns)
+    bool no_warm;               // skip paging the role's weights in (and the warm-up
+                                // forward) before the node reports ready
+    const char *fault;          // injected fault for tests ("slow=MS", "hang=N", comma
+                                // separated; sd3_node_fault_parse); NULL: $SD3_FAULT
 } sd3_node_opts_t;
 
 typedef struct sd3_node sd3_node_t;
@@ -116,6 +127,53 @@ typedef struct {
     int64_t t_start_ms;
 } sd3_node_req_t;
 
+// An injected fault (a test facility, off by default): every forward, encode or decode of
+// the node takes slow_ms longer (spread over its units, cancellable), and the hang-th task
+// (mmdit: step number hang, in the middle of its range) never ends.
+typedef struct {
+    int64_t slow_ms; // 0: none
+    int64_t hang;    // -1: none
+} sd3_node_fault_t;
+// "slow=MS,hang=N" (either, or ""); SD3_EINVAL naming the bad part.
+int sd3_node_fault_parse(const char *spec, sd3_node_fault_t *out, sd3_err_t *err);
+
+// Requests whose attempts are dead (cancelled, or replaced by a newer JOB), noted by the
+// I/O thread so the compute thread stops their work at the next unit boundary.
+#define SD3_NODE_DEAD_MAX 64
+
+// What the two threads of a node share, under mu: the I/O thread (sd3_node_run: the
+// controller's socket, registration, heartbeats) and the compute thread (data and peer
+// sockets, the stages). The compute thread never touches the controller's socket; what it
+// sends there goes through an inproc pair.
+typedef struct {
+    pthread_mutex_t mu;
+    sd3_wire_live_t live;  // busy_ms is filled in at each heartbeat from unit_start_ms
+    int64_t unit_start_ms; // the unit in progress began (0: idle)
+    uint32_t inflight;     // requests the stages hold
+    struct {
+        char id[SD3_WIRE_ID_MAX];
+        uint32_t attempt; // attempts <= this are dead
+    } dead[SD3_NODE_DEAD_MAX];
+    int dead_next;
+    uint64_t drop_gen; // bumped when the node drops all it holds (the controller restarted)
+    bool stop;         // the I/O thread is leaving: the compute thread returns
+    bool done;         // the compute thread returned
+    uint64_t load_done, load_total; // page-in bytes (load_done: __atomic, no lock)
+} sd3_node_shared_t;
+
+// The compute thread's own view of the work in progress (progress hooks read it).
+typedef struct {
+    int n;
+    char ids[SD3_NODE_MAX_BATCH][SD3_WIRE_ID_MAX];
+    uint32_t attempts[SD3_NODE_MAX_BATCH];
+    uint64_t gen; // drop_gen when the work began
+    int step, units, unit; // unit: the one running (-1: none yet)
+    double unit_flops;
+    int64_t unit_t0_ms;
+    int64_t batch, n_img, n_ctx; // mmdit: the shape of the batch
+    int64_t tasks;               // tasks begun so far (hang=N of encoder and vae)
+} sd3_node_work_t;
+
 struct sd3_node {
     sd3_node_opts_t o;
     char node_id[SD3_WIRE_ID_MAX];
@@ -140,16 +198,42 @@ struct sd3_node {
     sd3_node_req_t reqs[SD3_NODE_MAX_REQS];
     char recent[SD3_NODE_RECENT][SD3_WIRE_ID_MAX]; // ring
     int recent_next;
-    sd3_node_stats_t stats;
-    bool registered, shutdown;
+    sd3_node_stats_t stats; // updated with __atomic builtins (both threads)
+    bool registered, shutdown; // the I/O thread's
     int64_t start_ms, last_hb_ms, last_reg_ms;
+    void *pipe_io, *pipe_work; // inproc PAIR: the I/O thread's end, the compute thread's end
+    pthread_t worker;
+    bool worker_started;
+    sd3_node_shared_t sh;
+    sd3_node_work_t work;
+    sd3_node_fault_t fault;
+    char fault_text[64];
+    double rate_gflops; // compute thread: measured (EWMA), 0 none yet
+    sd3_wire_node_state_t hb_state; // what the last heartbeat said (I/O thread)
+    uint32_t hb_permille;
 };
+
+#define SD3_NODE_STAT_ADD(self, field, n) __atomic_fetch_add(&(self)->stats.field, (n), __ATOMIC_RELAXED)
+#define SD3_NODE_STAT_GET(self, field) __atomic_load_n(&(self)->stats.field, __ATOMIC_RELAXED)
+
+// ---- the compute thread's progress (sd3_node.c; called by sd3_stage_host.c) ---------------
+// Work on the requests ids[0..n) (attempts) begins: `units` units (blocks of the range, the
+// encoders, 1 decode). Published for heartbeats; the fault's slow time is spread over them.
+void sd3_node_work_begin(sd3_node_t *self, const char *const *ids, const uint32_t *attempts,
+                         int n, int step, int units);
+// Unit `unit` (0..units) begins; unit == units: the work ran. flops: the unit's model FLOPs
+// (expectation from the measured rate). Non-zero: every request of the work is dead (or the
+// node stops): stop at this boundary (SD3_ECANCELED).
+int sd3_node_work_unit(sd3_node_t *self, int unit, double flops);
+void sd3_node_work_end(sd3_node_t *self);
+// Whether attempt `attempt` of request id was cancelled or replaced (I/O thread's notes).
+bool sd3_node_dead(sd3_node_t *self, const char *id, uint32_t attempt);
 
 // Steps an mmdit node merges at most in one batch (--batch-max, clamped); 1 for other roles.
 int sd3_node_batch_cap(const sd3_node_t *self);
 
-// sd3_heartbeat.c: REGISTER until the controller ACKs it, then a HEARTBEAT every
-// heartbeat_ms (with the counters above).
+// sd3_heartbeat.c (the I/O thread): REGISTER until the controller ACKs it, then a
+// HEARTBEAT every heartbeat_ms (with the counters above and what the node does now).
 void sd3_heartbeat_tick(sd3_node_t *self);
 // The controller does not know us (it restarted): register again.
 void sd3_heartbeat_reset(sd3_node_t *self);
@@ -165,7 +249,8 @@ void sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, s
                                 int n);
 // Forgets every request (shutdown).
 void sd3_stage_host_clear(sd3_node_t *self);
-// Sends *msg_p to the controller (takes it), counting its tensor bytes.
+// Sends *msg_p to the controller (takes it), counting its tensor bytes. From the compute
+// thread it goes through the inproc pair; the I/O thread sends it on.
 int sd3_node_send_ctrl(sd3_node_t *self, sd3_msg_t **msg_p, sd3_err_t *err);
 // Sends *msg_p to a peer stage at addr (connecting on first use; takes it).
 int sd3_node_send_peer(sd3_node_t *self, const char *addr, sd3_msg_t **msg_p, sd3_err_t *err);

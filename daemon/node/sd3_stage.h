@@ -80,6 +80,11 @@ int sd3_enc_stage_encode(sd3_enc_stage_t *self, const char *prompt, bool no_t5, 
                          int context_width, sd3_tensor_t **context_p, sd3_tensor_t **pooled_p,
                          sd3_err_t *err);
 void sd3_enc_stage_stats(sd3_enc_stage_t *self, sd3_embcache_stats_t *out);
+// The hook sd3_cond_opts_t.between of every encode (NULL: none); cache hits call nothing.
+void sd3_enc_stage_set_progress(sd3_enc_stage_t *self, int (*fn)(void *, int, double),
+                                void *user);
+// The encoders' weights (0 CLIP-L, 1 CLIP-G, 2 T5; NULL when absent), borrowed.
+sd3_weights_t *sd3_enc_stage_weights(sd3_enc_stage_t *self, int i);
 bool sd3_enc_stage_has_t5(const sd3_enc_stage_t *self);
 
 // ---- mmdit stage (one layer range) ---------------------------------------------------------

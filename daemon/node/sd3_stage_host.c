@@ -89,6 +89,30 @@ s_fail(sd3_node_t *self, const sd3_wire_peer_t *from, const char *id, uint32_t s
         s_close(self, req);
 }
 
+// A task of the encoder or the vae (one request) begins: heartbeats show it.
+static void
+s_task_begin(sd3_node_t *self, const sd3_msg_t *msg, int units)
+{
+    const char *ids[1] = {msg->request_id};
+    const uint32_t att[1] = {msg->attempt};
+    sd3_node_work_begin(self, ids, att, 1, 0, units);
+}
+
+// Work stopped by its progress hook (cancelled, superseded, the node stopping) is dropped
+// without an ERROR: whoever stopped it knows.
+static bool
+s_stopped(sd3_node_t *self, const char *id, const sd3_err_t *err)
+{
+    if (err->code != SD3_ECANCELED)
+        return false;
+    sd3_log_info("node", "node=%s req=%s stopped at a unit boundary: %s", self->node_id, id,
+                 err->msg);
+    return true;
+}
+
+// VAE model FLOPs per output pixel, decode (an estimate for the progress expectations).
+#define S_VAE_FLOPS_PER_PIXEL 2.4e6
+
 // Appends a host copy of backend tensor t under `name` (borrowed string literal).
 static int
 s_add_download(sd3_node_t *self, sd3_msg_t *msg, const sd3_tensor_t *t, const char *name,
@@ -156,6 +180,7 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
     sd3_err_t err = {0};
     const sd3_wire_generate_t *w = &msg->body.generate;
     int64_t t0 = sd3_now_ms();
+    s_task_begin(self, msg, 3);
     if (sd3_enc_stage_encode(self->enc, w->prompt, w->no_t5, (int)w->t5_len, self->cfg.context_in,
                              &cctx, &cy, &err) != 0 ||
         sd3_enc_stage_encode(self->enc, w->negative, w->no_t5, (int)w->t5_len, self->cfg.context_in,
@@ -175,8 +200,8 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
         goto fail;
     sd3_embcache_stats_t cs;
     sd3_enc_stage_stats(self->enc, &cs);
-    self->stats.cache_hits = cs.hits;
-    self->stats.cache_misses = cs.misses;
+    __atomic_store_n(&self->stats.cache_hits, cs.hits, __ATOMIC_RELAXED);
+    __atomic_store_n(&self->stats.cache_misses, cs.misses, __ATOMIC_RELAXED);
     sd3_log_info("encoder", "req=%s encoded ms=%lld cache_hits=%llu cache_misses=%llu",
                  msg->request_id, (long long)(sd3_now_ms() - t0), (unsigned long long)cs.hits,
                  (unsigned long long)cs.misses);
@@ -184,8 +209,10 @@ s_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
         sd3_log_error("encoder", "req=%s ENCODED not sent: %s", msg->request_id, err.msg);
     goto done;
 fail:
-    s_fail(self, from, msg->request_id, 0, &err);
+    if (!s_stopped(self, msg->request_id, &err))
+        s_fail(self, from, msg->request_id, 0, &err);
 done:
+    sd3_node_work_end(self);
     sd3_msg_destroy(&out);
     sd3_tensor_t **all[] = {&cctx, &cy, &uctx, &uy, &ctx2, &y2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -218,9 +245,17 @@ s_decode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
             goto fail;
         }
     }
-    if (sd3_vae_stage_decode(self->vae, sd3_msg_tensor(msg, "latent"), &self->o.vae_tile, infotext,
-                             &rgb, &png, &png_size, &err) != 0)
+    const sd3_tensor_t *lat = sd3_msg_tensor(msg, "latent");
+    s_task_begin(self, msg, 1);
+    if (sd3_node_work_unit(self, 0, S_VAE_FLOPS_PER_PIXEL * 64.0 * (double)lat->shape[2] *
+                                         (double)lat->shape[3]) != 0) {
+        sd3_err_set(&err, SD3_ECANCELED, "vae: stopped before the decode");
         goto fail;
+    }
+    if (sd3_vae_stage_decode(self->vae, lat, &self->o.vae_tile, infotext, &rgb, &png, &png_size,
+                             &err) != 0)
+        goto fail;
+    sd3_node_work_unit(self, 1, 0);
     if (!(png_t = sd3_tensor_new_err(SD3_U8, 1, (int64_t[]){(int64_t)png_size}, "png", &err)))
         goto fail;
     memcpy(png_t->data, png, png_size);
@@ -237,8 +272,10 @@ s_decode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg)
         sd3_log_error("vae", "req=%s DECODED not sent: %s", msg->request_id, err.msg);
     goto done;
 fail:
-    s_fail(self, from, msg->request_id, 0, &err);
+    if (!s_stopped(self, msg->request_id, &err))
+        s_fail(self, from, msg->request_id, 0, &err);
 done:
+    sd3_node_work_end(self);
     sd3_msg_destroy(&out);
     free(png);
     free(infotext);
@@ -266,8 +303,15 @@ s_vae_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg
         sd3_msg_expect(msg, "noise", SD3_F32, 4,
                        (int64_t[]){1, 16, img->shape[0] / 8, img->shape[1] / 8}, &err) != 0)
         goto fail;
+    s_task_begin(self, msg, 1);
+    if (sd3_node_work_unit(self, 0, 0.5 * S_VAE_FLOPS_PER_PIXEL * (double)img->shape[0] *
+                                         (double)img->shape[1]) != 0) {
+        sd3_err_set(&err, SD3_ECANCELED, "vae: stopped before the encode");
+        goto fail;
+    }
     if (sd3_vae_stage_encode(self->vae, img, noise, &latent, &err) != 0)
         goto fail;
+    sd3_node_work_unit(self, 1, 0);
     latent->name = "latent";
     if (!(out = sd3_msg_new(SD3_MSG_VAE_ENCODED, msg->request_id))) {
         sd3_err_set(&err, SD3_ENOMEM, "vae: out of memory");
@@ -279,8 +323,10 @@ s_vae_encode(sd3_node_t *self, const sd3_wire_peer_t *from, const sd3_msg_t *msg
         sd3_log_error("vae", "req=%s VAE_ENCODED not sent: %s", msg->request_id, err.msg);
     goto done;
 fail:
-    s_fail(self, from, msg->request_id, 0, &err);
+    if (!s_stopped(self, msg->request_id, &err))
+        s_fail(self, from, msg->request_id, 0, &err);
 done:
+    sd3_node_work_end(self);
     sd3_msg_destroy(&out);
     sd3_tensor_destroy(&latent);
 }
@@ -295,6 +341,23 @@ typedef struct {
     int step;
     sd3_mmdit_act_t act, skip;
 } s_work_t;
+
+// The n steps of g begin their blocks (one merged batch, or one step): heartbeats show it,
+// and the block hook reads the shape for its expectations.
+static void
+s_busy(sd3_node_t *self, const s_work_t *g, int n, const sd3_mmdit_act_t *act)
+{
+    const char *ids[SD3_NODE_MAX_BATCH];
+    uint32_t att[SD3_NODE_MAX_BATCH];
+    for (int i = 0; i < n && i < SD3_NODE_MAX_BATCH; i++) {
+        ids[i] = g[i].req->id;
+        att[i] = g[i].req->attempt;
+    }
+    sd3_node_work_begin(self, ids, att, n, g[0].step, self->o.layer_end - self->o.layer_begin);
+    self->work.batch = act->batch;
+    self->work.n_img = (int64_t)act->grid_h * act->grid_w;
+    self->work.n_ctx = act->n_ctx;
+}
 
 static void
 s_work_fini(sd3_node_t *self, s_work_t *w)
@@ -329,7 +392,14 @@ s_send_step(sd3_node_t *self, sd3_node_req_t *req, int step, const sd3_mmdit_act
         sd3_msg_destroy(&msg);
         return rc;
     }
-    return sd3_node_send_peer(self, req->next, &msg, err);
+    size_t bytes = 0;
+    for (int i = 0; i < msg->n_tensors; i++)
+        bytes += msg->tensors[i].tensor ? sd3_tensor_nbytes(msg->tensors[i].tensor) : 0;
+    double t0 = sd3_now_s();
+    rc = sd3_node_send_peer(self, req->next, &msg, err);
+    sd3_log_info("mmdit", "node=%s req=%s step=%d sent bytes=%zu send_ms=%.1f", self->node_id,
+                 req->id, step, bytes, (sd3_now_s() - t0) * 1000);
+    return rc;
 }
 
 // Last range: final layer, guidance, sampler step; the new latent to the first range and
@@ -342,7 +412,7 @@ s_finish(sd3_node_t *self, sd3_node_req_t *req, sd3_mmdit_act_t *act, sd3_mmdit_
     int rc = sd3_dit_stage_finish(self->dit, job, act, skip, NULL, err);
     if (rc != 0)
         return rc;
-    self->stats.steps++;
+    SD3_NODE_STAT_ADD(self, steps, 1);
     sd3_msg_t *done = sd3_msg_new(SD3_MSG_STEP_DONE, req->id);
     if (!done)
         return sd3_err_set(err, SD3_ENOMEM, "mmdit: out of memory");
@@ -409,14 +479,17 @@ s_work_run(sd3_node_t *self, s_work_t *w)
     char id[SD3_WIRE_ID_MAX];
     snprintf(id, sizeof id, "%s", w->req->id);
     const int64_t t0 = sd3_now_ms();
+    s_busy(self, w, 1, &w->act);
     int rc = sd3_dit_stage_blocks(self->dit, w->req->slg_layers, &w->act, &w->skip, &err);
+    sd3_node_work_end(self);
     if (rc == 0)
         rc = s_work_after(self, w, &err);
-    if (rc != 0)
+    if (rc != 0 && !s_stopped(self, id, &err))
         s_fail(self, w->from, id, (uint32_t)w->step, &err);
     else
-        sd3_log_debug("mmdit", "req=%s step=%d ms=%lld", id, w->step,
-                      (long long)(sd3_now_ms() - t0));
+        sd3_log_info("mmdit", "node=%s req=%s step=%d blocks=[%d,%d) ms=%lld", self->node_id, id,
+                     w->step, self->o.layer_begin, self->o.layer_end,
+                     (long long)(sd3_now_ms() - t0));
     s_work_fini(self, w);
 }
 
@@ -751,9 +824,20 @@ s_run_group(sd3_node_t *self, s_work_t *g, int n)
     for (int i = 0; i < n; i++)
         parts[i] = g[i].act;
     const int64_t t0 = sd3_now_ms();
-    if (sd3_mmdit_act_merge(self->be, parts, n, &merged, &err) != 0 ||
-        sd3_dit_stage_blocks(self->dit, 0, &merged, NULL, &err) != 0 ||
-        sd3_mmdit_act_split(self->be, &merged, n, out, &err) != 0) {
+    int rc = sd3_mmdit_act_merge(self->be, parts, n, &merged, &err);
+    if (rc == 0) {
+        s_busy(self, g, n, &merged);
+        rc = sd3_dit_stage_blocks(self->dit, 0, &merged, NULL, &err);
+        sd3_node_work_end(self);
+    }
+    if (rc == SD3_ECANCELED) { // every request of the batch is dead
+        s_stopped(self, g[0].req->id, &err);
+        sd3_mmdit_act_fini(self->be, &merged);
+        for (int i = 0; i < n; i++)
+            s_work_fini(self, &g[i]);
+        return;
+    }
+    if (rc != 0 || sd3_mmdit_act_split(self->be, &merged, n, out, &err) != 0) {
         sd3_log_warn("mmdit", "node=%s merging %d steps failed (%s): running them one by one",
                      self->node_id, n, err.msg);
         sd3_mmdit_act_fini(self->be, &merged);
@@ -762,8 +846,8 @@ s_run_group(sd3_node_t *self, s_work_t *g, int n)
         return;
     }
     sd3_mmdit_act_fini(self->be, &merged);
-    self->stats.batches++;
-    self->stats.batched_steps += (uint64_t)n;
+    SD3_NODE_STAT_ADD(self, batches, 1);
+    SD3_NODE_STAT_ADD(self, batched_steps, (uint64_t)n);
     char ids[256];
     size_t at = 0;
     ids[0] = 0;
@@ -809,7 +893,6 @@ sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_ms
         if (ng > 0 && (!step_like || again || ng == cap)) {
             s_run_group(self, g, ng);
             ng = 0;
-            sd3_heartbeat_tick(self); // a drained turn may hold several steps' work
         }
         if (!step_like) {
             sd3_stage_host_handle(self, &from[i], &msgs[i]);
@@ -821,13 +904,11 @@ sd3_stage_host_handle_many(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_ms
             continue;
         if (w.skip.x) { // the skip-layer pass runs other blocks: this step goes alone
             s_work_run(self, &w);
-            sd3_heartbeat_tick(self);
             continue;
         }
         if (ng > 0 && (!s_mergeable(&g[0], &w) || rows + s_rows(&w) > SD3_NODE_BATCH_ROWS)) {
             s_run_group(self, g, ng);
             ng = 0;
-            sd3_heartbeat_tick(self);
         }
         if (ng == 0)
             rows = 0;
@@ -847,23 +928,17 @@ sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *
     sd3_err_t err = {0};
     const sd3_wire_role_t role = self->o.role;
     switch (msg->type) {
-    case SD3_MSG_ACK:
-        if (!from && !self->registered) {
-            self->registered = true;
-            sd3_log_info("node", "node=%s registered", self->node_id);
-        }
+    case SD3_MSG_ACK: // the I/O thread takes the controller's (registration)
         return;
     case SD3_MSG_SHUTDOWN:
-        if (!from) {
-            self->shutdown = true;
-            return;
-        }
+        if (!from)
+            return; // the I/O thread took it
         break;
     case SD3_MSG_ERROR:
         if (!from && !msg->request_id[0] && msg->status == SD3_ENOTFOUND) {
             // The controller restarted (or took us for dead): the work we hold belongs to
-            // attempts it does not know any more; it resumes them as newer attempts.
-            sd3_heartbeat_reset(self);
+            // attempts it does not know any more; it resumes them as newer attempts. (The
+            // I/O thread registers again and stopped the work in progress.)
             sd3_stage_host_clear(self);
             return;
         }
@@ -928,7 +1003,7 @@ sd3_stage_host_handle(sd3_node_t *self, const sd3_wire_peer_t *from, sd3_msg_t *
                 : role == SD3_WIRE_ROLE_MMDIT ? "mmdit"
                                               : "vae",
                 sd3_msg_type_name(msg->type));
-    self->stats.refused++;
+    SD3_NODE_STAT_ADD(self, refused, 1);
     if (from) {
         sd3_err_t e = {0};
         sd3_wire_reply_error(sd3_link_socket(self->data), from, &err, &e);

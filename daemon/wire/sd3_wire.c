@@ -263,9 +263,58 @@ s_generate_out(const sd3_wire_generate_t *g, Sd3__GenerateRequest *p)
 }
 
 static void
-s_register_out(const sd3_wire_register_t *r, Sd3__Register *p)
+s_live_out(const sd3_wire_live_t *l, Sd3__NodeLive *p)
+{
+    sd3__node_live__init(p);
+    p->state = (uint32_t)l->state;
+    p->load_permille = l->load_permille;
+    p->units_done = l->units_done;
+    p->busy_request = (char *)l->busy_request;
+    p->busy_step = l->busy_step;
+    p->busy_unit = l->busy_unit;
+    p->busy_units = l->busy_units;
+    p->busy_ms = l->busy_ms;
+    p->expect_ms = l->expect_ms;
+    p->gflops = l->gflops;
+    p->threads = l->threads;
+    p->fault = (char *)l->fault;
+    p->load_ms = l->load_ms;
+}
+
+static int
+s_live_in(const Sd3__NodeLive *p, sd3_wire_live_t *l, sd3_err_t *err)
+{
+    memset(l, 0, sizeof *l);
+    if (!p)
+        return 0;
+    if (p->state >= SD3_WIRE_NODE_STATE_COUNT || p->load_permille > 1000 || !isfinite(p->gflops) ||
+        p->gflops < 0 || p->busy_unit > p->busy_units)
+        return sd3_err_set(err, SD3_EPROTO, "NodeLive: state %u, load %u permille, gflops %g, "
+                           "unit %u of %u",
+                           p->state, p->load_permille, p->gflops, p->busy_unit, p->busy_units);
+    if (s_str_in(l->busy_request, sizeof l->busy_request, p->busy_request, "busy request", err) ||
+        s_str_in(l->fault, sizeof l->fault, p->fault, "fault", err))
+        return SD3_EPROTO;
+    l->state = (sd3_wire_node_state_t)p->state;
+    l->load_permille = p->load_permille;
+    l->units_done = p->units_done;
+    l->busy_step = p->busy_step;
+    l->busy_unit = p->busy_unit;
+    l->busy_units = p->busy_units;
+    l->busy_ms = p->busy_ms;
+    l->expect_ms = p->expect_ms;
+    l->gflops = p->gflops;
+    l->threads = p->threads;
+    l->load_ms = p->load_ms;
+    return 0;
+}
+
+static void
+s_register_out(const sd3_wire_register_t *r, Sd3__Register *p, Sd3__NodeLive *live)
 {
     sd3__register__init(p);
+    s_live_out(&r->live, live);
+    p->live = live;
     p->role = (Sd3__Role)r->role;
     p->node_id = (char *)r->node_id;
     p->address = (char *)r->address;
@@ -309,7 +358,8 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
     int nn = s->n_nodes, np = s->n_pipelines;
     if (nn < 0 || nn > SD3_WIRE_MAX_NODES || np < 0 || np > SD3_WIRE_MAX_PIPELINES)
         return sd3_err_set(err, SD3_EINVAL, "status report: %d nodes, %d pipelines", nn, np);
-    size_t bytes = (size_t)nn * (sizeof(Sd3__NodeInfo) + sizeof(Sd3__Register) + sizeof(void *)) +
+    size_t bytes = (size_t)nn * (sizeof(Sd3__NodeInfo) + sizeof(Sd3__Register) +
+                                 sizeof(Sd3__NodeLive) + sizeof(void *)) +
                    (size_t)np * (sizeof(Sd3__PipelineInfo) + sizeof(void *) +
                                  SD3_WIRE_MAX_STAGES * sizeof(char *));
     uint8_t *mem = calloc(1, bytes ? bytes : 1);
@@ -317,7 +367,8 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
         return sd3_err_set(err, SD3_ENOMEM, "status report: out of memory");
     Sd3__NodeInfo *nodes = (Sd3__NodeInfo *)mem;
     Sd3__Register *regs = (Sd3__Register *)(nodes + nn);
-    Sd3__PipelineInfo *pipes = (Sd3__PipelineInfo *)(regs + nn);
+    Sd3__NodeLive *lives = (Sd3__NodeLive *)(regs + nn);
+    Sd3__PipelineInfo *pipes = (Sd3__PipelineInfo *)(lives + nn);
     Sd3__NodeInfo **node_ptrs = (Sd3__NodeInfo **)(pipes + np);
     Sd3__PipelineInfo **pipe_ptrs = (Sd3__PipelineInfo **)(node_ptrs + nn);
     char **ids = (char **)(pipe_ptrs + np);
@@ -330,12 +381,13 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
     p->uptime_ms = s->uptime_ms;
     for (int i = 0; i < nn; i++) {
         sd3__node_info__init(&nodes[i]);
-        s_register_out(&s->nodes[i].node, &regs[i]);
+        s_register_out(&s->nodes[i].node, &regs[i], &lives[i]);
         nodes[i].node = &regs[i];
         nodes[i].alive = s->nodes[i].alive;
         nodes[i].inflight = s->nodes[i].inflight;
         nodes[i].last_seen_ms = s->nodes[i].last_seen_ms;
         nodes[i].registered_ms = s->nodes[i].registered_ms;
+        nodes[i].hung = s->nodes[i].hung;
         nodes[i].link = (Sd3__Link)s->nodes[i].link;
         nodes[i].bytes_sent = s->nodes[i].bytes_sent;
         nodes[i].bytes_received = s->nodes[i].bytes_received;
@@ -366,6 +418,9 @@ s_status_out(const sd3_wire_status_t *s, Sd3__StatusReport *p, void **mem_p, sd3
     p->cache_misses = s->cache_misses;
     p->step_count = s->step_count;
     p->step_seconds_sum = s->step_seconds_sum;
+    p->failovers = s->failovers;
+    p->step_timeouts = s->step_timeouts;
+    p->nodes_hung = s->nodes_hung;
     p->n_step_buckets = SD3_WIRE_STEP_BUCKETS;
     p->step_buckets = (uint64_t *)s->step_buckets; // read only by the packer
     *mem_p = mem;
@@ -443,6 +498,8 @@ s_register_in(const Sd3__Register *p, sd3_wire_register_t *r, sd3_err_t *err)
     if (p->nccl_unique_id.len > SD3_WIRE_NCCL_ID_MAX)
         return sd3_err_set(err, SD3_EPROTO, "NCCL id has %zu bytes, at most %d",
                            p->nccl_unique_id.len, SD3_WIRE_NCCL_ID_MAX);
+    if (s_live_in(p->live, &r->live, err))
+        return SD3_EPROTO;
     r->role = (sd3_wire_role_t)p->role;
     r->layer_begin = p->layer_begin;
     r->layer_end = p->layer_end;
@@ -520,6 +577,7 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
         o->inflight = n->inflight;
         o->last_seen_ms = n->last_seen_ms;
         o->registered_ms = n->registered_ms;
+        o->hung = n->hung;
         o->link = (sd3_wire_link_t)n->link;
         o->bytes_sent = n->bytes_sent;
         o->bytes_received = n->bytes_received;
@@ -551,6 +609,9 @@ s_status_in(const Sd3__StatusReport *p, sd3_wire_status_t *s, sd3_err_t *err)
     s->cache_misses = p->cache_misses;
     s->step_count = p->step_count;
     s->step_seconds_sum = isfinite(p->step_seconds_sum) ? p->step_seconds_sum : 0;
+    s->failovers = p->failovers;
+    s->step_timeouts = p->step_timeouts;
+    s->nodes_hung = p->nodes_hung;
     for (size_t i = 0; i < p->n_step_buckets; i++)
         s->step_buckets[i] = p->step_buckets[i];
     return 0;
@@ -616,6 +677,8 @@ s_body_in(const Sd3__Envelope *env, sd3_msg_t *msg, sd3_err_t *err)
         msg->body.heartbeat.cache_misses = env->heartbeat->cache_misses;
         msg->body.heartbeat.batches = env->heartbeat->batches;
         msg->body.heartbeat.batched_steps = env->heartbeat->batched_steps;
+        if (s_live_in(env->heartbeat->live, &msg->body.heartbeat.live, err))
+            return sd3_err_prefix(err, "Heartbeat");
         break;
     case SD3__ENVELOPE__BODY_JOB:
         msg->body_kind = SD3_WIRE_BODY_JOB;
@@ -672,6 +735,7 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
     Sd3__GenerateRequest gen;
     Sd3__Register reg;
     Sd3__Heartbeat hb;
+    Sd3__NodeLive live;
     Sd3__Job job;
     Sd3__Progress prog;
     Sd3__StatusReport st;
@@ -714,7 +778,7 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
         env.generate = &gen;
         break;
     case SD3_WIRE_BODY_REGISTER:
-        s_register_out(&msg->body.reg, &reg);
+        s_register_out(&msg->body.reg, &reg, &live);
         env.body_case = SD3__ENVELOPE__BODY_REGISTER;
         env.register_ = &reg;
         break;
@@ -730,6 +794,8 @@ s_pack_envelope(const sd3_msg_t *msg, const sd3_codec_desc_t *descs, sd3_wire_fr
         hb.cache_misses = msg->body.heartbeat.cache_misses;
         hb.batches = msg->body.heartbeat.batches;
         hb.batched_steps = msg->body.heartbeat.batched_steps;
+        s_live_out(&msg->body.heartbeat.live, &live);
+        hb.live = &live;
         env.body_case = SD3__ENVELOPE__BODY_HEARTBEAT;
         env.heartbeat = &hb;
         break;

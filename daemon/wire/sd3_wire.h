@@ -121,6 +121,28 @@ typedef struct {
     char model[SD3_WIRE_ID_MAX];
 } sd3_wire_generate_t;
 
+// NodeLive: what a node is doing (REGISTER, HEARTBEAT; status shows it).
+typedef enum {
+    SD3_WIRE_NODE_UNSET = 0,
+    SD3_WIRE_NODE_LOADING = 1,
+    SD3_WIRE_NODE_READY = 2,
+    SD3_WIRE_NODE_FAILED = 3,
+    SD3_WIRE_NODE_STATE_COUNT
+} sd3_wire_node_state_t;
+
+typedef struct {
+    sd3_wire_node_state_t state;
+    uint32_t load_permille;
+    uint64_t units_done;
+    char busy_request[SD3_WIRE_ID_MAX]; // "" idle
+    uint32_t busy_step, busy_unit, busy_units;
+    uint64_t busy_ms, expect_ms; // the unit in progress: time so far, and expected
+    double gflops;               // measured rate, 0: not yet
+    uint32_t threads;
+    char fault[64];              // injected fault (tests), "" none
+    uint64_t load_ms;
+} sd3_wire_live_t;
+
 typedef struct {
     sd3_wire_role_t role;
     char node_id[SD3_WIRE_ID_MAX];
@@ -134,6 +156,7 @@ typedef struct {
     size_t nccl_id_len; // 0 when the node cannot do NCCL
     uint8_t nccl_id[SD3_WIRE_NCCL_ID_MAX];
     char codec[32]; // how its tensors travel: "raw", "shuffle+zstd/bf16", ...
+    sd3_wire_live_t live;
 } sd3_wire_register_t;
 
 typedef struct {
@@ -143,6 +166,7 @@ typedef struct {
     uint64_t bytes_sent, bytes_received; // tensor bytes so far
     uint64_t cache_hits, cache_misses;   // encoder: prompt-embedding cache
     uint64_t batches, batched_steps;     // mmdit: merged batches and the steps they held
+    sd3_wire_live_t live;
 } sd3_wire_heartbeat_t;
 
 // What one stage needs to run its part of a request (proto Job).
@@ -171,6 +195,7 @@ typedef struct {
     uint32_t inflight;
     uint64_t last_seen_ms;
     uint64_t registered_ms; // ms since it registered (a restarted node registers again)
+    bool hung;              // busy far past its own expectation (out of its pipelines)
     sd3_wire_link_t link;
     uint64_t bytes_sent, bytes_received; // tensor bytes on the wire over its stage links
     uint64_t batches, batched_steps;     // mmdit: merged batches and the steps they held
@@ -196,6 +221,9 @@ typedef struct {
     uint64_t step_count;
     double step_seconds_sum;
     uint64_t step_buckets[SD3_WIRE_STEP_BUCKETS];
+    uint64_t failovers;     // attempts resumed after a node was lost or hung
+    uint64_t step_timeouts; // pipelines without progress past the step bound
+    uint64_t nodes_hung;    // nodes found busy far past their own expectation
 } sd3_wire_status_t;
 
 // One tensor of a message. The message owns `tensor`.

@@ -958,6 +958,44 @@ s_prefetch(const s_tensor_t *t)
     }
 }
 
+size_t
+sd3_weights_ready_bytes(const sd3_weights_t *self)
+{
+    size_t n = 0;
+    for (size_t i = 0; self && i < self->n; i++)
+        if (self->tensors[i].ready && !self->tensors[i].alias)
+            n += sd3_tensor_nbytes(&self->tensors[i].t);
+    return n;
+}
+
+bool
+sd3_weights_page_in(sd3_weights_t *self, uint64_t *done, const bool *stop)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t pg = page > 0 ? (size_t)page : 4096;
+    for (size_t i = 0; self && i < self->n; i++) {
+        s_tensor_t *t = &self->tensors[i];
+        if (!t->ready || t->alias)
+            continue;
+        size_t nbytes = sd3_tensor_nbytes(&t->t);
+        const volatile uint8_t *p = t->t.data;
+        if (!t->buf) { // a view into the mapping: read it in, large requests first
+            uintptr_t a = (uintptr_t)p, lo = a / pg * pg, hi = (a + nbytes + pg - 1) / pg * pg;
+            if (hi > lo)
+                madvise((void *)lo, hi - lo, MADV_WILLNEED);
+            for (size_t off = 0; off < nbytes; off += pg) {
+                (void)p[off];
+                if ((off & ((64u << 20) - 1)) == 0 && __atomic_load_n(stop, __ATOMIC_RELAXED))
+                    return false;
+            }
+        }
+        __atomic_fetch_add(done, (uint64_t)nbytes, __ATOMIC_RELAXED);
+        if (__atomic_load_n(stop, __ATOMIC_RELAXED))
+            return false;
+    }
+    return true;
+}
+
 // Drops the mapped source pages of t from this process (the page cache keeps them): only
 // pages wholly inside a source range, since neighbours may be in use.
 static void

@@ -78,3 +78,10 @@ size_t sd3_weights_count(const sd3_weights_t *self);
 const char *sd3_weights_name(const sd3_weights_t *self, size_t i);
 // Bytes of all tensors of this component as stored (for memory planning).
 size_t sd3_weights_bytes(const sd3_weights_t *self);
+// Bytes of the tensors got so far (what the stages built on these weights use).
+size_t sd3_weights_ready_bytes(const sd3_weights_t *self);
+// Pages in every tensor got so far: MADV_WILLNEED on its pages, then one read per page, so a
+// node serves its first step from memory. Adds each tensor's bytes to *done as it goes
+// (atomically: another thread may read it for a progress report); returns early, false,
+// once *stop is true.
+bool sd3_weights_page_in(sd3_weights_t *self, uint64_t *done, const bool *stop);

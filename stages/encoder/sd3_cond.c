@@ -188,6 +188,29 @@ sd3_cond_t5(sd3_cond_t *self)
     return self->t5;
 }
 
+sd3_weights_t *
+sd3_cond_weights(sd3_cond_t *self, int i)
+{
+    return i == 0 ? self->w_l : i == 1 ? self->w_g : i == 2 ? self->w_t5 : NULL;
+}
+
+// Model FLOPs of one encoder over n tokens, from its weight bytes (2 bytes a parameter:
+// an estimate for the progress hook's expectations).
+static double
+s_enc_flops(const sd3_weights_t *w, int64_t n)
+{
+    return w ? 2.0 * ((double)sd3_weights_bytes(w) / 2.0) * (double)n : 0;
+}
+
+// The hook before encoder i; SD3_ECANCELED when it says stop.
+static int
+s_between(const sd3_cond_opts_t *opts, int i, double flops, sd3_err_t *err)
+{
+    if (opts->between && opts->between(opts->between_user, i, flops) != 0)
+        return sd3_err_set(err, SD3_ECANCELED, "conditioning: stopped before encoder %d", i);
+    return 0;
+}
+
 size_t
 sd3_cond_weight_bytes(const sd3_cond_t *self)
 {
@@ -289,10 +312,15 @@ sd3_cond_encode(sd3_cond_t *self, const sd3_cond_tokens_t *tokens, const sd3_con
     }
     const int64_t rows = T + (use_t5 ? n_t5 : opts->zero_t5_rows);
 
-    if ((rc = sd3_clip_encode(self->clip_l, tokens->l, tokens->n_l, &lo, NULL, NULL, err)) ||
+    if ((rc = s_between(opts, 0, s_enc_flops(self->w_l, tokens->n_l), err)) ||
+        (rc = sd3_clip_encode(self->clip_l, tokens->l, tokens->n_l, &lo, NULL, NULL, err)) ||
+        (rc = s_between(opts, 1, s_enc_flops(self->w_g, tokens->n_g), err)) ||
         (rc = sd3_clip_encode(self->clip_g, tokens->g, tokens->n_g, &go, NULL, NULL, err)))
         goto done;
-    if (use_t5 && (rc = sd3_t5_encode(self->t5, t5_ids, (int)n_t5, &t5h, NULL, NULL, err)))
+    if (use_t5 && ((rc = s_between(opts, 2, s_enc_flops(self->w_t5, n_t5), err)) ||
+                   (rc = sd3_t5_encode(self->t5, t5_ids, (int)n_t5, &t5h, NULL, NULL, err))))
+        goto done;
+    if ((rc = s_between(opts, 3, 0, err)))
         goto done;
 
     if (!(ctx = op->tensor_new(be, be->act_dtype, 3, (int64_t[]){1, rows, Wc}, err)) ||

@@ -28,6 +28,11 @@ typedef struct {
     int t5_length;     // 0: the ids as tokenized; > 0: pad with 0 (<pad>) or cut to this length,
                        // a cut sequence ending in 1 (</s>) as HF truncation does
     int context_width; // 0: the T5 width; without T5 required (the MMDiT's context input)
+    // Optional: called before each encoder runs (0 CLIP-L, 1 CLIP-G, 2 T5) with its model
+    // FLOPs (estimated from its weight bytes and the tokens), and with 3 after the last. A
+    // non-zero return stops there: SD3_ECANCELED.
+    int (*between)(void *user, int encoder, double flops);
+    void *between_user;
 } sd3_cond_opts_t;
 
 #define SD3_COND_ZERO_T5_ROWS 77
@@ -43,6 +48,8 @@ typedef struct {
 } sd3_cond_tokens_t;
 
 typedef struct sd3_cond sd3_cond_t;
+// The weights of encoder i (0 CLIP-L, 1 CLIP-G, 2 T5; NULL when absent), borrowed.
+sd3_weights_t *sd3_cond_weights(sd3_cond_t *self, int i);
 
 // Opens CLIP-L, CLIP-G and (when `with_t5` and the model has one) T5 of a checkpoint in any
 // layout (sd3_model_open). A diffusers folder's text_encoder*/config.json is read for heads

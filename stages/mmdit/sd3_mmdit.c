@@ -279,6 +279,13 @@ sd3_mmdit_set_tap(sd3_mmdit_t *self, sd3_mmdit_tap_fn fn, void *user)
 }
 
 void
+sd3_mmdit_set_progress(sd3_mmdit_t *self, sd3_mmdit_progress_fn fn, void *user)
+{
+    self->progress = fn;
+    self->progress_user = user;
+}
+
+void
 sd3_mmdit_act_fini(sd3_backend_t *be, sd3_mmdit_act_t *act)
 {
     if (!act)
@@ -317,6 +324,11 @@ sd3_mmdit_blocks(sd3_mmdit_t *self, sd3_mmdit_act_t *act, uint64_t skip, sd3_err
     self->row_groups = act->group > 0 ? (int)(B / act->group) : 1;
     int rc = 0;
     for (int i = self->first; i < self->last && rc == 0; i++) {
+        if (self->progress && self->progress(self->progress_user, i) != 0) {
+            rc = sd3_err_set(err, SD3_ECANCELED, "mmdit blocks [%d,%d): stopped before block %d",
+                             self->first, self->last, i);
+            break;
+        }
         if ((skip >> i) & 1u) {
             // Skipped (SLG): x and ctx pass through. A skipped last block still ends the
             // context stream, which nothing after it reads.
@@ -330,6 +342,8 @@ sd3_mmdit_blocks(sd3_mmdit_t *self, sd3_mmdit_act_t *act, uint64_t skip, sd3_err
         act->next_block = i + 1;
     }
     self->row_groups = 1;
+    if (rc == 0 && self->progress)
+        self->progress(self->progress_user, self->last);
     return rc;
 }
 

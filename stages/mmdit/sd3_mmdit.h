@@ -97,6 +97,12 @@ const sd3_mmdit_config_t *sd3_mmdit_config(const sd3_mmdit_t *self);
 int sd3_mmdit_first(const sd3_mmdit_t *self);
 int sd3_mmdit_last(const sd3_mmdit_t *self);
 void sd3_mmdit_set_tap(sd3_mmdit_t *self, sd3_mmdit_tap_fn fn, void *user);
+// Optional progress hook of sd3_mmdit_blocks: called before block i runs (i in [first,
+// last)) and once more with i == last after the range ran. A non-zero return stops the
+// range at that block boundary: sd3_mmdit_blocks returns SD3_ECANCELED and *act is left
+// after the blocks that ran (a cancelled or superseded step is not worth finishing).
+typedef int (*sd3_mmdit_progress_fn)(void *user, int block);
+void sd3_mmdit_set_progress(sd3_mmdit_t *self, sd3_mmdit_progress_fn fn, void *user);
 
 // First range only. Embeds the inputs into a fresh *act (next_block = 0).
 //   latent: [B, Z, h, w] host f32 (h, w even)   timestep: [B] (sigma*1000 as float32)

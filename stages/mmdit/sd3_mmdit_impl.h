@@ -62,6 +62,8 @@ struct sd3_mmdit {
     int row_groups; // inside sd3_mmdit_blocks: requests merged in the batch (1: one)
     sd3_mmdit_tap_fn tap;
     void *tap_user;
+    sd3_mmdit_progress_fn progress;
+    void *progress_user;
 };
 
 // A by-value view of `numel(shape)` elements of t starting at element `offset`, same

@@ -44,3 +44,8 @@ if(EXISTS ${_cl}/test_cluster_hung.c)
   sd3_test(test_cluster_hung ${_cl}/test_cluster_hung.c LABELS cluster TIMEOUT 100)
   add_dependencies(test_cluster_hung sd3ctl)
 endif()
+
+# Real-size timing on the tiny model (issue 13): slow stages, a hung one, cancels inside a
+# step or an encode (the node's fault injection).
+sd3_test(test_cluster_slow ${_cl}/test_cluster_slow.c LABELS cluster TIMEOUT 420)
+add_dependencies(test_cluster_slow sd3d sd3ctl)

@@ -42,6 +42,19 @@ echo "http clients: $base (token ${token:+set}) ${W}x${H} ${fake}"
 # ---- health and metrics -------------------------------------------------------------------
 req GET /healthz ''
 expect 200 "GET /healthz" '^ok'
+# /readyz: 200 once a whole pipeline, an encoder and a vae are ready (the nodes page their
+# weights in first); the fake controller has no nodes: 503 naming what is missing.
+if [ -n "$fake" ]; then
+    req GET /readyz ''
+    expect 503 "GET /readyz with no nodes" '^not ready pipelines=0 encoders=0 vaes=0'
+else
+    for _ in $(seq 1 60); do
+        req GET /readyz ''
+        [ "$code" = 200 ] && break
+        sleep 0.5
+    done
+    expect 200 "GET /readyz" '^ready pipelines=1 encoders=1 vaes=1'
+fi
 req GET /metrics '' "${auth[@]}"
 expect 200 "GET /metrics" 'sd3_queue_depth'
 grep -qi '^content-type: text/plain; version=0.0.4' "$tmp/hdr" && ok "metrics content type" ||
