@@ -35,6 +35,10 @@ int sd3_bench_pipeline(void);
 // GFLOP/s of a plain OpenBLAS sgemm at M=N=K=`size` (best of a few runs), measured now: the
 // peak every benchmark prints its figures against.
 double sd3_bench_sgemm_peak(int size);
+// GFLOP/s of a plain oneDNN bf16 matmul (f32 output, weights pre-packed) at M=N=K=`size` on
+// every core (best of a few runs), measured now: the bf16 peak. 0 when oneDNN has no bf16
+// kernel here.
+double sd3_bench_bf16_peak(int size);
 // Resident memory of this process now and at its peak (bytes), from /proc/self/status.
 size_t sd3_bench_rss_now(void);
 size_t sd3_bench_rss_peak(void);
@@ -52,6 +56,8 @@ typedef struct sd3_eval sd3_eval_t;
 const char *sd3_eval_vectors_path(const sd3_eval_t *ev);
 const sd3_st_t *sd3_eval_vectors(const sd3_eval_t *ev); // NULL when the vectors are not safetensors
 const char *sd3_eval_model(const sd3_eval_t *ev);       // --model, or NULL
+// --precision of the GEMMs ("f32" unless given: the golden files are checked exactly).
+const char *sd3_eval_precision(const sd3_eval_t *ev);
 // The tolerance to use: --atol/--rtol when given, else the component's default.
 double sd3_eval_atol(const sd3_eval_t *ev, double dflt);
 double sd3_eval_rtol(const sd3_eval_t *ev, double dflt);

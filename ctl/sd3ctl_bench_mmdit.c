@@ -1,7 +1,7 @@
 /*  sd3ctl_bench_mmdit - `sd3ctl bench mmdit`: seconds, FLOPs and memory of one denoising step
  *
  *    sd3ctl bench mmdit [--arch sd3-medium] [--size 512] [--steps 1] [--model PATH]
- *                       [--blocks K] [--threads N] [--dtype bf16]
+ *                       [--blocks K] [--threads N] [--dtype bf16] [--precision f32|bf16|auto]
  *
  *  One step = one MMDiT forward at batch 2 (cond and uncond, CFG) plus the guidance and the
  *  sampler step, on random inputs with L = 154 context tokens. Without --model it writes a
@@ -12,6 +12,11 @@
  *  over 4250 tokens stays in memory). FLOPs follow MODEL.md §9 and are compared with a plain
  *  OpenBLAS sgemm measured now (sd3_bench_sgemm_peak). Memory: resident now and at peak
  *  against the stored bytes of the weights the range uses plus its activations.
+ *  --precision (default auto: bf16 where the CPU has AVX512_BF16) is the GEMMs' compute
+ *  precision; the bf16 peak (sd3_bench_bf16_peak, oneDNN 2048^3) is measured too. The
+ *  first step packs the weights (bf16): with --steps 2 or more the steady step (the
+ *  fastest after the first) is printed apart. With --model the weights' stored dtype is
+ *  read from the file (--dtype only names what a random checkpoint is written in).
  *  Prints figures; it is not a test.  */
 #include "sd3_arch.h"
 #include "sd3_backend.h"
@@ -48,7 +53,8 @@ s_usage(void)
 {
     fprintf(stderr,
             "usage: sd3ctl bench mmdit [--arch %s] [--size PX] [--steps N] "
-            "[--model PATH] [--blocks K] [--threads N] [--dtype bf16|f16|f32]\n",
+            "[--model PATH] [--blocks K] [--threads N] [--dtype bf16|f16|f32] "
+            "[--precision f32|bf16|auto]\n",
             sd3_arch_names());
 }
 
@@ -61,7 +67,7 @@ s_mib(double bytes)
 int
 sd3_bench_mmdit(int argc, char **argv)
 {
-    const char *arch_name = "sd3-medium", *model = NULL, *dtype_name = "bf16";
+    const char *arch_name = "sd3-medium", *model = NULL, *dtype_name = "bf16", *precision = NULL;
     int size = 512, steps = 1, blocks = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         bool v = i + 1 < argc;
@@ -71,6 +77,8 @@ sd3_bench_mmdit(int argc, char **argv)
             model = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && v)
             dtype_name = argv[++i];
+        else if (!strcmp(argv[i], "--precision") && v)
+            precision = argv[++i];
         else if (!strcmp(argv[i], "--size") && v) {
             if (sd3_bench_arg_int("mmdit", "--size", argv[++i], 16, 8192, &size) != 0)
                 return 2;
@@ -110,7 +118,9 @@ sd3_bench_mmdit(int argc, char **argv)
     char path[512];
 
     double peak = sd3_bench_sgemm_peak(1024);
+    double bpeak = sd3_bench_bf16_peak(2048);
     printf("sgemm peak (OpenBLAS, 1024^3, measured now): %.1f GFLOP/s\n", peak);
+    printf("bf16 peak (oneDNN matmul, 2048^3, measured now): %.1f GFLOP/s\n", bpeak);
     if (!model) {
         const sd3_arch_t *arch = sd3_arch_find(arch_name);
         if (!arch) {
@@ -146,8 +156,14 @@ sd3_bench_mmdit(int argc, char **argv)
     size_t rss0 = sd3_bench_rss_now();
     double t_load = sd3_now_s();
     if (!(be = sd3_backend_new("cpu", threads, &err)) ||
+        sd3_backend_set_precision(be, precision, &err) != 0 ||
         !(mm = sd3_mmdit_new(be, w, 0, last, &err)))
         goto fail;
+    for (size_t i = 0; model != path && i < sd3_weights_count(w); i++)
+        if (!strncmp(sd3_weights_name(w, i), "joint_blocks.0.", 15)) { // what the file holds
+            dtype_name = sd3_dtype_name(sd3_weights_dtype(w, sd3_weights_name(w, i)));
+            break;
+        }
     t_load = sd3_now_s() - t_load;
     const int64_t Z = cfg.in_channels, h = size / 8, B = 2, L = 154, C = cfg.hidden;
     const int64_t N = (h / cfg.patch) * (h / cfg.patch);
@@ -162,16 +178,16 @@ sd3_bench_mmdit(int argc, char **argv)
            sd3_mmdit_config_name(&cfg), cfg.depth, cfg.hidden, dtype_name, last,
            last == cfg.depth ? " + final" : " (no final layer)");
     printf("size %dx%d: latent %lldx%lld, N=%lld image + L=%lld context tokens, batch %lld "
-           "(CFG), %d threads\n",
+           "(CFG), %d threads, precision %s\n",
            size, size, (long long)h, (long long)h, (long long)N, (long long)L, (long long)B,
-           be->n_threads);
+           be->n_threads, sd3_precision_name(be->precision));
     sd3_sampler_opts_t so = {.kind = SD3_SAMPLER_EULER, .cfg_scale = 5.0f, .steps = steps};
     float sigmas[1001];
     for (int i = 0; i <= steps; i++)
         sigmas[i] = 1.0f - (float)i / (float)steps;
     sd3_sampler_state_t st;
     sd3_sampler_state_init(&st);
-    double t_steps = 0, cpu0 = s_cpu();
+    double t_steps = 0, cpu0 = s_cpu(), steady = 0;
     for (int s = 0; s < steps; s++) {
         float ts[2] = {sigmas[s] * 1000.0f, sigmas[s] * 1000.0f};
         double t0 = sd3_now_s();
@@ -188,6 +204,8 @@ sd3_bench_mmdit(int argc, char **argv)
         }
         double dt = sd3_now_s() - t0;
         t_steps += dt;
+        if (s > 0 && (steady == 0 || dt < steady))
+            steady = dt;
         fprintf(stderr, "step %d: %.2f s\n", s, dt);
     }
     sd3_sampler_state_fini(&st);
@@ -219,6 +237,11 @@ sd3_bench_mmdit(int argc, char **argv)
            flops * 1e-9, (long long)B, flops / sec * 1e-9, 100.0 * flops / sec * 1e-9 / peak, peak);
     printf("  per CPU-second (the machine is shared): %.1f GFLOP per busy thread-second\n",
            flops / cpu_sec * 1e-9);
+    if (steady > 0)
+        printf("steady step (fastest after the first): %.2f s wall -> %.1f GFLOP/s = %.0f%% of "
+               "sgemm peak, %.0f%% of bf16 peak %.1f\n",
+               steady, flops / steady * 1e-9, 100.0 * flops / steady * 1e-9 / peak,
+               bpeak > 0 ? 100.0 * flops / steady * 1e-9 / bpeak : 0.0, bpeak);
     printf("memory: resident %.0f MiB now, %.0f MiB peak (%.0f MiB before loading); weights of "
            "the range %.0f MiB stored + activations %.1f MiB (x, ctx, c) + block scratch "
            "~%.0f MiB\n",

@@ -4,7 +4,9 @@
  *  tokens, D = 1536), with f32, f16 and bf16 weights, next to one plain OpenBLAS sgemm call
  *  at the same shape (f32 weight, OpenBLAS using the same number of threads); then
  *  attention at 1178 tokens (B = 2) and 4250 tokens (B = 1), 24 heads of 64. The sgemm peak
- *  (sd3_bench_sgemm_peak, 1024^3) is measured first in the same run.
+ *  (sd3_bench_sgemm_peak, 1024^3) and the bf16 peak (sd3_bench_bf16_peak: oneDNN's bf16
+ *  matmul, 2048^3) are measured first in the same run; each shape then also runs at
+ *  precision bf16 (f16 weights, packed by an untimed first call), against the bf16 peak.
  *  Options: --threads N (default: all cores), --reps N (timed runs, best kept; 1),
  *  --only gemm|attn, --cpu-time (time by process CPU seconds instead of wall seconds: on a
  *  shared, busy machine with --threads 1 this gives steadier figures).
@@ -108,15 +110,22 @@ sd3_bench_ops(int argc, char **argv)
     double t_start = s_now();
     double peak = sd3_bench_sgemm_peak(1024); // before the backend pins OpenBLAS to 1 thread
     sd3_err_t err = {0};
+    double bpeak = sd3_bench_bf16_peak(2048);
     sd3_backend_t *be = sd3_cpu_backend_new(threads, &err);
     if (!be) {
         fprintf(stderr, "bench ops: %s\n", err.msg);
         return 2;
     }
+    sd3_backend_t *be_bf = sd3_cpu_backend_new(threads, &err);
+    if (be_bf && sd3_backend_set_precision(be_bf, "bf16", &err) != 0) {
+        fprintf(stderr, "bench ops: no bf16 path: %s\n", err.msg);
+        sd3_backend_destroy(&be_bf);
+    }
     threads = be->n_threads;
     printf("cpu backend: %d threads; OpenBLAS sgemm peak (1024^3, all threads): %.1f GFLOP/s "
            "(wall); below: GFLOP per %s second\n",
            threads, peak, s_clock == CLOCK_MONOTONIC ? "wall" : "process CPU");
+    printf("oneDNN bf16 matmul peak (2048^3, all threads): %.1f GFLOP/s (wall)\n", bpeak);
 
     // SD3-medium block at 512x512, CFG batch 2: 2*(1024 image + 154 context) tokens
     const int64_t M = 2 * (1024 + 154);
@@ -128,15 +137,16 @@ sd3_bench_ops(int argc, char **argv)
         {"fc2", 1, 6144, 1536}, {"adaLN", 0, 1536, 9216},
     };
     static const sd3_dtype_t dts[3] = {SD3_F32, SD3_F16, SD3_BF16};
-    printf("%-6s %5s %5s %5s | %8s | %8s %8s %8s GFLOP/s | f16/sgemm bf16/sgemm\n", "gemm", "M",
-           "K", "N", "sgemm", "lin f32", "lin f16", "lin bf16");
+    printf("%-6s %5s %5s %5s | %8s | %8s %8s %8s GFLOP/s | f16/sgemm bf16/sgemm | %9s %s\n",
+           "gemm", "M", "K", "N", "sgemm", "lin f32", "lin f16", "lin bf16", "bf16 prec",
+           "of bf16 peak");
     for (size_t g = 0; strcmp(only, "attn") && g < sizeof gemms / sizeof gemms[0]; g++) {
         int64_t m = gemms[g].m_mult ? M : 2, K = gemms[g].K, N = gemms[g].N;
         sd3_tensor_t *x = sd3_tensor_new(SD3_F32, 2, (int64_t[]){m, K});
         sd3_tensor_t *y = sd3_tensor_new(SD3_F32, 2, (int64_t[]){m, N});
         sd3_tensor_t *b = sd3_tensor_new(SD3_F32, 1, (int64_t[]){N});
         double flop = 2.0 * (double)m * (double)K * (double)N, gf[3] = {0};
-        double base = 0;
+        double base = 0, gfb = 0;
         if (!x || !y || !b)
             goto oom;
         s_fill(x, 1);
@@ -150,11 +160,16 @@ sd3_bench_ops(int argc, char **argv)
                 base = flop / s_time_sgemm(x, w, y, threads, reps) * 1e-9;
             double t = s_time_linear(be, y, x, w, b, reps);
             gf[d] = t > 0 ? flop / t * 1e-9 : 0;
+            if (d == 1 && be_bf && s_time_linear(be_bf, y, x, w, b, 1) > 0) { // packs W
+                double tb = s_time_linear(be_bf, y, x, w, b, reps);
+                gfb = tb > 0 ? flop / tb * 1e-9 : 0;
+            }
             sd3_tensor_destroy(&w);
         }
-        printf("%-6s %5lld %5lld %5lld | %8.1f | %8.1f %8.1f %8.1f         | %9.0f%% %9.0f%%\n",
+        printf("%-6s %5lld %5lld %5lld | %8.1f | %8.1f %8.1f %8.1f         | %9.0f%% %9.0f%% | "
+               "%9.1f %5.0f%%\n",
                gemms[g].name, (long long)m, (long long)K, (long long)N, base, gf[0], gf[1], gf[2],
-               100 * gf[1] / base, 100 * gf[2] / base);
+               100 * gf[1] / base, 100 * gf[2] / base, gfb, bpeak > 0 ? 100 * gfb / bpeak : 0.0);
         fflush(stdout);
         sd3_tensor_destroy(&x);
         sd3_tensor_destroy(&y);
@@ -205,5 +220,6 @@ sd3_bench_ops(int argc, char **argv)
     rc = 0;
 done:
     sd3_backend_destroy(&be);
+    sd3_backend_destroy(&be_bf);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sd3_precision.h"
 #include "sd3ctl.h"
 
 struct sd3_eval {
@@ -18,8 +19,15 @@ struct sd3_eval {
     const char *model;
     sd3_st_t *vectors; // NULL when the vectors file is not safetensors (tokens.json)
     double atol, rtol; // < 0: not given
+    const char *precision; // --precision, or NULL (f32: the golden files' exact path)
     int passed, failed;
 };
+
+const char *
+sd3_eval_precision(const sd3_eval_t *ev)
+{
+    return ev->precision ? ev->precision : "f32";
+}
 
 const char *
 sd3_eval_vectors_path(const sd3_eval_t *ev)
@@ -178,7 +186,7 @@ static void
 s_usage(void)
 {
     fprintf(stderr, "usage: sd3ctl eval COMPONENT --vectors FILE [--model PATH] [--atol X] "
-                    "[--rtol X]\ncomponents:");
+                    "[--rtol X] [--precision f32|bf16]\ncomponents:");
     for (size_t i = 0; i < sizeof s_components / sizeof s_components[0]; i++)
         fprintf(stderr, " %s", s_components[i].name);
     fprintf(stderr, "\n");
@@ -212,6 +220,13 @@ sd3ctl_eval(int argc, char **argv)
             ev.model = argv[++i];
         } else if (!strcmp(arg, "--vectors") && has_val) {
             ev.vectors_path = argv[++i];
+        } else if (!strcmp(arg, "--precision") && has_val) {
+            int prec;
+            if (sd3_precision_parse(argv[++i], &prec, &err) != 0 || prec < 0) {
+                fprintf(stderr, "sd3ctl eval: --precision '%s': want f32 or bf16\n", argv[i]);
+                return 2;
+            }
+            ev.precision = argv[i];
         } else if (!strcmp(arg, "--atol") && has_val) {
             if (s_parse_tol(argv[++i], &ev.atol) != 0) {
                 fprintf(stderr, "sd3ctl eval: --atol '%s' is not a non-negative number\n", argv[i]);

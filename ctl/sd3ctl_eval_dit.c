@@ -315,6 +315,7 @@ s_dit_open(sd3_eval_t *ev, s_dit_t *d, sd3_err_t *err)
     const char *be_name = getenv("SD3_EVAL_BACKEND");
     if (s_open_weights(model, &d->model, &d->weights, err) ||
         !(d->be = sd3_backend_new(be_name && *be_name ? be_name : "cpu", 0, err)) ||
+        sd3_backend_set_precision(d->be, sd3_eval_precision(ev), err) ||
         !(d->mmdit = sd3_mmdit_new(d->be, d->weights, 0, -1, err))) {
         s_dit_fini(d);
         return err->code ? err->code : SD3_EFORMAT;

@@ -168,10 +168,13 @@ s_weights_path(sd3_eval_t *ev, const char *dir, int i, char *out, size_t cap)
 }
 
 static sd3_backend_t *
-s_backend(sd3_err_t *err)
+s_backend(sd3_eval_t *ev, sd3_err_t *err)
 {
     const char *name = getenv("SD3_BACKEND");
-    return sd3_backend_new(name && *name ? name : "cpu", 0, err);
+    sd3_backend_t *be = sd3_backend_new(name && *name ? name : "cpu", 0, err);
+    if (be && sd3_backend_set_precision(be, sd3_eval_precision(ev), err) != 0)
+        sd3_backend_destroy(&be);
+    return be;
 }
 
 // Opens one encoder's weights: --model as a file or checkpoint, else the `weights` file.
@@ -281,7 +284,7 @@ s_eval_encoder(sd3_eval_t *ev, sd3_component_t comp, sd3_err_t *err)
     s_ctx_t c = {.ev = ev};
     int rc = 0;
 
-    if (!(w = s_open_weights(ev, comp, &model, &config, err)) || !(be = s_backend(err)))
+    if (!(w = s_open_weights(ev, comp, &model, &config, err)) || !(be = s_backend(ev, err)))
         goto fail;
     if (comp == SD3_COMP_T5 ? (sd3_t5_config_detect(w, config, &t5_cfg, err) ||
                                !(t5 = sd3_t5_new(be, w, &t5_cfg, err)))
@@ -379,7 +382,7 @@ sd3_eval_cond(sd3_eval_t *ev, sd3_err_t *err)
     s_ctx_t c = {.ev = ev};
     int rc = 0;
 
-    if (!(be = s_backend(err)) || !(cond = s_open_cond(ev, be, &model, err))) {
+    if (!(be = s_backend(ev, err)) || !(cond = s_open_cond(ev, be, &model, err))) {
         rc = err->code ? err->code : SD3_EINTERNAL;
         goto done;
     }

@@ -169,6 +169,7 @@ sd3_eval_pipeline(sd3_eval_t *ev, sd3_err_t *err)
     snprintf(vdir, sizeof vdir, "%s", sd3_eval_vectors_path(ev));
     snprintf(tokdir, sizeof tokdir, "%s/../tokenizers", dirname(vdir));
     lo.model_path = sd3_eval_model(ev);
+    lo.precision = sd3_eval_precision(ev);
     lo.tokenizer_dir = access(tokdir, R_OK) == 0 ? tokdir : NULL;
     {
         sd3_model_t *m = sd3_model_open(lo.model_path, err);

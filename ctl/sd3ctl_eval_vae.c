@@ -86,7 +86,8 @@ s_open(sd3_eval_t *ev, sd3_backend_t **be_p, sd3_vae_t **vae_p, sd3_err_t *err)
                            sd3_eval_vectors_path(ev));
     if (s_model_path(ev, path, sizeof path, err) != 0)
         return err->code;
-    if (!(*be_p = sd3_backend_new(backend ? backend : "cpu", 0, err)))
+    if (!(*be_p = sd3_backend_new(backend ? backend : "cpu", 0, err)) ||
+        sd3_backend_set_precision(*be_p, sd3_eval_precision(ev), err) != 0)
         return err->code;
     if (!(*vae_p = sd3_vae_open(path, *be_p, err)))
         return err->code;

@@ -33,6 +33,8 @@ s_usage(FILE *out)
             "                         (default: the embedded tiny model)\n"
             "  --tokenizers DIR       tokenizer files when the checkpoint has none\n"
             "  --backend cpu|cuda --threads N --split A,B,...   run the blocks as ranges\n"
+            "  --precision f32|bf16|auto   GEMM compute here (default auto: bf16 with\n"
+            "                         AVX512_BF16, else f32)\n"
             "  --vae-tile N[:OVERLAP] tiled VAE decode (latent pixels)\n"
             "  --controller ADDR      send the request to a cluster instead\n"
             "  --request-id ID        with --controller: the request's id; an id the cluster\n"
@@ -177,6 +179,8 @@ sd3ctl_generate(int argc, char **argv)
             bad = !(lo.tokenizer_dir = s_take(argc, argv, &i));
         } else if (!strcmp(a, "--backend")) {
             bad = !(lo.backend = s_take(argc, argv, &i));
+        } else if (!strcmp(a, "--precision")) { // checked by sd3_local_new
+            bad = !(lo.precision = s_take(argc, argv, &i));
         } else if (!strcmp(a, "--threads")) {
             bad = s_int(s_take(argc, argv, &i), 0, 1024, &threads);
         } else if (!strcmp(a, "--split")) {
@@ -238,6 +242,7 @@ sd3ctl_generate(int argc, char **argv)
         goto done;
     }
     lo.n_threads = (int)threads;
+    lo.precision = lo.precision ? lo.precision : "auto";
     lo.vae_tile = (sd3_vae_tile_t){.tile = (int)tile, .overlap = (int)overlap};
     lo.load_t5 = !no_t5;
     if (!(local = sd3_local_new(&lo, &err))) {

@@ -54,6 +54,8 @@ s_usage(FILE *out)
             "  --backend cpu|cuda --threads N\n"
             "                         (default: the CPUs this process may use: affinity\n"
             "                         mask and cgroup quota; --role all shares one pool)\n"
+            "  --precision f32|bf16|auto  GEMM compute (default auto: bf16 on CPUs with\n"
+            "                         AVX512_BF16, else f32; f32 is exact)\n"
             "  --node-id ID           unique name of the node (default ROLE-PID)\n"
             "  --codec raw|zstd|shuffle+zstd --wire-dtype f32|bf16|f16\n"
             "                         how this process's tensors travel (default raw f32)\n"
@@ -102,6 +104,7 @@ typedef struct {
     const char *role, *listen, *stage_listen, *controller, *advertise, *model, *tokenizers;
     const char *backend, *node_id, *http, *addr_file, *journal;
     const char *curve_secret, *curve_allow, *curve_server_pub, *http_token_file;
+    const char *precision; // --precision f32|bf16|auto (NULL: auto)
     const char *fault;
     bool no_warm;
     long threads, queue, inflight, deadline_ms, node_timeout_ms, client_timeout_ms, heartbeat_ms;
@@ -138,6 +141,10 @@ s_parse(int argc, char **argv, s_args_t *a)
             a->tokenizers = v;
         } else if (!strcmp(k, "--backend")) {
             a->backend = v;
+        } else if (!strcmp(k, "--precision")) {
+            int prec;
+            a->precision = v;
+            bad = !v || sd3_precision_parse(v, &prec, NULL) != 0;
         } else if (!strcmp(k, "--node-id")) {
             a->node_id = v;
         } else if (!strcmp(k, "--http")) {
@@ -254,6 +261,7 @@ s_node_opts(const s_args_t *a, sd3_wire_role_t role, sd3_node_opts_t *o)
     o->tokenizer_dir = a->tokenizers;
     o->backend = a->backend;
     o->n_threads = (int)a->threads;
+    o->precision = a->precision ? a->precision : "auto";
     o->layer_begin = (int)a->range_a;
     o->layer_end = (int)a->range_b;
     o->load_t5 = !a->no_t5;
@@ -545,7 +553,8 @@ s_run_all(const s_args_t *a)
     // Three pools of every usable CPU would put three threads on each core, all busy when
     // the stages overlap. The CUDA backend keeps one per node (one user thread at a time).
     if ((!a->backend || !strcmp(a->backend, "cpu")) &&
-        !(be = sd3_backend_new("cpu", (int)a->threads, &err))) {
+        (!(be = sd3_backend_new("cpu", (int)a->threads, &err)) ||
+         sd3_backend_set_precision(be, a->precision ? a->precision : "auto", &err))) {
         fprintf(stderr, "sd3d: all: %s\n", err.msg);
         goto done;
     }

@@ -6,7 +6,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 PKGS="build-essential cmake pkg-config git
-libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev libopenblas-dev
+libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev libopenblas-dev libdnnl-dev
 libspng-dev libpng-dev libutf8proc-dev libpcre2-dev libsentencepiece-dev
 libmicrohttpd-dev libcjson-dev libxxhash-dev libsqlite3-dev zlib1g-dev
 clang curl python3 shellcheck yamllint systemd"

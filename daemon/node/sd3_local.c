@@ -47,6 +47,7 @@ sd3_local_new(const sd3_local_opts_t *opts, sd3_err_t *err)
         goto fail;
     }
     if (!(self->be = sd3_backend_new(opts->backend, opts->n_threads, err)) ||
+        sd3_backend_set_precision(self->be, opts->precision ? opts->precision : "f32", err) ||
         !(self->model = sd3_model_open(opts->model_path, err)))
         goto fail;
     if (!sd3_model_has(self->model, SD3_COMP_MMDIT) || !sd3_model_has(self->model, SD3_COMP_VAE)) {

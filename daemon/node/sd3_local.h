@@ -21,6 +21,7 @@ typedef struct {
     const char *tokenizer_dir;  // NULL: the model's own, $SD3_TOKENIZERS, or tokenizers/ nearby
     const char *backend;        // "cpu" (default) or "cuda"
     int n_threads;              // 0: all cores
+    const char *precision;      // GEMMs: "f32" (NULL), "bf16", "auto" (sd3_precision.h)
     bool load_t5;               // false: never open T5 (saves its memory; --no-t5 always)
     size_t cache_bytes;         // prompt-embedding cache bound
     int n_splits;               // split points inside (0, depth): the ranges of the chain

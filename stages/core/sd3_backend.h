@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "sd3_err.h"
+#include "sd3_precision.h"
 #include "sd3_tensor.h"
 
 typedef struct sd3_backend sd3_backend_t;
@@ -135,6 +136,11 @@ typedef struct sd3_backend_ops {
                   int64_t n_cols, sd3_err_t *err);
     // Sets every element to `value`.
     int (*fill)(sd3_backend_t *be, sd3_tensor_t *t, float value, sd3_err_t *err);
+
+    // -- configuration ----------------------------------------------------------------
+    // Compute precision of the GEMMs (sd3_precision.h); p = -1: this backend's best. NULL:
+    // the backend has one precision (`precision` below). Call before the first op.
+    int (*set_precision)(sd3_backend_t *be, int p, sd3_err_t *err);
 } sd3_backend_ops_t;
 
 struct sd3_backend {
@@ -148,6 +154,7 @@ struct sd3_backend {
     // promises it (cpu and cuda: false); a merged batch of requests then runs each linear
     // once per request, and the rest of the block (norms, modulation, attention) once.
     bool linear_batch_invariant;
+    sd3_precision_t precision; // of the GEMMs: F32 unless set_precision chose BF16
     void *impl;            // backend-private state
 };
 
@@ -185,6 +192,11 @@ int sd3_backend_threads(const sd3_backend_t *self);
 // Why that many, e.g. "affinity 2, cgroup v2 cpu.max 1.50 -> 2" (borrowed; "" when the
 // backend does not say, never NULL).
 const char *sd3_backend_threads_why(const sd3_backend_t *self);
+// Compute precision by name: "f32", "bf16", or NULL/"auto" (bf16 where the backend has a
+// fast path for it: cpu with AVX512_BF16; else f32). SD3_EINVAL for an unknown name,
+// SD3_ENOTSUP where the backend has no such path. Before the first op (weights converted
+// for one precision are not converted back). sd3_precision.c.
+int sd3_backend_set_precision(sd3_backend_t *be, const char *name, sd3_err_t *err);
 // Names of the built-in backends, comma separated ("cpu" or "cpu,cuda").
 const char *sd3_backend_available(void);
 

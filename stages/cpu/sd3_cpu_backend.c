@@ -6,6 +6,7 @@
  *  gets the CPUs this process may use (sd3_cpu_threads: affinity and cgroup quota), not the
  *  machine's online count.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_bf16.h"
 #include "sd3_cpu_threads.h"
 #include "sd3_log.h"
 
@@ -192,6 +193,7 @@ typedef struct {
 typedef struct {
     sd3_cpu_pool_t *pool;
     s_scratch_t *scratch; // [n_threads][SD3_CPU_SCRATCH_SLOTS]
+    sd3_cpu_bf16_t *bf16; // precision bf16: oneDNN state and packed weights; NULL: f32
 } s_cpu_t;
 
 float *
@@ -375,6 +377,7 @@ s_destroy(sd3_backend_t *be)
             for (int i = 0; i < n * SD3_CPU_SCRATCH_SLOTS; i++)
                 free(cpu->scratch[i].ptr);
         free(cpu->scratch);
+        sd3_cpu_bf16_destroy(&cpu->bf16);
         sd3_cpu_pool_destroy(&cpu->pool);
         free(cpu);
     }
@@ -404,6 +407,7 @@ static const sd3_backend_ops_t s_cpu_ops = {
     .upsample2x = sd3_cpu_upsample2x,
     .copy2d = sd3_cpu_copy2d,
     .fill = sd3_cpu_fill,
+    .set_precision = sd3_cpu_set_precision,
 };
 
 sd3_backend_t *
@@ -449,4 +453,31 @@ oom:
         free(be);
     }
     return NULL;
+}
+
+// ---- precision ---------------------------------------------------------------------------
+
+sd3_cpu_bf16_t *
+sd3_cpu_backend_bf16(sd3_backend_t *be)
+{
+    return be ? ((s_cpu_t *)be->impl)->bf16 : NULL;
+}
+
+int
+sd3_cpu_set_precision(sd3_backend_t *be, int p, sd3_err_t *err)
+{
+    s_cpu_t *cpu = be->impl;
+    if (p < 0)
+        p = sd3_cpu_bf16_fast() ? SD3_PRECISION_BF16 : SD3_PRECISION_F32;
+    if (p == SD3_PRECISION_BF16) {
+        if (!cpu->bf16 && !(cpu->bf16 = sd3_cpu_bf16_new(be->n_threads, err)))
+            return err && err->code ? err->code : SD3_ENOTSUP;
+        be->precision = SD3_PRECISION_BF16;
+        be->linear_batch_invariant = true; // fixed padded tiles (sd3_cpu_bf16.h)
+        return 0;
+    }
+    sd3_cpu_bf16_destroy(&cpu->bf16);
+    be->precision = SD3_PRECISION_F32;
+    be->linear_batch_invariant = false;
+    return 0;
 }

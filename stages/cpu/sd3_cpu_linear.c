@@ -11,8 +11,10 @@
  *  Few rows (M <= SD3_LIN_SMALL_M, the adaLN GEMMs at M = B): the op is bound by reading W,
  *  so each task takes SD3_LIN_SMALL_NB rows of W, widens them in registers and dots them
  *  with the x rows (AVX-512; 16 partial sums reduced in a fixed order). No scratch.
+ *  Precision bf16 (sd3_cpu_bf16.c): oneDNN on fixed tiles with weights packed once.
  *  Reference: three plain loops with fp32 accumulation.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_bf16.h"
 #include "sd3_cpu_simd.h"
 
 #include <cblas.h>
@@ -179,6 +181,12 @@ sd3_cpu_linear(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
     if (M == 0 || N == 0) {
         free(bias);
         return 0;
+    }
+    sd3_cpu_bf16_t *bf16 = K > 0 ? sd3_cpu_backend_bf16(be) : NULL;
+    if (bf16) { // precision bf16: oneDNN on fixed tiles (sd3_cpu_bf16.c)
+        rc = sd3_cpu_linear_bf16(be, bf16, y, x, w, bias, err);
+        free(bias);
+        return rc;
     }
     s_linear_job_t job = {
         .be = be,

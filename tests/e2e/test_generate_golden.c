@@ -53,7 +53,7 @@ s_run(const char *data, const char *casefile, const char *model, const char *png
     snprintf(cmd, sizeof cmd,
              "'%s/sd3ctl' generate '%s' --negative '%s' --model '%s/e2e/%s' --tokenizers "
              "'%s/tokenizers' --seed %s --steps %s --cfg %s --shift %s --sampler %s --size %sx%s "
-             "--quiet -o '%s'",
+             "--precision f32 --quiet -o '%s'",
              SD3_BINARY_DIR, qprompt, neg ? neg : "", data, model, data,
              sd3_st_metadata(st, "seed"), sd3_st_metadata(st, "steps"),
              sd3_st_metadata(st, "cfg_scale"), sd3_st_metadata(st, "shift"),

@@ -6,7 +6,8 @@
  *  alone. Checked on the three tiny architectures (SD3.5-medium has attn2, SD3.5-large QK
  *  norm) and on a 512-wide model whose linears have K past OpenBLAS's K block (so the
  *  K-chunked sgemm path is exercised), at grids of 1x1 (every linear in the few-rows path for
- *  one request), 2x2 and 4x4 tokens, merging 2 and 3 requests.  */
+ *  one request), 2x2 and 4x4 tokens, merging 2 and 3 requests. Then again at precision bf16,
+ *  where the backend is batch invariant and the merged batch shares every linear.  */
 #include "sd3_backend.h"
 #include "sd3_mmdit.h"
 #include "sd3_test.h"
@@ -185,6 +186,16 @@ main(void)
     wide.mmdit.hidden = 512;
     s_check_model(be, &wide, path, 2);
     s_check_errors(be, sd3_arch_find("tiny-sd3-medium"), path);
+    // Precision bf16: the linears are batch invariant (fixed padded tiles), so a merged batch
+    // runs each linear once over all requests; the bits must still be each request's own.
+    if (sd3_backend_set_precision(be, "bf16", &err) == 0) {
+        CHECK(be->linear_batch_invariant);
+        for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++)
+            s_check_model(be, sd3_arch_find(tiny[i]), path, 0);
+        s_check_model(be, &wide, path, 2);
+    } else {
+        fprintf(stderr, "bf16 not checked: %s\n", err.msg);
+    }
     sd3_backend_destroy(&be);
     return TEST_RESULT();
 }
