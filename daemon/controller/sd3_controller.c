@@ -1540,12 +1540,40 @@ s_step_bound_ms(const sd3_controller_t *self)
 // A pipeline that heartbeats but does not move a request on (a hung stage, a lost hop):
 // past the bound the attempt is cancelled there and resumes from its checkpoint on another
 // pipeline (the failover path), at most 20 times.
+// The step bound of one request: s_step_bound_ms, raised to 3x what its pipeline should take
+// for a step at the request's shape with every request in flight there: the model FLOPs of
+// each range (sd3_mmdit_flops, CFG batch of 2) over the rate its node measured and announced.
+// --step-timeout-ms overrides.
+static int64_t
+s_req_step_bound_ms(const sd3_controller_t *self, const sd3_request_t *req, int64_t base)
+{
+    if (self->o.step_timeout_ms != 0 || req->pipeline < 0)
+        return base;
+    const sd3_pipeline_t *pl = sd3_sched_get(self->sched, req->pipeline);
+    if (!pl)
+        return base;
+    const int n_img = (req->p.height / 16) * (req->p.width / 16);
+    const int n_ctx = req->ctx2 ? (int)req->ctx2->shape[1] : 154;
+    double ms = 0;
+    for (int s = 0; s < pl->n_stages; s++) {
+        const s_node_t *n = &self->nodes[pl->nodes[s]];
+        if (n->hb.live.gflops <= 0)
+            return base; // not measured yet: the progress rule and the floor decide
+        ms += 2.0 * sd3_mmdit_flops(&self->cfg, n_img, n_ctx, (int)n->reg.layer_begin,
+                                    (int)n->reg.layer_end) /
+              (n->hb.live.gflops * 1e6);
+    }
+    int64_t derived = (int64_t)(3.0 * ms * (pl->inflight > 1 ? pl->inflight : 1));
+    return derived > base ? derived : base;
+}
+
 static void
 s_check_steps(sd3_controller_t *self, int64_t now)
 {
-    int64_t bound = s_step_bound_ms(self);
-    for (int r = self->n_reqs - 1; bound > 0 && r >= 0; r--) {
+    const int64_t base = s_step_bound_ms(self);
+    for (int r = self->n_reqs - 1; base > 0 && r >= 0; r--) {
         sd3_request_t *req = self->reqs[r];
+        const int64_t bound = s_req_step_bound_ms(self, req, base);
         if ((req->state != S_RUNNING && req->state != S_STARTING) ||
             now - req->t_last_step_ms <= bound)
             continue;

@@ -17,6 +17,7 @@
  *      the encode at the next encoder boundary, and a cancelled step stops at the next
  *      block boundary instead of running the rest of its range.  */
 #include "cluster_util.h"
+#include "sd3_metrics.h"
 
 #define N_SLOW 6
 #define N_HANG 4
@@ -69,6 +70,17 @@ s_slow(const cu_refs_t *refs)
                   "hung",
                   (unsigned long long)st.failovers, (unsigned long long)st.step_timeouts,
                   (unsigned long long)st.nodes_hung);
+        // The same counters as /metrics renders them.
+        sd3_metrics_t *m = sd3_metrics_new();
+        size_t len = 0;
+        char *prom = m ? sd3_metrics_render(m, &st, &len) : NULL;
+        CHECK_MSG(prom && strstr(prom, "\nsd3_failovers_total 0\n") &&
+                      strstr(prom, "\nsd3_step_timeouts_total 0\n") &&
+                      strstr(prom, "\nsd3_nodes_hung_total 0\n") &&
+                      strstr(prom, "sd3_node_ready{node=\"a1\"} 1\n"),
+                  "/metrics text lacks the zero failure counters or a1 ready");
+        free(prom);
+        sd3_metrics_destroy(&m);
         for (int i = 0; i < st.n_nodes; i++) {
             const sd3_wire_node_info_t *n = &st.nodes[i];
             CHECK_MSG(n->alive && !n->hung && n->node.live.state == SD3_WIRE_NODE_READY &&
