@@ -126,7 +126,7 @@ s_load(sd3_node_t *self, sd3_err_t *err)
     self->be = o->shared_backend;
     if ((!self->be &&
          (!(self->be = sd3_backend_new(o->backend ? o->backend : "cpu", o->n_threads, err)) ||
-          sd3_backend_set_precision(self->be, o->precision ? o->precision : "f32", err))) ||
+          sd3_backend_set_precision(self->be, o->precision ? o->precision : "auto", err))) ||
         !(self->model = sd3_model_open(o->model_path, err)))
         return err->code;
     // Every role reads the MMDiT's configuration (shapes only, nothing is touched): the

@@ -44,7 +44,7 @@ typedef struct {
     const char *tokenizer_dir;  // encoder: NULL = the model's own
     const char *backend;        // "cpu" (default) or "cuda"
     int n_threads;              // 0: all cores
-    const char *precision;      // GEMMs: "f32" (NULL), "bf16", "auto" (sd3_precision.h)
+    const char *precision;      // GEMMs: "f32", "bf16", "auto" (NULL; sd3_precision.h)
     int layer_begin, layer_end; // mmdit: blocks [begin, end); end 0 = depth
     bool load_t5;               // encoder
     size_t cache_bytes;         // encoder: prompt-embedding cache bound (0: 256 MiB)
