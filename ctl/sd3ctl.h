@@ -58,6 +58,10 @@ const sd3_st_t *sd3_eval_vectors(const sd3_eval_t *ev); // NULL when the vectors
 const char *sd3_eval_model(const sd3_eval_t *ev);       // --model, or NULL
 // --precision of the GEMMs ("f32" unless given: the golden files are checked exactly).
 const char *sd3_eval_precision(const sd3_eval_t *ev);
+// At precision bf16 an 8-bit image passes on PSNR (dB) instead of the +-1 byte rule:
+// --psnr when given, else dflt. PSNR of n bytes (INFINITY when equal).
+double sd3_eval_psnr(const sd3_eval_t *ev, double dflt);
+double sd3_eval_psnr_u8(const uint8_t *a, const uint8_t *b, size_t n);
 // The tolerance to use: --atol/--rtol when given, else the component's default.
 double sd3_eval_atol(const sd3_eval_t *ev, double dflt);
 double sd3_eval_rtol(const sd3_eval_t *ev, double dflt);
