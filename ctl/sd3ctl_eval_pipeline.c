@@ -150,7 +150,7 @@ sd3_eval_pipeline(sd3_eval_t *ev, sd3_err_t *err)
     sd3_tokenizer_t *tok = NULL;
     sd3_tensor_t *enoise = NULL, *img_u8 = NULL;
     char *prompt = NULL, *negative = NULL, tokdir[4096], vdir[4096];
-    double seed, steps, cfg, shift, width, height, denoise;
+    double seed = 0, steps = 0, cfg = 0, shift = 0, width = 0, height = 0, denoise = 1;
     const char *sampler;
     int rc;
     sd3_gen_params_init(&p, NULL);

@@ -59,7 +59,7 @@ sd3ctl_plan(int argc, char **argv)
     const char *arch_name = NULL, *devices = NULL, *dtype = "bf16";
     int size = 1024, n_ctx = 333;
     double tflops = 100;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { // each option takes one value
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             printf("usage: sd3ctl plan --arch %s --devices 24G,16G,... [--size N] "
@@ -87,7 +87,6 @@ sd3ctl_plan(int argc, char **argv)
             fprintf(stderr, "sd3ctl plan: unexpected argument '%s'\n", a);
             return 2;
         }
-        i++;
     }
     const sd3_arch_t *arch = arch_name ? sd3_arch_find(arch_name) : NULL;
     if (!arch || !devices) {

@@ -288,7 +288,7 @@ s_state_of(sd3_journal_t *self, const char *request_id, sd3_journal_state_t *sta
 static int
 s_not_live(sd3_journal_t *self, const char *request_id, const char *verb, sd3_err_t *err)
 {
-    sd3_journal_state_t state;
+    sd3_journal_state_t state = SD3_JOURNAL_STATE_COUNT; // named "?" if never read
     sd3_err_t e = {0};
     int rc = s_state_of(self, request_id, &state, NULL, &e);
     if (rc)
@@ -1242,7 +1242,7 @@ s_get_row(sd3_journal_t *self, const char *request_id, sd3_journal_info_t *out, 
     int src = sqlite3_step(s);
     const void *p;
     size_t n;
-    int64_t v;
+    int64_t v = 0;
     if (src == SQLITE_DONE) {
         rc = sd3_err_set(err, SD3_ENOTFOUND, "journal: no request '%s'", request_id);
         goto out;

@@ -304,8 +304,8 @@ sd3_cpu_threads_probe(sd3_cpu_threads_t *out, int affinity, const char *proc_cgr
     if (!read_ok) // no /proc: the mount points themselves may still say
         v2 = v1 = true;
     if (cgroup_root && cgroup_root[0]) {
-        int c;
-        double r;
+        int c = 0;
+        double r = 0;
         if (v2 && s_walk(cgroup_root, v2_path, s_read_v2, &c, &r)) {
             q_cpus = c;
             q_ratio = r;

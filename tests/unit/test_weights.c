@@ -383,6 +383,7 @@ s_test_resident_memory(void)
             sum += p[b];
         touched += nb;
     }
+    (void)sum; // read only so that the loads happen
     size_t rss2 = s_rss(), cached2 = s_cached(path, size);
     size_t growth = rss2 > rss1 ? rss2 - rss1 : 0;
     printf("resident memory: file %.1f MB (was %.1f MB cached after fadvise), blocks [0,2) "
