@@ -336,15 +336,21 @@ s_render_status(s_buf_t *b, const sd3_wire_status_t *st)
     s_family(b, "sd3_embedding_cache_misses_total", "counter",
              "Prompt encodings the encoders had to compute.");
     s_printf(b, "sd3_embedding_cache_misses_total %llu\n", (unsigned long long)st->cache_misses);
-    s_family(b, "sd3_failovers_total", "counter",
-             "Request attempts resumed elsewhere after a node was lost or hung.");
-    s_printf(b, "sd3_failovers_total %llu\n", (unsigned long long)st->failovers);
-    s_family(b, "sd3_step_timeouts_total", "counter",
-             "Requests whose pipeline made no progress within the step bound.");
-    s_printf(b, "sd3_step_timeouts_total %llu\n", (unsigned long long)st->step_timeouts);
-    s_family(b, "sd3_nodes_hung_total", "counter",
-             "Times a node was found busy far past its own measured expectation.");
-    s_printf(b, "sd3_nodes_hung_total %llu\n", (unsigned long long)st->nodes_hung);
+    const struct {
+        const char *name, *help;
+        uint64_t value;
+    } failures[] = {
+        {"sd3_failovers_total", "Request attempts resumed elsewhere after a node was lost or hung.",
+         st->failovers},
+        {"sd3_step_timeouts_total",
+         "Requests whose pipeline made no progress within the step bound.", st->step_timeouts},
+        {"sd3_nodes_hung_total", "Times a node was found busy far past its own measured expectation.",
+         st->nodes_hung},
+    };
+    for (size_t i = 0; i < sizeof failures / sizeof failures[0]; i++) {
+        s_family(b, failures[i].name, "counter", failures[i].help);
+        s_printf(b, "%s %llu\n", failures[i].name, (unsigned long long)failures[i].value);
+    }
     s_family(b, "sd3_node_ready", "gauge",
              "1 once a node has paged in its weights and serves; 0 while loading.");
     for (int i = 0; i < nn; i++)

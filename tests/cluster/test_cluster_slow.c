@@ -33,38 +33,54 @@ s_counters(sd3_client_t *cl, sd3_wire_status_t *st)
     return rc;
 }
 
+// Cluster `name` of the tiny model (controller extras, node sections), up; a client of it, or
+// NULL (CHECKed; the cluster is down again then).
+static sd3_client_t *
+s_cluster(const cu_refs_t *refs, const char *name, const char *controller_extra,
+          const char *nodes)
+{
+    char client_ep[1200];
+    if (cu_up(name, refs->model, controller_extra, nodes, client_ep, sizeof client_ep) != 0) {
+        CHECK_MSG(0, "cluster %s did not come up", name);
+        return NULL;
+    }
+    sd3_err_t err = {0};
+    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
+    CHECK_MSG(cl != NULL, "client: %s", err.msg);
+    if (!cl)
+        cu_down();
+    return cl;
+}
+
+// Submits requests 0..n-1 of refs as PREFIX0, PREFIX1, ...
+static void
+s_submit(sd3_client_t *cl, const cu_refs_t *refs, cu_req_t *reqs, int n, const char *prefix)
+{
+    memset(reqs, 0, sizeof *reqs * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        snprintf(reqs[i].id, sizeof reqs[i].id, "%s%d", prefix, i);
+        cu_refs_submit(cl, refs, reqs, i);
+    }
+}
+
 // 1. Every stage 3x slower than the node timeout: no failover, no timeout, same bytes.
 static void
 s_slow(const cu_refs_t *refs)
 {
-    static char text[4096];
-    char client_ep[1200];
-    snprintf(text, sizeof text,
-             "[cluster]\nmodel = %s\nrun_dir = %s/run-slow\nthreads = 1\n\n[controller]\n"
-             "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\ninflight = 6\n"
-             "node_timeout_ms = 1000\nclient_timeout_ms = 60000\n\n"
-             "[encoder enc0]\nfault = slow=3000\n[vae vae0]\nfault = slow=3000\n"
-             "[mmdit a0]\nrange = 0:1\nfault = slow=3000\n[mmdit a1]\nrange = 1:2\n"
-             "fault = slow=3000\n",
-             refs->model, sd3_test_tmpdir());
-    if (cu_up_text("slow", text, client_ep, sizeof client_ep) != 0) {
-        CHECK_MSG(0, "cluster slow did not come up");
+    sd3_client_t *cl = s_cluster(refs, "slow",
+                                 "inflight = 6\nnode_timeout_ms = 1000\nclient_timeout_ms = 60000",
+                                 "[encoder enc0]\nfault = slow=3000\n[vae vae0]\nfault = slow=3000\n"
+                                 "[mmdit a0]\nrange = 0:1\nfault = slow=3000\n[mmdit a1]\n"
+                                 "range = 1:2\nfault = slow=3000\n");
+    if (!cl)
         return;
-    }
-    sd3_err_t err = {0};
-    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
-    CHECK(cl != NULL);
     static cu_req_t reqs[N_SLOW];
-    memset(reqs, 0, sizeof reqs);
     double t0 = sd3_now_s();
-    for (int i = 0; cl && i < N_SLOW; i++) {
-        snprintf(reqs[i].id, sizeof reqs[i].id, "slow%d", i);
-        cu_refs_submit(cl, refs, reqs, i);
-    }
-    CHECK(cl && cu_wait(cl, reqs, N_SLOW, 200) == 0);
+    s_submit(cl, refs, reqs, N_SLOW, "slow");
+    CHECK(cu_wait(cl, reqs, N_SLOW, 200) == 0);
     int ok = cu_refs_check(refs, reqs, N_SLOW);
     static sd3_wire_status_t st;
-    if (cl && s_counters(cl, &st) == 0) {
+    if (s_counters(cl, &st) == 0) {
         CHECK_MSG(st.failovers == 0 && st.step_timeouts == 0 && st.nodes_hung == 0,
                   "slow stages counted as failures: %llu failovers, %llu step timeouts, %llu "
                   "hung",
@@ -106,36 +122,22 @@ s_slow(const cu_refs_t *refs)
 static void
 s_hang(const cu_refs_t *refs)
 {
-    static char text[4096];
-    char client_ep[1200];
     // b0 [0,2) hangs in step 1; the pipeline a0 -> a1 serves. The unit bound is the 10 s
     // floor (the tiny model expects milliseconds).
-    snprintf(text, sizeof text,
-             "[cluster]\nmodel = %s\nrun_dir = %s/run-hang\nthreads = 1\n\n[controller]\n"
-             "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\ninflight = 4\n"
-             "client_timeout_ms = 60000\n\n"
-             "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n[mmdit a1]\nrange = 1:2\n"
-             "[mmdit b0]\nrange = 0:2\nfault = hang=1\n",
-             refs->model, sd3_test_tmpdir());
-    if (cu_up_text("hang", text, client_ep, sizeof client_ep) != 0) {
-        CHECK_MSG(0, "cluster hang did not come up");
+    sd3_client_t *cl = s_cluster(refs, "hang", "inflight = 4\nclient_timeout_ms = 60000",
+                                 "[encoder enc0]\n[vae vae0]\n[mmdit a0]\nrange = 0:1\n"
+                                 "[mmdit a1]\nrange = 1:2\n[mmdit b0]\nrange = 0:2\n"
+                                 "fault = hang=1\n");
+    if (!cl)
         return;
-    }
-    sd3_err_t err = {0};
-    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
-    CHECK(cl != NULL);
     static cu_req_t reqs[N_HANG];
-    memset(reqs, 0, sizeof reqs);
     double t0 = sd3_now_s();
-    for (int i = 0; cl && i < N_HANG; i++) {
-        snprintf(reqs[i].id, sizeof reqs[i].id, "hang%d", i);
-        cu_refs_submit(cl, refs, reqs, i);
-    }
-    CHECK(cl && cu_wait(cl, reqs, N_HANG, 120) == 0);
+    s_submit(cl, refs, reqs, N_HANG, "hang");
+    CHECK(cu_wait(cl, reqs, N_HANG, 120) == 0);
     int ok = cu_refs_check(refs, reqs, N_HANG);
     static sd3_wire_status_t st;
     bool b0_hung = false;
-    if (cl && s_counters(cl, &st) == 0)
+    if (s_counters(cl, &st) == 0)
         for (int i = 0; i < st.n_nodes; i++)
             if (!strcmp(st.nodes[i].node.node_id, "b0"))
                 b0_hung = st.nodes[i].hung && st.nodes[i].alive;
@@ -155,25 +157,12 @@ s_hang(const cu_refs_t *refs)
 static void
 s_stop(const cu_refs_t *refs)
 {
-    static char text[4096];
-    char client_ep[1200];
-    snprintf(text, sizeof text,
-             "[cluster]\nmodel = %s\nrun_dir = %s/run-stop\nthreads = 1\n\n[controller]\n"
-             "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\nclient_timeout_ms = 60000\n\n"
-             "[encoder enc0]\nfault = slow=20000\n[vae vae0]\n[mmdit b0]\nrange = 0:2\n"
-             "fault = slow=20000\n",
-             refs->model, sd3_test_tmpdir());
-    if (cu_up_text("stop", text, client_ep, sizeof client_ep) != 0) {
-        CHECK_MSG(0, "cluster stop did not come up");
-        return;
-    }
     sd3_err_t err = {0};
-    sd3_client_t *cl = sd3_client_new(client_ep, NULL, &err);
-    CHECK(cl != NULL);
-    if (!cl) {
-        cu_down();
+    sd3_client_t *cl = s_cluster(refs, "stop", "client_timeout_ms = 60000",
+                                 "[encoder enc0]\nfault = slow=20000\n[vae vae0]\n[mmdit b0]\n"
+                                 "range = 0:2\n");
+    if (!cl)
         return;
-    }
     static sd3_wire_generate_t w;
     cu_request(&w, "a prompt that takes twenty seconds", 7, 2);
     CHECK(sd3_client_submit(cl, "enc-slow", &w, NULL, &err) == 0);
@@ -215,21 +204,10 @@ s_stop(const cu_refs_t *refs)
 
     // A step: the mmdit range [0,2) takes 20 s per forward (10 s a block); cancel the request
     // while its step 0 runs: the range stops in that block, not 20 s later.
-    snprintf(text, sizeof text,
-             "[cluster]\nmodel = %s\nrun_dir = %s/run-stopstep\nthreads = 1\n\n[controller]\n"
-             "listen = tcp://127.0.0.1:*\nstages = tcp://127.0.0.1:*\nclient_timeout_ms = 60000\n\n"
-             "[encoder enc0]\n[vae vae0]\n[mmdit b0]\nrange = 0:2\nfault = slow=20000\n",
-             refs->model, sd3_test_tmpdir());
-    if (cu_up_text("stopstep", text, client_ep, sizeof client_ep) != 0) {
-        CHECK_MSG(0, "cluster stopstep did not come up");
+    if (!(cl = s_cluster(refs, "stopstep", "client_timeout_ms = 60000",
+                         "[encoder enc0]\n[vae vae0]\n[mmdit b0]\nrange = 0:2\n"
+                         "fault = slow=20000\n")))
         return;
-    }
-    cl = sd3_client_new(client_ep, NULL, &err);
-    CHECK(cl != NULL);
-    if (!cl) {
-        cu_down();
-        return;
-    }
     CHECK(sd3_client_submit(cl, "step-slow", &w, NULL, &err) == 0);
     bool in_step = false;
     for (double t = sd3_now_s(); !in_step && sd3_now_s() - t < 20; usleep(100000)) {

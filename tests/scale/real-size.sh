@@ -37,11 +37,11 @@ large)
     arch=sd3.5-large; dtype=bf16; mkopts="--no-t5"; steps=${STEPS:-2}; genopts="--no-t5"
     nodes='[encoder enc0]
 [mmdit dit0]
-range = 0:13
+range = 0:12
 [mmdit dit1]
-range = 13:26
+range = 12:25
 [mmdit dit2]
-range = 26:38
+range = 25:38
 [vae vae0]'
     ;;
 *) echo "usage: tests/scale/real-size.sh medium|large"; exit 2 ;;
