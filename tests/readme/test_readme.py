@@ -21,8 +21,9 @@ that decodes (every chunk's CRC, the inflated scanlines' length and filter bytes
 size asked for, or, without --size, at the embedded tiny model's default 208x208 (the
 largest square its position table covers), with the `parameters` text naming that size;
 `mkmodel` and `convert` write a non-empty -o path; `status` names the pipelines; `plan` and
-`bench` print a result; the quickstart writes out/quickstart.png (128x128). A cluster that
-a line brought up is brought down at the end even when a later line failed.
+`bench` print a result; `eval` ends with "0 failed"; the quickstart writes out/quickstart.png
+(128x128). A cluster that a line brought up is brought down at the end even when a later
+line failed.
 
 Environment: SD3_SOURCE_DIR, SD3_BINARY_DIR (set by ctest), SD3_SANITIZE (ON/OFF),
 SD3_TESTDATA (optional). Exit 0 pass, 1 fail."""
@@ -161,6 +162,8 @@ def check_output(cmd, cwd, stdout):
                    for f in fs) if os.path.isdir(path) else os.path.getsize(path)
         if size == 0:
             return "-o %s is empty" % out
+    elif verb == "eval" and not re.search(r"\b0 failed", stdout):
+        return "the comparison does not end with '0 failed'"
     elif verb == "status" and "pipelines" not in stdout:
         return "the status names no pipelines"
     elif verb in ("plan", "bench") and not stdout.strip():
@@ -168,11 +171,27 @@ def check_output(cmd, cwd, stdout):
     return ""
 
 
+def tree_files(src):
+    """The files a clone would have: tracked + untracked-not-ignored in a git checkout; in a
+    tree without git (an unpacked archive), every file but the top-level build folders and
+    what .gitignore names at the top."""
+    r = subprocess.run(["git", "-C", src, "ls-files", "-z", "--cached", "--others",
+                        "--exclude-standard"], capture_output=True)
+    if r.returncode == 0 and os.path.isdir(os.path.join(src, ".git")):
+        return r.stdout.decode().split("\0")
+    skip = re.compile(r"^(build[^/]*|out|\.cache|Testing|gpu-carry|\.git)(/|$)|node_modules/")
+    files = []
+    for d, _, fs in os.walk(src):
+        for f in fs:
+            rel = os.path.relpath(os.path.join(d, f), src)
+            if not skip.search(rel) and not re.search(r"\.(png|log)$", rel):
+                files.append(rel)
+    return files
+
+
 def fresh_copy(src, dst):
-    """The files a clone would have (tracked + untracked, not ignored), copied into dst."""
-    files = subprocess.run(["git", "-C", src, "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard"], check=True, capture_output=True).stdout
-    for rel in files.decode().split("\0"):
+    """The files a clone would have, copied into dst."""
+    for rel in tree_files(src):
         if not rel or not os.path.lexists(os.path.join(src, rel)):
             continue  # deleted in the working tree
         os.makedirs(os.path.join(dst, os.path.dirname(rel)), exist_ok=True)
