@@ -196,19 +196,26 @@ sd3_bench_ops(int argc, char **argv)
             s_fill(k, 6);
             s_fill(v, 7);
             sd3_attn_opts_t opts = {.n_heads = (int)H, .scale = 0.125f};
-            double t0 = s_now();
-            int ok = be->ops->attention(be, o, q, k, v, &opts, &err);
-            double dt = s_now() - t0;
-            double flop = 4.0 * (double)(B * H) * (double)L * (double)L * (double)Dh;
-            if (ok != 0)
-                fprintf(stderr, "bench ops: %s\n", err.msg);
-            else
-                printf(
-                    "attention B=%lld L=%lld H=%lld Dh=%lld: %.3f s, %.1f GFLOP/s (%.0f%% of the "
-                    "wall-clock peak above); process peak RSS %.0f MiB\n",
-                    (long long)B, (long long)L, (long long)H, (long long)Dh, dt, flop / dt * 1e-9,
-                    s_clock == CLOCK_MONOTONIC ? 100 * flop / dt * 1e-9 / peak : 0.0,
-                    (double)sd3_bench_rss_peak() / 1048576.0);
+            for (int p = 0; p < 2; p++) { // f32, then precision bf16
+                sd3_backend_t *bp = p ? be_bf : be;
+                if (!bp)
+                    continue;
+                double t0 = s_now();
+                int ok = bp->ops->attention(bp, o, q, k, v, &opts, &err);
+                double dt = s_now() - t0;
+                double flop = 4.0 * (double)(B * H) * (double)L * (double)L * (double)Dh;
+                double pk = p ? bpeak : peak;
+                if (ok != 0)
+                    fprintf(stderr, "bench ops: %s\n", err.msg);
+                else
+                    printf("attention %s B=%lld L=%lld H=%lld Dh=%lld: %.3f s, %.1f GFLOP/s (%.0f%% "
+                           "of the wall-clock %s peak above); process peak RSS %.0f MiB\n",
+                           p ? "bf16" : "f32", (long long)B, (long long)L, (long long)H,
+                           (long long)Dh, dt, flop / dt * 1e-9,
+                           s_clock == CLOCK_MONOTONIC && pk > 0 ? 100 * flop / dt * 1e-9 / pk
+                                                                : 0.0,
+                           p ? "bf16" : "sgemm", (double)sd3_bench_rss_peak() / 1048576.0);
+            }
             fflush(stdout);
         }
         sd3_tensor_destroy(&q);

@@ -9,8 +9,12 @@
  *  max m and sum l per row, rescaling the accumulator when m grows), O += P V (sgemm).
  *  Memory per thread: BQ*BK + BQ*Dh floats, whatever L is; the [Lq, Lk] matrix never exists.
  *  The blocks depend on the shapes only, so the bits do not depend on the thread count.
+ *  Precision bf16: the same walk with both products in oneDNN's bf16 matmul (f32
+ *  accumulation; q (times scale, exact for 1/8), k, v rounded to bf16 once per call, P
+ *  rounded per block), keys in blocks of SD3_ATT_BK16; the softmax stays f32.
  *  Reference: one row of Lk scores at a time, plain loops.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_bf16.h"
 #include "sd3_cpu_simd.h"
 
 #include <cblas.h>
@@ -25,6 +29,7 @@
 #ifndef SD3_ATT_BK
 #define SD3_ATT_BK 256 // keys per block
 #endif
+#define SD3_ATT_BK16 1024 // keys per block at precision bf16: fewer, larger oneDNN calls
 
 static int
 s_check(const char *op, const sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_tensor_t *k,
@@ -210,6 +215,166 @@ s_att_task(void *ctx, int64_t task, int thread)
     }
 }
 
+// ---- precision bf16 ------------------------------------------------------------------------
+
+typedef struct {
+    sd3_backend_t *be;
+    sd3_cpu_bf16_t *bf;
+    const float *qf, *kf, *vf; // f32 inputs (for the conversion pass)
+    uint16_t *q, *k, *v;       // bf16 copies; q already times scale
+    const float *bias;
+    float *o;
+    int64_t B, Lq, Lk, H, Dh, HD, n_qb;
+    float scale;
+    bool causal;
+    atomic_bool failed;
+} s_att16_job_t;
+
+#define S_CONV_ROWS 64
+
+// Rows [t*64, t*64+64) of q, then of k, then of v, to bf16.
+static void
+s_att16_convert(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    s_att16_job_t *job = ctx;
+    int64_t nq = (job->B * job->Lq + S_CONV_ROWS - 1) / S_CONV_ROWS;
+    int64_t nk = (job->B * job->Lk + S_CONV_ROWS - 1) / S_CONV_ROWS;
+    const float *src = job->qf;
+    uint16_t *dst = job->q;
+    int64_t rows = job->B * job->Lq;
+    float scale = job->scale;
+    if (t >= nq) {
+        t -= nq;
+        bool is_v = t >= nk;
+        t -= is_v ? nk : 0;
+        src = is_v ? job->vf : job->kf;
+        dst = is_v ? job->v : job->k;
+        rows = job->B * job->Lk;
+        scale = 1.0f;
+    }
+    int64_t r0 = t * S_CONV_ROWS, r1 = r0 + S_CONV_ROWS < rows ? r0 + S_CONV_ROWS : rows;
+    sd3_cpu_bf16_round(src + r0 * job->HD, dst + r0 * job->HD, (size_t)((r1 - r0) * job->HD),
+                       scale);
+}
+
+static void
+s_att16_task(void *ctx, int64_t task, int thread)
+{
+    s_att16_job_t *job = ctx;
+    sd3_err_t err = {0};
+    int64_t qb = task % job->n_qb, bh = task / job->n_qb;
+    int64_t b = bh / job->H, h = bh % job->H;
+    int64_t Dh = job->Dh, HD = job->HD, Lk = job->Lk;
+    int64_t q0 = qb * SD3_ATT_BQ;
+    int64_t qn = job->Lq - q0 < SD3_ATT_BQ ? job->Lq - q0 : SD3_ATT_BQ;
+    float *S = sd3_cpu_scratch(job->be, thread, 0, (size_t)(SD3_ATT_BQ * SD3_ATT_BK16));
+    float *acc = sd3_cpu_scratch(job->be, thread, 1, (size_t)(SD3_ATT_BQ * (Dh + 2)));
+    float *tmp = sd3_cpu_scratch(job->be, thread, 2,
+                                 (size_t)(SD3_ATT_BQ * SD3_ATT_BK16 / 2 + SD3_ATT_BQ * Dh));
+    if (!S || !acc || !tmp)
+        goto fail;
+    uint16_t *P = (uint16_t *)(tmp + SD3_ATT_BQ * Dh); // [qn, kn] bf16, row stride BK16
+    float *m = acc + SD3_ATT_BQ * Dh, *l = m + SD3_ATT_BQ;
+    for (int64_t i = 0; i < qn; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    memset(acc, 0, (size_t)(qn * Dh) * sizeof(float));
+    const uint16_t *Q = job->q + (b * job->Lq + q0) * HD + h * Dh;
+    int64_t k_end = job->causal ? (q0 + qn < Lk ? q0 + qn : Lk) : Lk;
+    for (int64_t k0 = 0; k0 < k_end; k0 += SD3_ATT_BK16) {
+        int64_t kn = k_end - k0 < SD3_ATT_BK16 ? k_end - k0 : SD3_ATT_BK16;
+        const uint16_t *K = job->k + (b * Lk + k0) * HD + h * Dh;
+        const uint16_t *V = job->v + (b * Lk + k0) * HD + h * Dh;
+        // S = (scale Q) K^T   [qn, kn]
+        const sd3_cpu_bf16_mm_t *qk =
+            sd3_cpu_bf16_mm_get(job->bf, qn, Dh, kn, HD, HD, true, SD3_ATT_BK16, &err);
+        if (!qk || sd3_cpu_bf16_mm_run(job->be, job->bf, qk, thread, Q, K, S) != 0)
+            goto fail;
+        for (int64_t i = 0; i < qn; i++) {
+            float *s = S + i * SD3_ATT_BK16;
+            if (job->bias) {
+                const float *br = job->bias + (h * job->Lq + q0 + i) * Lk + k0;
+                for (int64_t j = 0; j < kn; j++)
+                    s[j] += br[j];
+            }
+            int64_t jn = kn;
+            if (job->causal && q0 + i - k0 + 1 < kn)
+                jn = q0 + i - k0 + 1 > 0 ? q0 + i - k0 + 1 : 0;
+            float alpha;
+            float sum = s_row_softmax_step(s, jn, kn, &m[i], &alpha);
+            if (alpha != 1.0f) {
+                float *a = acc + i * Dh;
+                for (int64_t d = 0; d < Dh; d++)
+                    a[d] *= alpha;
+                l[i] *= alpha;
+            }
+            l[i] += sum;
+            sd3_cpu_bf16_round(s, P + i * SD3_ATT_BK16, (size_t)kn, 1.0f);
+        }
+        // acc += P V   [qn, Dh]
+        const sd3_cpu_bf16_mm_t *pv =
+            sd3_cpu_bf16_mm_get(job->bf, qn, kn, Dh, SD3_ATT_BK16, HD, false, Dh, &err);
+        if (!pv || sd3_cpu_bf16_mm_run(job->be, job->bf, pv, thread, P, V, tmp) != 0)
+            goto fail;
+        for (int64_t i = 0; i < qn * Dh; i++)
+            acc[i] += tmp[i];
+    }
+    float *O = job->o + (b * job->Lq + q0) * HD + h * Dh;
+    for (int64_t i = 0; i < qn; i++) {
+        float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        for (int64_t d = 0; d < Dh; d++)
+            O[i * HD + d] = acc[i * Dh + d] * inv;
+    }
+    return;
+fail:
+    atomic_store(&job->failed, true);
+}
+
+static int
+s_attention_bf16(sd3_backend_t *be, sd3_cpu_bf16_t *bf, const s_att_job_t *f32job, sd3_err_t *err)
+{
+    s_att16_job_t job = {
+        .be = be,
+        .bf = bf,
+        .qf = f32job->q,
+        .kf = f32job->k,
+        .vf = f32job->v,
+        .bias = f32job->bias,
+        .o = f32job->o,
+        .B = f32job->B,
+        .Lq = f32job->Lq,
+        .Lk = f32job->Lk,
+        .H = f32job->H,
+        .Dh = f32job->Dh,
+        .HD = f32job->HD,
+        .n_qb = f32job->n_qb,
+        .scale = f32job->scale,
+        .causal = f32job->causal,
+    };
+    atomic_init(&job.failed, false);
+    size_t nq = (size_t)(job.B * job.Lq * job.HD), nk = (size_t)(job.B * job.Lk * job.HD);
+    bool mine;
+    uint16_t *buf = sd3_cpu_bf16_buf_get(bf, nq + 2 * nk, &mine);
+    if (!buf)
+        return sd3_err_set(err, SD3_ENOMEM, "cpu attention bf16: out of memory");
+    job.q = buf;
+    job.k = buf + nq;
+    job.v = buf + nq + nk;
+    sd3_cpu_pool_t *pool = sd3_cpu_backend_pool(be);
+    int64_t cq = (job.B * job.Lq + S_CONV_ROWS - 1) / S_CONV_ROWS;
+    int64_t ck = (job.B * job.Lk + S_CONV_ROWS - 1) / S_CONV_ROWS;
+    sd3_cpu_pool_run(pool, cq + 2 * ck, s_att16_convert, &job);
+    sd3_cpu_pool_run(pool, job.B * job.H * job.n_qb, s_att16_task, &job);
+    sd3_cpu_bf16_buf_put(bf, buf, mine);
+    if (atomic_load(&job.failed))
+        return sd3_err_set(err, SD3_ENOMEM,
+                           "cpu attention bf16: a block failed (out of memory, or oneDNN "
+                           "refused a shape)");
+    return 0;
+}
+
 int
 sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q, const sd3_tensor_t *k,
                   const sd3_tensor_t *v, const sd3_attn_opts_t *opts, sd3_err_t *err)
@@ -239,6 +404,9 @@ sd3_cpu_attention(sd3_backend_t *be, sd3_tensor_t *o, const sd3_tensor_t *q, con
         memset(o->data, 0, sd3_tensor_nbytes(o));
         return 0;
     }
+    sd3_cpu_bf16_t *bf = sd3_cpu_backend_bf16(be);
+    if (bf)
+        return s_attention_bf16(be, bf, &job, err);
     sd3_cpu_pool_run(sd3_cpu_backend_pool(be), job.B * job.H * job.n_qb, s_att_task, &job);
     if (atomic_load(&job.failed))
         return sd3_err_set(err, SD3_ENOMEM, "cpu attention: out of memory for block scratch");

@@ -59,6 +59,19 @@ struct sd3_cpu_bf16 {
     pthread_mutex_t xmu; // xbuf: the activations in bf16, reused between calls
     uint16_t *xbuf;
     size_t xcap; // elements
+    pthread_mutex_t amu; // abuf: attention's q, k, v in bf16
+    uint16_t *abuf;
+    size_t acap;
+    struct sd3_cpu_bf16_mm **mms; // plain GEMM primitives (under mu)
+    int n_mms, cap_mms;
+};
+
+struct sd3_cpu_bf16_mm {
+    int64_t M, K, N, lda, ldb, ldc;
+    bool b_trans;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t a_md, b_md, c_md;
+    size_t scratch; // bytes
 };
 
 // ---- f32 -> bf16, round to nearest even (the bits of sd3_f32_to_bf16) -------------------------
@@ -66,12 +79,19 @@ struct sd3_cpu_bf16 {
 static void
 s_round_bf16(const float *src, uint16_t *dst, size_t n)
 {
+    sd3_cpu_bf16_round(src, dst, n, 1.0f);
+}
+
+void
+sd3_cpu_bf16_round(const float *src, uint16_t *dst, size_t n, float scale)
+{
     size_t i = 0;
 #if SD3_CPU_AVX512
     const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
     const __m512i qnan = _mm512_set1_epi32(0x7fc0);
+    const __m512 vscale = _mm512_set1_ps(scale);
     for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_loadu_ps(src + i);
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(src + i), vscale);
         __m512i u = _mm512_castps_si512(v);
         __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
         __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
@@ -80,7 +100,7 @@ s_round_bf16(const float *src, uint16_t *dst, size_t n)
     }
 #endif
     for (; i < n; i++)
-        dst[i] = sd3_f32_to_bf16(src[i]);
+        dst[i] = sd3_f32_to_bf16(src[i] * scale);
 }
 
 // Any weight dtype -> bf16 (through exact f32), in chunks on the stack.
@@ -222,6 +242,7 @@ sd3_cpu_bf16_new(int n_threads, sd3_err_t *err)
     }
     pthread_mutex_init(&self->mu, NULL);
     pthread_mutex_init(&self->xmu, NULL);
+    pthread_mutex_init(&self->amu, NULL);
     self->n_streams = n_threads < 1 ? 1 : n_threads;
     if (!(self->streams = calloc((size_t)self->n_streams, sizeof *self->streams))) {
         sd3_err_set(err, SD3_ENOMEM, "cpu bf16: out of memory");
@@ -268,9 +289,16 @@ sd3_cpu_bf16_destroy(sd3_cpu_bf16_t **self_p)
     free(self->streams);
     if (self->engine)
         dnnl_engine_destroy(self->engine);
+    for (int i = 0; i < self->n_mms; i++) {
+        dnnl_primitive_destroy(self->mms[i]->prim);
+        free(self->mms[i]);
+    }
+    free(self->mms);
     free(self->xbuf);
+    free(self->abuf);
     pthread_mutex_destroy(&self->mu);
     pthread_mutex_destroy(&self->xmu);
+    pthread_mutex_destroy(&self->amu);
     free(self);
     *self_p = NULL;
 }
@@ -580,4 +608,134 @@ done:
         pthread_mutex_unlock(&self->xmu);
     free(own);
     return rc;
+}
+
+// ---- plain GEMMs (attention) -----------------------------------------------------------------
+
+const sd3_cpu_bf16_mm_t *
+sd3_cpu_bf16_mm_get(sd3_cpu_bf16_t *self, int64_t M, int64_t K, int64_t N, int64_t lda,
+                    int64_t ldb, bool b_trans, int64_t ldc, sd3_err_t *err)
+{
+    sd3_cpu_bf16_mm_t *mm = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    pthread_mutex_lock(&self->mu);
+    for (int i = 0; i < self->n_mms; i++) {
+        sd3_cpu_bf16_mm_t *c = self->mms[i];
+        if (c->M == M && c->K == K && c->N == N && c->lda == lda && c->ldb == ldb &&
+            c->ldc == ldc && c->b_trans == b_trans) {
+            pthread_mutex_unlock(&self->mu);
+            return c;
+        }
+    }
+    if (self->n_mms == self->cap_mms) {
+        int cap = self->cap_mms ? 2 * self->cap_mms : 16;
+        sd3_cpu_bf16_mm_t **nm = realloc(self->mms, (size_t)cap * sizeof *nm);
+        if (!nm) {
+            sd3_err_set(err, SD3_ENOMEM, "cpu bf16: out of memory");
+            goto fail;
+        }
+        self->mms = nm;
+        self->cap_mms = cap;
+    }
+    if (!(mm = calloc(1, sizeof *mm))) {
+        sd3_err_set(err, SD3_ENOMEM, "cpu bf16: out of memory");
+        goto fail;
+    }
+    *mm = (sd3_cpu_bf16_mm_t){
+        .M = M, .K = K, .N = N, .lda = lda, .ldb = ldb, .ldc = ldc, .b_trans = b_trans};
+    dnnl_dims_t ad = {M, K}, as = {lda, 1}, bd = {K, N}, cd = {M, N}, cs = {ldc, 1};
+    dnnl_dims_t bs = {b_trans ? 1 : ldb, b_trans ? ldb : 1};
+    S_TRY(dnnl_memory_desc_init_by_strides(&mm->a_md, 2, ad, dnnl_bf16, as), "A desc");
+    S_TRY(dnnl_memory_desc_init_by_strides(&mm->b_md, 2, bd, dnnl_bf16, bs), "B desc");
+    S_TRY(dnnl_memory_desc_init_by_strides(&mm->c_md, 2, cd, dnnl_f32, cs), "C desc");
+    dnnl_matmul_desc_t mdesc;
+    S_TRY(dnnl_matmul_desc_init(&mdesc, &mm->a_md, &mm->b_md, NULL, &mm->c_md), "matmul desc");
+    S_TRY(dnnl_primitive_attr_create(&attr), "attr");
+    S_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "attr");
+    S_TRY(dnnl_primitive_desc_create(&pd, &mdesc, attr, self->engine, NULL), "matmul");
+    mm->scratch =
+        dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
+    S_TRY(dnnl_primitive_create(&mm->prim, pd), "matmul primitive");
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
+    self->mms[self->n_mms++] = mm;
+    pthread_mutex_unlock(&self->mu);
+    return mm;
+fail:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    free(mm);
+    pthread_mutex_unlock(&self->mu);
+    return NULL;
+}
+
+int
+sd3_cpu_bf16_mm_run(sd3_backend_t *be, sd3_cpu_bf16_t *self, const sd3_cpu_bf16_mm_t *mm,
+                    int thread, const uint16_t *a, const uint16_t *b, float *c)
+{
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+    int rc = -1;
+    float *scratch = mm->scratch ? sd3_cpu_scratch(be, thread, 3, mm->scratch / 4 + 1) : NULL;
+    if (mm->scratch && !scratch)
+        return -1;
+    omp_set_num_threads(1);
+    if (dnnl_memory_create(&ma, &mm->a_md, self->engine, (void *)a) != dnnl_success ||
+        dnnl_memory_create(&mb, &mm->b_md, self->engine, (void *)b) != dnnl_success ||
+        dnnl_memory_create(&mc, &mm->c_md, self->engine, c) != dnnl_success)
+        goto done;
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+    int nargs = 3;
+    if (scratch) {
+        dnnl_memory_desc_t sdesc;
+        dnnl_dims_t sdim = {(int64_t)mm->scratch};
+        if (dnnl_memory_desc_init_by_tag(&sdesc, 1, sdim, dnnl_u8, dnnl_a) != dnnl_success ||
+            dnnl_memory_create(&ms, &sdesc, self->engine, scratch) != dnnl_success)
+            goto done;
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, ms};
+    }
+    if (dnnl_primitive_execute(mm->prim, self->streams[thread], nargs, args) == dnnl_success &&
+        dnnl_stream_wait(self->streams[thread]) == dnnl_success)
+        rc = 0;
+done:
+    if (ma)
+        dnnl_memory_destroy(ma);
+    if (mb)
+        dnnl_memory_destroy(mb);
+    if (mc)
+        dnnl_memory_destroy(mc);
+    if (ms)
+        dnnl_memory_destroy(ms);
+    return rc;
+}
+
+uint16_t *
+sd3_cpu_bf16_buf_get(sd3_cpu_bf16_t *self, size_t n, bool *mine)
+{
+    *mine = pthread_mutex_trylock(&self->amu) == 0;
+    if (!*mine)
+        return aligned_alloc(64, (n * 2 + 63) / 64 * 64);
+    if (self->acap < n) {
+        free(self->abuf);
+        self->acap = 0;
+        if ((self->abuf = aligned_alloc(64, (n * 2 + 63) / 64 * 64)))
+            self->acap = n;
+    }
+    if (!self->abuf) {
+        pthread_mutex_unlock(&self->amu);
+        *mine = false;
+        return NULL;
+    }
+    return self->abuf;
+}
+
+void
+sd3_cpu_bf16_buf_put(sd3_cpu_bf16_t *self, uint16_t *buf, bool mine)
+{
+    if (mine)
+        pthread_mutex_unlock(&self->amu);
+    else
+        free(buf);
 }

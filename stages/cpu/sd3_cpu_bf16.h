@@ -38,6 +38,27 @@ const char *sd3_cpu_bf16_impl(const sd3_cpu_bf16_t *self);
 int sd3_cpu_linear_bf16(sd3_backend_t *be, sd3_cpu_bf16_t *self, sd3_tensor_t *y,
                         const sd3_tensor_t *x, const sd3_tensor_t *w, const float *bias,
                         sd3_err_t *err);
+// ---- plain bf16 GEMMs on one thread (attention's two products) -------------------------------
+// C [M, N] f32 (row stride ldc) = A [M, K] bf16 (row stride lda) . B, B [K, N] bf16 read as
+// b[k*ldb + n] or, b_trans, as b[n*ldb + k]. One primitive per distinct argument set, made
+// on first use and kept (thread-safe); NULL + err if oneDNN refuses the shape.
+typedef struct sd3_cpu_bf16_mm sd3_cpu_bf16_mm_t;
+const sd3_cpu_bf16_mm_t *sd3_cpu_bf16_mm_get(sd3_cpu_bf16_t *self, int64_t M, int64_t K, int64_t N,
+                                             int64_t lda, int64_t ldb, bool b_trans, int64_t ldc,
+                                             sd3_err_t *err);
+// Runs it with one oneDNN thread, from task thread `thread` (its per-thread scratch slot 3 is
+// used). Non-zero if oneDNN failed or scratch could not be had.
+int sd3_cpu_bf16_mm_run(sd3_backend_t *be, sd3_cpu_bf16_t *self, const sd3_cpu_bf16_mm_t *mm,
+                        int thread, const uint16_t *a, const uint16_t *b, float *c);
+// f32 -> bf16, round to nearest even (the bits of sd3_f32_to_bf16; NaN -> 0x7fc0), times
+// `scale` first (1 for none; exact when a power of two).
+void sd3_cpu_bf16_round(const float *src, uint16_t *dst, size_t n, float scale);
+// A buffer of n bf16 values held by the backend between calls (attention's q, k, v); *mine
+// is set when it is the shared one (give it back with sd3_cpu_bf16_buf_put), else it is a
+// fresh allocation (freed by put). NULL if out of memory.
+uint16_t *sd3_cpu_bf16_buf_get(sd3_cpu_bf16_t *self, size_t n, bool *mine);
+void sd3_cpu_bf16_buf_put(sd3_cpu_bf16_t *self, uint16_t *buf, bool mine);
+
 // The backend's bf16 state (NULL while the backend runs f32). sd3_cpu_backend.c.
 sd3_cpu_bf16_t *sd3_cpu_backend_bf16(sd3_backend_t *be);
 // The op table's set_precision for the CPU backend. sd3_cpu_backend.c.
