@@ -28,7 +28,7 @@ sd3_precision_name(sd3_precision_t p)
 int
 sd3_backend_set_precision(sd3_backend_t *be, const char *text, sd3_err_t *err)
 {
-    int p;
+    int p = -1; // auto until parsed (GCC -O3 cannot see that a failed parse returns)
     if (!be)
         return sd3_err_set(err, SD3_EINVAL, "set precision: no backend");
     if (sd3_precision_parse(text, &p, err) != 0)
