@@ -255,9 +255,9 @@ def main():
                 rc, stdout, stderr = "timeout after %d s" % limit, str(e.stdout), str(e.stderr)
             ran += 1
             m = re.match(r"build/sd3ctl\s+(up|down)\s+(\S+)", cmd)
-            if m and m.group(1) == "up" and rc == 0:
-                up.append(m.group(2))
-            elif m and m.group(1) == "down" and m.group(2) in up:
+            if m and m.group(1) == "up" and m.group(2) not in up:
+                up.append(m.group(2))  # even a failed up may have started some processes
+            elif m and m.group(1) == "down" and rc == 0 and m.group(2) in up:
                 up.remove(m.group(2))
             problem = ("exit %s" % rc) if rc != 0 else check_output(cmd, cwd, stdout)
             print("readme:   %s in %.1f s" % ("ok" if not problem else "FAIL: " + problem,
