@@ -18,8 +18,7 @@ root=$(pwd)
 which=${1:-medium}
 models=${MODELS:-/tmp/sd3-real}
 tok=${SD3_TOKENIZERS:-$root/../shared/testdata/tokenizers}
-bin=$root/build
-[ -x "$bin/sd3d" ] && [ -x "$bin/sd3ctl" ] || { echo "real-size: build first (cmake --build build)"; exit 2; }
+[ -x build/sd3d ] && [ -x build/sd3ctl ] || { echo "real-size: build first (cmake --build build)"; exit 2; }
 [ -d "$tok/clip" ] || { echo "real-size: no tokenizer files at $tok (set SD3_TOKENIZERS)"; exit 2; }
 prec=""
 [ -n "${PRECISION:-}" ] && prec="--precision $PRECISION"
@@ -48,7 +47,11 @@ range = 25:38
 esac
 model=$models/$which
 run=$models/run-$which
-mkdir -p "$models" "$run"
+mkdir -p "$models" "$run/bin"
+# A private copy of the binaries: a rebuild of build/ during the run cannot mix two builds
+# in one comparison (sd3ctl up starts the sd3d beside it).
+cp build/sd3d build/sd3ctl "$run/bin/"
+bin=$run/bin
 if [ ! -f "$model/.complete" ]; then
     echo "== writing random $arch weights ($dtype) to $model"
     t0=$(date +%s)
@@ -96,7 +99,7 @@ ctl=$(sed -n 's/^client=//p' "$run/cluster/controller.addr")
 fail=0
 gen() { # seed, request id
     # shellcheck disable=SC2086
-    "$bin/sd3ctl" generate "$prompt" -o "$run/cluster-$1.png" --controller "$ctl" \
+    "$bin/sd3ctl" generate "$prompt" -o "$run/cluster-$2.png" --controller "$ctl" \
         --size 512x512 --steps "$steps" --seed "$1" --request-id "$2" $genopts --quiet
 }
 if [ "$which" = medium ]; then
@@ -115,12 +118,12 @@ if [ "$which" = medium ]; then
     wait $p3 || fail=1
     three=$(echo "$(date +%s.%N) - $t1" | bc)
     echo "   3 images in $three s: $(echo "scale=3; 180 / $three" | bc) images/min"
-    n=3
+    ids="one-1 three-1 three-2 three-3"
 else
     t0=$(date +%s.%N)
     gen 1 large-1 || fail=1
     echo "   1 image in $(echo "$(date +%s.%N) - $t0" | bc) s"
-    n=1
+    ids="large-1"
 fi
 "$bin/sd3ctl" status --controller "$ctl" | tee "$run/status.txt"
 for name in controller enc0 dit0 dit1 dit2 vae0; do
@@ -131,11 +134,12 @@ done
 "$bin/sd3ctl" down "$cluster" || true
 
 echo "== bytes"
-for s in $(seq 1 $n); do
-    if cmp -s "$run/local-$s.png" "$run/cluster-$s.png"; then
-        echo "   seed $s: cluster PNG byte-identical to one process"
+for id in $ids; do
+    s=${id##*-} # the seed
+    if cmp -s "$run/local-$s.png" "$run/cluster-$id.png"; then
+        echo "   $id (seed $s): cluster PNG byte-identical to one process"
     else
-        echo "   seed $s: DIFFERS"; fail=1
+        echo "   $id (seed $s): DIFFERS"; fail=1
     fi
 done
 echo "== from the logs"
