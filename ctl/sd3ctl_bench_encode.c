@@ -30,7 +30,8 @@ static void
 s_usage(void)
 {
     fprintf(stderr, "usage: sd3ctl bench encode --model PATH [--no-t5] [--t5-tokens N] "
-                    "[--threads N] [--backend cpu|cuda] [--reps N] [--prompt TEXT]\n");
+                    "[--threads N] [--backend cpu|cuda] [--reps N] [--prompt TEXT] "
+                    "[--precision f32|bf16|auto]\n");
 }
 
 static double
@@ -43,6 +44,7 @@ int
 sd3_bench_encode(int argc, char **argv)
 {
     const char *model_path = NULL, *backend = "cpu", *prompt = "a photo of a cat";
+    const char *precision = NULL; // auto
     bool no_t5 = false;
     int t5_tokens = 77, threads = 0, reps = 1;
     for (int i = 1; i < argc; i++) {
@@ -51,6 +53,8 @@ sd3_bench_encode(int argc, char **argv)
             model_path = argv[++i];
         else if (!strcmp(argv[i], "--backend") && v)
             backend = argv[++i];
+        else if (!strcmp(argv[i], "--precision") && v)
+            precision = argv[++i];
         else if (!strcmp(argv[i], "--prompt") && v)
             prompt = argv[++i];
         else if (!strcmp(argv[i], "--no-t5"))
@@ -84,17 +88,20 @@ sd3_bench_encode(int argc, char **argv)
 
     double peak = sd3_bench_sgemm_peak(1024);
     printf("sgemm_peak_gflops=%.1f (OpenBLAS, M=N=K=1024)\n", peak);
+    printf("bf16_peak_gflops=%.1f (oneDNN matmul, M=N=K=2048)\n", sd3_bench_bf16_peak(2048));
     size_t rss0 = sd3_bench_rss_now();
     double t0 = sd3_now_s();
     if (!(model = sd3_model_open(model_path, &err)) ||
         !(be = sd3_backend_new(backend, threads, &err)) ||
+        sd3_backend_set_precision(be, precision, &err) != 0 ||
         !(cond = sd3_cond_new_from_model(be, model, !no_t5, &err)))
         goto fail;
     double t_open = sd3_now_s() - t0;
     size_t wbytes = sd3_cond_weight_bytes(cond);
-    printf("model=%s layout=%s backend=%s threads=%d t5=%s open_s=%.2f weight_bytes=%zu "
-           "(%.2f GiB)\n",
-           model_path, sd3_layout_name(sd3_model_layout(model)), be->ops->name, be->n_threads,
+    printf("model=%s layout=%s backend=%s precision=%s threads=%d t5=%s open_s=%.2f "
+           "weight_bytes=%zu (%.2f GiB)\n",
+           model_path, sd3_layout_name(sd3_model_layout(model)), be->ops->name,
+           sd3_precision_name(be->precision), be->n_threads,
            sd3_cond_has_t5(cond) ? "yes" : "no", t_open, wbytes, s_gib(wbytes));
 
     // A fixed synthetic prompt: CLIP start, 12 content ids, end, pads (L: end, G: 0).

@@ -85,7 +85,8 @@ static void
 s_usage(void)
 {
     fprintf(stderr, "usage: sd3ctl bench vae [--size N | --width W --height H] [--model PATH] "
-                    "[--threads N] [--backend cpu] [--no-encode] [--tile T --overlap O]\n");
+                    "[--threads N] [--backend cpu] [--no-encode] [--tile T --overlap O] "
+                    "[--precision f32|bf16|auto]\n");
 }
 
 int
@@ -93,7 +94,7 @@ sd3_bench_vae(int argc, char **argv)
 {
     int width = 1024, height = 1024, threads = 0, rc = 1;
     bool encode = true;
-    const char *model = NULL, *backend = "cpu";
+    const char *model = NULL, *backend = "cpu", *precision = NULL; // auto
     sd3_vae_tile_t tile = {0, 0};
     char tmp[] = "/tmp/sd3-bench-vae-XXXXXX";
     bool made = false;
@@ -121,6 +122,8 @@ sd3_bench_vae(int argc, char **argv)
                 return 2;
         } else if (!strcmp(a, "--backend") && v)
             backend = argv[++i];
+        else if (!strcmp(a, "--precision") && v)
+            precision = argv[++i];
         else if (!strcmp(a, "--tile") && v) {
             if (sd3_bench_arg_int("vae", "--tile", argv[++i], 0, 2048, &tile.tile) != 0)
                 return 2;
@@ -155,15 +158,17 @@ sd3_bench_vae(int argc, char **argv)
         fprintf(stderr, "random real-size VAE written to %s in %.1f s\n", tmp, sd3_now_s() - t0);
         model = tmp;
     }
-    if (!(be = sd3_backend_new(backend, threads, &err)) || !(vae = sd3_vae_open(model, be, &err)))
+    double bpeak = sd3_bench_bf16_peak(2048);
+    if (!(be = sd3_backend_new(backend, threads, &err)) ||
+        sd3_backend_set_precision(be, precision, &err) != 0 || !(vae = sd3_vae_open(model, be, &err)))
         goto fail;
     const sd3_vae_config_t *cfg = sd3_vae_config(vae);
     int f = cfg->factor, h = height / f, w = width / f;
-    printf("vae: %s, %d levels [%d..%d ch], %.1fM params, backend %s threads %d, "
-           "sgemm peak %.1f GFLOP/s\n",
+    printf("vae: %s, %d levels [%d..%d ch], %.1fM params, backend %s precision %s threads %d, "
+           "sgemm peak %.1f GFLOP/s, bf16 peak %.1f GFLOP/s\n",
            made ? "random real-size" : model, cfg->n_levels, cfg->channels[0],
            cfg->channels[cfg->n_levels - 1], (double)cfg->n_params * 1e-6, be->ops->name,
-           be->n_threads, peak);
+           sd3_precision_name(be->precision), be->n_threads, peak, bpeak);
     if (!(z = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, cfg->z_channels, h, w}, "z", &err)) ||
         !(image = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 3, height, width}, "image", &err)))
         goto fail;

@@ -10,8 +10,14 @@
  *  each block of SD3_CONV_COB output channels widens those weight rows and runs one sgemm
  *  Y[cob, PB] = Wblk[cob, Ci*kh*kw] col. A 1x1, stride 1, unpadded conv reads x directly.
  *  The tiling depends on the shapes only, so the bits do not depend on the thread count.
+ *  Precision bf16: per batch and tile of SD3_CONV_PT16 output pixels, the transposed column
+ *  matrix [pixels, Ci*kh*kw] is gathered (f32) and run through the bf16 linear with the
+ *  weight seen as [Co, Ci*kh*kw] (packed once like any linear weight), then written back
+ *  transposed with the bias. The linear is batch invariant, so the bits depend on nothing
+ *  but each pixel's own inputs.
  *  Reference: plain nested loops with fp32 accumulation.  */
 #include "sd3_cpu.h"
+#include "sd3_cpu_bf16.h"
 
 #include <cblas.h>
 #include <stdatomic.h>
@@ -20,6 +26,7 @@
 
 #define SD3_CONV_PB  512 // output pixels per task
 #define SD3_CONV_COB 256 // output channels per sgemm
+#define SD3_CONV_PT16 1024 // output pixels per bf16 linear call
 
 typedef struct {
     int64_t B, Ci, H, W, Co, kh, kw, OH, OW, stride, pt, pl;
@@ -176,6 +183,105 @@ s_conv_task(void *ctx, int64_t task, int thread)
     }
 }
 
+// ---- precision bf16 ------------------------------------------------------------------------
+
+typedef struct {
+    const s_conv_dims_t *d;
+    const float *xb; // batch b of x: [Ci, H, W]
+    float *colt;     // [pn, Kd]
+    const float *yt; // [pn, Co] (write-back)
+    float *yb;       // batch b of y: [Co, OH*OW]
+    const float *bias;
+    int64_t p0, pn;
+} s_conv16_job_t;
+
+#define S_GATHER_PIX 32
+
+// Pixels [t*32, t*32+32) of the tile: their rows of the transposed column matrix.
+static void
+s_conv16_gather(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    s_conv16_job_t *job = ctx;
+    const s_conv_dims_t *d = job->d;
+    int64_t Kd = d->Ci * d->kh * d->kw;
+    int64_t q1 = (t + 1) * S_GATHER_PIX < job->pn ? (t + 1) * S_GATHER_PIX : job->pn;
+    for (int64_t q = t * S_GATHER_PIX; q < q1; q++) {
+        int64_t oh = (job->p0 + q) / d->OW, ow = (job->p0 + q) % d->OW;
+        float *row = job->colt + q * Kd;
+        for (int64_t ci = 0; ci < d->Ci; ci++) {
+            const float *xc = job->xb + ci * d->H * d->W;
+            for (int64_t r = 0; r < d->kh; r++) {
+                int64_t ih = oh * d->stride + r - d->pt;
+                for (int64_t s = 0; s < d->kw; s++) {
+                    int64_t iw = ow * d->stride + s - d->pl;
+                    *row++ = ih < 0 || ih >= d->H || iw < 0 || iw >= d->W ? 0.0f
+                                                                          : xc[ih * d->W + iw];
+                }
+            }
+        }
+    }
+}
+
+// Output channels [t*64, t*64+64): y[co, p0 + q] = yt[q, co] + bias[co].
+static void
+s_conv16_scatter(void *ctx, int64_t t, int thread)
+{
+    (void)thread;
+    s_conv16_job_t *job = ctx;
+    const s_conv_dims_t *d = job->d;
+    int64_t P = d->OH * d->OW;
+    int64_t c1 = (t + 1) * 64 < d->Co ? (t + 1) * 64 : d->Co;
+    for (int64_t co = t * 64; co < c1; co++) {
+        float bv = job->bias ? job->bias[co] : 0.0f;
+        float *yr = job->yb + co * P + job->p0;
+        for (int64_t q = 0; q < job->pn; q++)
+            yr[q] = job->yt[q * d->Co + co] + bv;
+    }
+}
+
+static int
+s_conv2d_bf16(sd3_backend_t *be, sd3_cpu_bf16_t *bf, sd3_tensor_t *y, const sd3_tensor_t *x,
+              const sd3_tensor_t *w, const float *bias, const s_conv_dims_t *d, sd3_err_t *err)
+{
+    int64_t Kd = d->Ci * d->kh * d->kw, P = d->OH * d->OW;
+    int64_t pt = P < SD3_CONV_PT16 ? P : SD3_CONV_PT16;
+    float *colt = malloc((size_t)(pt * Kd) * sizeof(float));
+    float *yt = malloc((size_t)(pt * d->Co) * sizeof(float));
+    int rc = 0;
+    if (!colt || !yt) {
+        rc = sd3_err_set(err, SD3_ENOMEM, "cpu conv2d bf16: out of memory (%lld x %lld)",
+                         (long long)pt, (long long)Kd);
+        goto done;
+    }
+    sd3_tensor_t wv, xv, yv; // W as the linear weight [Co, Kd]; a tile as [pn, Kd] -> [pn, Co]
+    sd3_tensor_view_init(&wv, w->dtype, 2, (int64_t[]){d->Co, Kd}, w->data);
+    wv.name = w->name;
+    sd3_cpu_pool_t *pool = sd3_cpu_backend_pool(be);
+    for (int64_t b = 0; b < d->B && rc == 0; b++)
+        for (int64_t p0 = 0; p0 < P && rc == 0; p0 += SD3_CONV_PT16) {
+            int64_t pn = P - p0 < SD3_CONV_PT16 ? P - p0 : SD3_CONV_PT16;
+            s_conv16_job_t job = {.d = d,
+                                  .xb = (const float *)x->data + b * d->Ci * d->H * d->W,
+                                  .colt = colt,
+                                  .yt = yt,
+                                  .yb = (float *)y->data + b * d->Co * P,
+                                  .bias = bias,
+                                  .p0 = p0,
+                                  .pn = pn};
+            sd3_cpu_pool_run(pool, (pn + S_GATHER_PIX - 1) / S_GATHER_PIX, s_conv16_gather, &job);
+            sd3_tensor_view_init(&xv, SD3_F32, 2, (int64_t[]){pn, Kd}, colt);
+            sd3_tensor_view_init(&yv, SD3_F32, 2, (int64_t[]){pn, d->Co}, yt);
+            rc = sd3_cpu_linear_bf16(be, bf, &yv, &xv, &wv, NULL, err);
+            if (rc == 0)
+                sd3_cpu_pool_run(pool, (d->Co + 63) / 64, s_conv16_scatter, &job);
+        }
+done:
+    free(colt);
+    free(yt);
+    return rc;
+}
+
 int
 sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const sd3_tensor_t *w,
                const sd3_tensor_t *b, const sd3_conv_opts_t *opts, sd3_err_t *err)
@@ -198,6 +304,12 @@ sd3_cpu_conv2d(sd3_backend_t *be, sd3_tensor_t *y, const sd3_tensor_t *x, const 
             yd[i] = bias ? bias[(i / P) % job.d.Co] : 0.0f;
         free(bias);
         return 0;
+    }
+    sd3_cpu_bf16_t *bf = sd3_cpu_backend_bf16(be);
+    if (bf) {
+        rc = s_conv2d_bf16(be, bf, y, x, w, bias, &job.d, err);
+        free(bias);
+        return rc;
     }
     job.be = be;
     job.x = x->data;

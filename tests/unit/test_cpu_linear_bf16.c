@@ -9,7 +9,9 @@
  *  - 1 and 2 threads give the same bits; every row has the bits it has alone (M = 1) or at
  *    another offset of a bigger call (batch invariance, what lets merged batches share the
  *    linears);
- *  - a weight refilled in place is packed again; y is filled everywhere (starts as NaN).
+ *  - a weight refilled in place is packed again; y is filled everywhere (starts as NaN);
+ *  - conv2d at bf16 (columns through this linear): within the bf16 bound of the f32
+ *    reference (the bound from the same convolution of |x| and |W|), 1 vs 2 threads.
  *  Skips (77) where the CPU has no bf16 kernel in oneDNN.  */
 #include "sd3_backend.h"
 #include "sd3_cpu.h"
@@ -175,6 +177,51 @@ s_repack(sd3_backend_t *be, sd3_backend_t *be_f32)
     sd3_tensor_destroy(&yf);
 }
 
+static sd3_tensor_t *
+s_abs(const sd3_tensor_t *t)
+{
+    sd3_tensor_t *a = sd3_tensor_new(SD3_F32, t->ndim, t->shape);
+    sd3_dtype_to_f32(t->dtype, t->data, a->data, (size_t)sd3_tensor_numel(t));
+    for (int64_t i = 0; i < sd3_tensor_numel(a); i++)
+        ((float *)a->data)[i] = fabsf(((float *)a->data)[i]);
+    return a;
+}
+
+static void
+s_conv(sd3_backend_t *be2, sd3_backend_t *be1, int64_t B, int64_t Ci, int64_t H, int64_t W,
+       int64_t Co, int64_t k, sd3_conv_opts_t opts, sd3_dtype_t wdt)
+{
+    sd3_err_t err = {0};
+    int64_t OH = (H + opts.pad_top + opts.pad_bottom - k) / opts.stride + 1;
+    int64_t OW = (W + opts.pad_left + opts.pad_right - k) / opts.stride + 1;
+    sd3_tensor_t *x = s_rand(SD3_F32, 4, (int64_t[]){B, Ci, H, W}, 1.0f);
+    sd3_tensor_t *w = s_rand(wdt, 4, (int64_t[]){Co, Ci, k, k}, 0.5f);
+    sd3_tensor_t *b = s_rand(SD3_F32, 1, (int64_t[]){Co}, 1.0f);
+    int64_t ys[4] = {B, Co, OH, OW};
+    sd3_tensor_t *y = sd3_tensor_new(SD3_F32, 4, ys), *y1 = sd3_tensor_new(SD3_F32, 4, ys);
+    sd3_tensor_t *yr = sd3_tensor_new(SD3_F32, 4, ys), *mag = sd3_tensor_new(SD3_F32, 4, ys);
+    sd3_tensor_t *xa = s_abs(x), *wa = s_abs(w), *ba = s_abs(b);
+    s_fill_nan(y);
+    CHECK_MSG(be2->ops->conv2d(be2, y, x, w, b, &opts, &err) == 0, "%s", err.msg);
+    CHECK_MSG(be1->ops->conv2d(be1, y1, x, w, b, &opts, &err) == 0, "%s", err.msg);
+    CHECK(sd3_cpu_conv2d_ref(yr, x, w, b, &opts, &err) == 0);
+    CHECK(sd3_cpu_conv2d_ref(mag, xa, wa, ba, &opts, &err) == 0);
+    size_t n = (size_t)sd3_tensor_numel(y);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)((float *)y->data)[i] - ((float *)yr->data)[i]) /
+                   (((float *)mag->data)[i] * 0x1p-7 + 1e-6);
+        worst = isnan(e) || e > worst ? (isnan(e) ? 1e9 : e) : worst;
+    }
+    CHECK_MSG(worst <= 1.0, "conv Ci %lld Co %lld k %lld s %d %s: %.3g of the bf16 bound",
+              (long long)Ci, (long long)Co, (long long)k, opts.stride, sd3_dtype_name(wdt), worst);
+    CHECK_MSG(memcmp(y->data, y1->data, n * 4) == 0, "conv Ci %lld Co %lld: 1 and 2 threads differ",
+              (long long)Ci, (long long)Co);
+    sd3_tensor_t *all[] = {x, w, b, y, y1, yr, mag, xa, wa, ba};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        sd3_tensor_destroy(&all[i]);
+}
+
 int
 main(void)
 {
@@ -209,6 +256,9 @@ main(void)
     s_batch_invariance(be2, 128, 1536);
     s_batch_invariance(be2, 64, 6144);
     s_repack(be2, bef);
+    s_conv(be2, be1, 2, 5, 9, 7, 130, 3, (sd3_conv_opts_t){.stride = 1, 1, 1, 1, 1}, SD3_F16);
+    s_conv(be2, be1, 1, 16, 33, 40, 8, 3, (sd3_conv_opts_t){.stride = 2, 0, 0, 1, 1}, SD3_BF16);
+    s_conv(be2, be1, 1, 70, 6, 6, 64, 1, (sd3_conv_opts_t){.stride = 1}, SD3_F32);
     fprintf(stderr, "worst: %.3f of the f32-accumulation bound, %.3f of the bf16 bound\n",
             s_worst_exact, s_worst_f32);
 
