@@ -170,7 +170,8 @@ sd3ctl_generate_remote(int argc, char **argv)
         } else if (!strcmp(a, "--timeout")) {
             bad = !v || (timeout_s = atol(v)) <= 0;
         } else if (!strcmp(a, "--model") || !strcmp(a, "--tokenizers") || !strcmp(a, "--backend") ||
-                   !strcmp(a, "--threads") || !strcmp(a, "--split") || !strcmp(a, "--vae-tile")) {
+                   !strcmp(a, "--threads") || !strcmp(a, "--split") || !strcmp(a, "--vae-tile") ||
+                   !strcmp(a, "--precision")) {
             // local-only options: the cluster has its own
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = true;

@@ -278,6 +278,7 @@ s_node_args(const s_cluster_t *c, const s_node_t *nd, char *sd3d, char *model, c
     if (nd->warm == 0)
         a->v[a->n++] = "--no-warm";
     s_add(a, "--fault", nd->fault[0] ? nd->fault : NULL);
+    s_add(a, "--precision", nd->precision[0] ? nd->precision : NULL);
     s_add(a, "--backend", nd->backend);
     s_add(a, "--codec", nd->codec);
     s_add(a, "--wire-dtype", nd->wire_dtype);

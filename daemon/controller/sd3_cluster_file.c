@@ -7,6 +7,7 @@
  *  The format and the rules: sd3_cluster_file.h.  */
 #include "sd3_cluster_file.h"
 #include "sd3_node.h"
+#include "sd3_precision.h"
 
 #include "sd3_codec.h"
 
@@ -49,6 +50,7 @@ static const s_key_t s_cluster_keys[] = {
     {"threads", S_LONG, F(threads), 0, 1024},
     {"batch_max", S_LONG, F(batch_max), 1, 16},
     {"warm", S_LONG, F(warm), 0, 1},
+    {"precision", S_STR, F(precision), 0, 0},
     {"backend", S_BACKEND, F(backend), 0, 0},
     {"codec", S_CODEC, F(codec), 0, 0},
     {"wire_dtype", S_DTYPE, F(wire_dtype), 0, 0},
@@ -84,6 +86,7 @@ static const s_key_t s_node_keys[] = {
     {"batch_max", S_LONG, N(batch_max), 1, 16},
     {"warm", S_LONG, N(warm), 0, 1},
     {"fault", S_STR, N(fault), 0, 0},
+    {"precision", S_STR, N(precision), 0, 0},
     {"backend", S_BACKEND, N(backend), 0, 0},
     {"codec", S_CODEC, N(codec), 0, 0},
     {"wire_dtype", S_DTYPE, N(wire_dtype), 0, 0},
@@ -415,6 +418,13 @@ s_finish(s_parser_t *p, sd3_cluster_file_t *out, sd3_err_t *err)
             nd->batch_max = out->batch_max;
         if (nd->warm < 0)
             nd->warm = out->warm;
+        if (!nd->precision[0])
+            memcpy(nd->precision, out->precision, sizeof nd->precision);
+        int prec;
+        if (nd->precision[0] && sd3_precision_parse(nd->precision, &prec, NULL) != 0)
+            return sd3_err_set(err, SD3_EFORMAT, "%s:%d: [%s %s]: precision '%s': want f32, bf16 or "
+                               "auto",
+                               p->name, nd->line, nd->role, nd->name, nd->precision);
         sd3_node_fault_t fault;
         sd3_err_t fe = {0};
         if (sd3_node_fault_parse(nd->fault, &fault, &fe) != 0)

@@ -16,7 +16,8 @@
  *                  curve_allow, curve_server_pub
  *    [ROLE NAME]   listen, range A:B (mmdit: joint blocks [A, B)), threads, batch_max,
  *                  warm (0: report ready without paging weights in; also in [cluster]),
- *                  fault (a test facility: sd3d --fault)
+ *                  fault (a test facility: sd3d --fault), precision (f32|bf16|auto; also
+ *                  in [cluster])
  *                  (mmdit: --batch-max, 1..16), backend, codec, wire_dtype, curve_secret,
  *                  curve_allow, curve_server_pub
  *  The curve_* keys name the files of `sd3d --curve-secret/--curve-allow/--curve-server-pub`
@@ -63,6 +64,7 @@ typedef struct {
     long batch_max;             // -1: not given
     long warm;                  // 0: --no-warm; -1: not given
     char fault[64];             // --fault (tests only); "" none
+    char precision[8];          // --precision f32|bf16|auto; "" not given
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t keys;
 } sd3_cluster_node_t;
@@ -74,6 +76,7 @@ typedef struct {
     long threads;   // -1: not given
     long batch_max; // -1: not given
     long warm;      // -1: not given
+    char precision[8]; // "" not given
     char backend[8], codec[16], wire_dtype[8];
     sd3_cluster_keys_t default_keys; // [cluster] curve_*: of every member that sets none
     sd3_cluster_keys_t client_keys;  // secret + server_pub that `sd3ctl up` itself uses

@@ -82,6 +82,7 @@ model = $model
 tokenizers = $tok
 run_dir = $run/cluster
 threads = 1
+${PRECISION:+precision = $PRECISION}
 
 [controller]
 listen = tcp://127.0.0.1:*
@@ -100,7 +101,8 @@ fail=0
 gen() { # seed, request id
     # shellcheck disable=SC2086
     "$bin/sd3ctl" generate "$prompt" -o "$run/cluster-$2.png" --controller "$ctl" \
-        --size 512x512 --steps "$steps" --seed "$1" --request-id "$2" $genopts --quiet
+        --size 512x512 --steps "$steps" --seed "$1" --request-id "$2" --timeout 3600 $genopts \
+        $prec --quiet
 }
 if [ "$which" = medium ]; then
     echo "== 1 request in flight"

@@ -174,16 +174,18 @@ static const s_bad_t s_bad[] = {
     {"[cluster]\nmodel = a\nmodel = b\n", "t.cluster:3: 'model' set again (first at line 2)"},
     {"[cluster]\ncolour = red\n",
      "t.cluster:2: unknown key 'colour' (known here: model, tokenizers, run_dir, threads, "
-     "batch_max, warm, backend, codec, wire_dtype, keys_dir, curve_secret, curve_allow, curve_server_pub, "
+     "batch_max, warm, precision, backend, codec, wire_dtype, keys_dir, curve_secret, curve_allow, curve_server_pub, "
      "client_curve_secret, client_curve_server_pub)"},
     {HEAD "[vae v]\nrange = 0:1\n", "t.cluster:8: [vae v]: only an mmdit node has a range"},
     {HEAD "[vae v]\nfault = slow=1x\n",
      "t.cluster:7: [vae v]: fault 'slow=1x': want a whole number 0..86400000"},
     {HEAD "[vae v]\nfault = nap=1\n", "t.cluster:7: [vae v]: fault 'nap': want slow=MS or hang=N"},
     {HEAD "[vae v]\nwarm = 2\n", "t.cluster:8: warm = '2': want a whole number in [0, 1]"},
+    {HEAD "[vae v]\nprecision = f64\n",
+     "t.cluster:7: [vae v]: precision 'f64': want f32, bf16 or auto"},
     {HEAD "[vae v]\nmodel = x\n",
      "t.cluster:8: unknown key 'model' (known here: listen, range, threads, batch_max, "
-     "warm, fault, backend, codec, wire_dtype, curve_secret, curve_allow, curve_server_pub)"},
+     "warm, fault, precision, backend, codec, wire_dtype, curve_secret, curve_allow, curve_server_pub)"},
     {"[cluster]\nthreads = 2x\n", "t.cluster:2: threads = '2x': want a whole number in [0, 1024]"},
     {"[cluster]\nthreads = -1\n", "t.cluster:2: threads = '-1': want a whole number in [0, 1024]"},
     {"[cluster]\nthreads = 1025\n",
