@@ -173,6 +173,17 @@ s_pick_node(const sd3_controller_t *self, sd3_wire_role_t role)
 static void
 s_form(sd3_controller_t *self)
 {
+    // Chains form from the ready ranges all at once, as a cluster file lists them: while an
+    // mmdit node still loads, forming would pair the ranges ready so far into other chains
+    // (sd3_sched_form keeps what it formed). Pipelines already serving keep serving.
+    for (int i = 0; i < self->n_nodes; i++) {
+        const s_node_t *n = &self->nodes[i];
+        if (n->alive && !n->hung && n->reg.role == SD3_WIRE_ROLE_MMDIT &&
+            n->reg.live.state == SD3_WIRE_NODE_LOADING) {
+            self->form_due_ms = sd3_now_ms() + 250;
+            return;
+        }
+    }
     sd3_sched_range_t ranges[SD3_WIRE_MAX_NODES];
     int n = 0;
     for (int i = 0; i < self->n_nodes; i++)
@@ -1264,7 +1275,7 @@ s_heartbeat(sd3_controller_t *self, int ni, const sd3_wire_heartbeat_t *hb)
         if (!was_usable)
             sd3_log_info("controller", "node=%s ready load_ms=%llu rate=%.1f GFLOP/s threads=%u",
                          n->reg.node_id, (unsigned long long)l->load_ms, l->gflops, l->threads);
-        self->form_due_ms = now + 50; // re-form with (or without) it
+        self->form_due_ms = now + 250; // re-form with (or without) it, once changes settle
     }
 }
 

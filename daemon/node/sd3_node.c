@@ -620,6 +620,32 @@ s_role_weights(sd3_node_t *self, sd3_weights_t **out)
     return n;
 }
 
+// Runs m's blocks once on constant activations of batch 2, a grid x grid token grid and
+// n_ctx context tokens; *secs (if given) gets the time.
+static int
+s_warm_blocks(sd3_node_t *self, sd3_mmdit_t *m, int grid, int n_ctx, double *secs,
+              sd3_err_t *err)
+{
+    sd3_backend_t *be = self->be;
+    const int64_t C = self->cfg.hidden, N = (int64_t)grid * grid;
+    sd3_mmdit_act_t act = {.batch = 2, .n_ctx = n_ctx, .grid_h = grid, .grid_w = grid,
+                           .next_block = sd3_mmdit_first(m)};
+    int rc = SD3_ENOMEM;
+    if ((act.x = be->ops->tensor_new(be, be->act_dtype, 3, (int64_t[]){2, N, C}, err)) &&
+        (act.ctx = be->ops->tensor_new(be, be->act_dtype, 3, (int64_t[]){2, n_ctx, C}, err)) &&
+        (act.c = be->ops->tensor_new(be, be->act_dtype, 2, (int64_t[]){2, C}, err)) &&
+        (rc = be->ops->fill(be, act.x, 0.01f, err)) == 0 &&
+        (rc = be->ops->fill(be, act.ctx, 0.01f, err)) == 0 &&
+        (rc = be->ops->fill(be, act.c, 0.01f, err)) == 0) {
+        double t0 = sd3_now_s();
+        rc = sd3_mmdit_blocks(m, &act, 0, err);
+        if (secs)
+            *secs = sd3_now_s() - t0;
+    }
+    sd3_mmdit_act_fini(be, &act);
+    return rc;
+}
+
 // Pages the role's weights in, reporting permille as it goes; then (mmdit) one warm-up block
 // at the 512 px shape, which also gives the first measured rate.
 static void
@@ -641,40 +667,44 @@ s_warm(sd3_node_t *self)
     s_set_state(self, SD3_WIRE_NODE_LOADING, 999); // warming up
     int64_t t1 = sd3_now_ms();
     if (self->dit && self->o.layer_end > self->o.layer_begin && !s_stopping(self)) {
-        // One block at 512 px with CFG (batch 2, 1024 image + 154 context tokens): the first
-        // measured rate, so the controller's expectations are real from the first step.
-        sd3_mmdit_act_t act = {.batch = 2, .n_ctx = 154, .grid_h = 32, .grid_w = 32,
-                               .next_block = self->o.layer_begin};
-        const int64_t C = self->cfg.hidden;
+        sd3_mmdit_t *m = sd3_dit_stage_mmdit(self->dit);
+        sd3_mmdit_set_progress(m, NULL, NULL);
         sd3_err_t err = {0};
-        sd3_backend_t *be = self->be;
-        if ((act.x = be->ops->tensor_new(be, be->act_dtype, 3, (int64_t[]){2, 1024, C}, &err)) &&
-            (act.ctx = be->ops->tensor_new(be, be->act_dtype, 3, (int64_t[]){2, 154, C}, &err)) &&
-            (act.c = be->ops->tensor_new(be, be->act_dtype, 2, (int64_t[]){2, C}, &err)) &&
-            be->ops->fill(be, act.x, 0.01f, &err) == 0 &&
-            be->ops->fill(be, act.ctx, 0.01f, &err) == 0 &&
-            be->ops->fill(be, act.c, 0.01f, &err) == 0) {
-            sd3_mmdit_t *m = sd3_dit_stage_mmdit(self->dit);
-            sd3_mmdit_set_progress(m, NULL, NULL);
+        // 1. The whole range on a tiny batch: every block's weights get what their first use
+        //    does (bf16 packing on the CPU), so the first real step pays none of it.
+        if (s_warm_blocks(self, m, 2, 8, NULL, &err) != 0)
+            sd3_log_warn("node", "node=%s warm-up range: %s", self->node_id, err.msg);
+        // 2. One block at 512 px with CFG (batch 2, 1024 image + 154 context tokens): the
+        //    first measured rate, so the controller's expectations are real from step 0.
+        sd3_mmdit_t *one = sd3_mmdit_new(self->be, self->w_mmdit, self->o.layer_begin,
+                                         self->o.layer_begin + 1, &err);
+        double secs = 0;
+        if (one && s_warm_blocks(self, one, 32, 154, &secs, &err) == 0) {
             double flops = 2.0 * sd3_mmdit_flops(&self->cfg, 1024, 154, self->o.layer_begin,
                                                  self->o.layer_begin + 1);
-            double tb = sd3_now_s();
-            // only the first block of the range: a copy of the range's first stage
-            sd3_mmdit_t *one = sd3_mmdit_new(be, self->w_mmdit, self->o.layer_begin,
-                                             self->o.layer_begin + 1, &err);
-            if (one && sd3_mmdit_blocks(one, &act, 0, &err) == 0) {
-                double secs = sd3_now_s() - tb;
-                self->rate_gflops = flops / (secs > 1e-3 ? secs : 1e-3) / 1e9;
-                pthread_mutex_lock(&self->sh.mu);
-                self->sh.live.gflops = self->rate_gflops;
-                pthread_mutex_unlock(&self->sh.mu);
-            } else {
-                sd3_log_warn("node", "node=%s warm-up block: %s", self->node_id, err.msg);
-            }
-            sd3_mmdit_destroy(&one);
-            sd3_mmdit_set_progress(m, s_block_hook, self);
+            self->rate_gflops = flops / (secs > 1e-3 ? secs : 1e-3) / 1e9;
+            pthread_mutex_lock(&self->sh.mu);
+            self->sh.live.gflops = self->rate_gflops;
+            pthread_mutex_unlock(&self->sh.mu);
+        } else {
+            sd3_log_warn("node", "node=%s warm-up block: %s", self->node_id, err.msg);
         }
-        sd3_mmdit_act_fini(be, &act);
+        sd3_mmdit_destroy(&one);
+        sd3_mmdit_set_progress(m, s_block_hook, self);
+    }
+    if (self->vae && !s_stopping(self)) {
+        // A decode of an 8x8 latent: the VAE's weights in and prepared (packing) for the
+        // first real one.
+        sd3_err_t err = {0};
+        sd3_tensor_t *lat = sd3_tensor_new_err(SD3_F32, 4, (int64_t[]){1, 16, 8, 8}, "latent", &err);
+        sd3_tensor_t *rgb = NULL;
+        if (lat)
+            memset(lat->data, 0, sd3_tensor_nbytes(lat));
+        if (!lat || sd3_vae_stage_decode(self->vae, lat, &self->o.vae_tile, NULL, &rgb, NULL, NULL,
+                                         &err) != 0)
+            sd3_log_warn("node", "node=%s warm-up decode: %s", self->node_id, err.msg);
+        sd3_tensor_destroy(&rgb);
+        sd3_tensor_destroy(&lat);
     }
     sd3_log_info("node", "node=%s warm: paged in %.1f MiB in %lld ms, warm-up %lld ms, "
                  "rate %.1f GFLOP/s",

@@ -51,7 +51,10 @@ struct sd3_cpu_bf16 {
     int n_streams;
     dnnl_stream_t *streams; // one per pool thread (a stream is not shared between threads)
     char impl[64];          // oneDNN's name of the matmul kernel ("brg:avx512_core_amx_bf16")
-    pthread_mutex_t mu;     // prims, packed, packed_bytes
+    pthread_mutex_t mu;     // prims, packed, packed_bytes (held across a packing pool run)
+    pthread_mutex_t mmu;    // mms: taken inside pool tasks (attention), so never mu there:
+                            // mu is held across sd3_cpu_pool_run, whose run lock a task's
+                            // caller holds (one backend shared by threads: a lock cycle)
     s_prim_t **prims;
     int n_prims, cap_prims;
     s_packed_t *packed;
@@ -62,7 +65,7 @@ struct sd3_cpu_bf16 {
     pthread_mutex_t amu; // abuf: attention's q, k, v in bf16
     uint16_t *abuf;
     size_t acap;
-    struct sd3_cpu_bf16_mm **mms; // plain GEMM primitives (under mu)
+    struct sd3_cpu_bf16_mm **mms; // plain GEMM primitives (under mmu)
     int n_mms, cap_mms;
 };
 
@@ -241,6 +244,7 @@ sd3_cpu_bf16_new(int n_threads, sd3_err_t *err)
         return NULL;
     }
     pthread_mutex_init(&self->mu, NULL);
+    pthread_mutex_init(&self->mmu, NULL);
     pthread_mutex_init(&self->xmu, NULL);
     pthread_mutex_init(&self->amu, NULL);
     self->n_streams = n_threads < 1 ? 1 : n_threads;
@@ -297,6 +301,7 @@ sd3_cpu_bf16_destroy(sd3_cpu_bf16_t **self_p)
     free(self->xbuf);
     free(self->abuf);
     pthread_mutex_destroy(&self->mu);
+    pthread_mutex_destroy(&self->mmu);
     pthread_mutex_destroy(&self->xmu);
     pthread_mutex_destroy(&self->amu);
     free(self);
@@ -619,12 +624,12 @@ sd3_cpu_bf16_mm_get(sd3_cpu_bf16_t *self, int64_t M, int64_t K, int64_t N, int64
     sd3_cpu_bf16_mm_t *mm = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    pthread_mutex_lock(&self->mu);
+    pthread_mutex_lock(&self->mmu);
     for (int i = 0; i < self->n_mms; i++) {
         sd3_cpu_bf16_mm_t *c = self->mms[i];
         if (c->M == M && c->K == K && c->N == N && c->lda == lda && c->ldb == ldb &&
             c->ldc == ldc && c->b_trans == b_trans) {
-            pthread_mutex_unlock(&self->mu);
+            pthread_mutex_unlock(&self->mmu);
             return c;
         }
     }
@@ -660,7 +665,7 @@ sd3_cpu_bf16_mm_get(sd3_cpu_bf16_t *self, int64_t M, int64_t K, int64_t N, int64
     dnnl_primitive_desc_destroy(pd);
     dnnl_primitive_attr_destroy(attr);
     self->mms[self->n_mms++] = mm;
-    pthread_mutex_unlock(&self->mu);
+    pthread_mutex_unlock(&self->mmu);
     return mm;
 fail:
     if (pd)
@@ -668,7 +673,7 @@ fail:
     if (attr)
         dnnl_primitive_attr_destroy(attr);
     free(mm);
-    pthread_mutex_unlock(&self->mu);
+    pthread_mutex_unlock(&self->mmu);
     return NULL;
 }
 
