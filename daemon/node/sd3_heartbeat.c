@@ -11,6 +11,16 @@
 #include <stdio.h>
 #include <string.h>
 
+// While loading: the page-in's bytes so far as permille (999 and up: warming up). Under mu.
+static void
+s_load_progress(sd3_node_t *self)
+{
+    uint64_t done = __atomic_load_n(&self->sh.load_done, __ATOMIC_RELAXED);
+    if (self->sh.live.state == SD3_WIRE_NODE_LOADING && self->sh.live.load_permille < 999 &&
+        self->sh.load_total && done)
+        self->sh.live.load_permille = (uint32_t)(done * 998 / self->sh.load_total);
+}
+
 static void
 s_register(sd3_node_t *self, int64_t now)
 {
@@ -33,10 +43,7 @@ s_register(sd3_node_t *self, int64_t now)
              self->have_cfg ? sd3_mmdit_config_name(&self->cfg) : "");
     r->max_batch = 1;
     pthread_mutex_lock(&self->sh.mu);
-    uint64_t done = __atomic_load_n(&self->sh.load_done, __ATOMIC_RELAXED);
-    if (self->sh.live.state == SD3_WIRE_NODE_LOADING && self->sh.live.load_permille < 999 &&
-        self->sh.load_total && done)
-        self->sh.live.load_permille = (uint32_t)(done * 998 / self->sh.load_total);
+    s_load_progress(self);
     r->live = self->sh.live;
     pthread_mutex_unlock(&self->sh.mu);
     const sd3_codec_opts_t *co = &self->o.codec;
@@ -62,10 +69,7 @@ sd3_heartbeat_tick(sd3_node_t *self)
     }
     // A change of state (loading progress, ready) goes out at once, not a period later.
     pthread_mutex_lock(&self->sh.mu);
-    uint64_t done = __atomic_load_n(&self->sh.load_done, __ATOMIC_RELAXED);
-    if (self->sh.live.state == SD3_WIRE_NODE_LOADING && self->sh.live.load_permille < 999 &&
-        self->sh.load_total && done)
-        self->sh.live.load_permille = (uint32_t)(done * 998 / self->sh.load_total);
+    s_load_progress(self);
     bool changed = self->sh.live.state != self->hb_state ||
                    self->sh.live.load_permille != self->hb_permille;
     self->hb_state = self->sh.live.state;

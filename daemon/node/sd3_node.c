@@ -207,7 +207,6 @@ sd3_node_new(const sd3_node_opts_t *opts, sd3_err_t *err)
         if (sd3_node_fault_parse(spec, &self->fault, err) != 0)
             goto fail;
         if (spec && *spec) {
-            snprintf(self->fault_text, sizeof self->fault_text, "%s", spec);
             snprintf(self->sh.live.fault, sizeof self->sh.live.fault, "%s", spec);
             sd3_log_warn("node", "fault injection on (a test facility): %s", spec);
         }

@@ -208,7 +208,6 @@ struct sd3_node {
     sd3_node_shared_t sh;
     sd3_node_work_t work;
     sd3_node_fault_t fault;
-    char fault_text[64];
     double rate_gflops; // compute thread: measured (EWMA), 0 none yet
     sd3_wire_node_state_t hb_state; // what the last heartbeat said (I/O thread)
     uint32_t hb_permille;
